@@ -1,0 +1,253 @@
+"""The game as plain typed data, independent of where it runs.
+
+`build_app` turns the validated `app` config into an `AppModel`: the frontend, each Node.js
+service and PostgreSQL, with their images, ports, probes, routes and the secrets they need
+(named by `SecretKey`, never by value). A Docker renderer and a Kubernetes renderer turn the same
+model into resources; the stacks differ in the renderer, not in copies of the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+
+from components import versions
+from components.config import AppConfig, ServiceConfig
+
+ASSETS = Path(__file__).parent / "assets"
+
+DEMO_SERVICE_NAME = "api"
+DEMO_SERVICE_PORT = 3000
+POSTGRES_PORT = 5432
+
+
+class Role(StrEnum):
+    """What a workload is to the app."""
+
+    FRONTEND = "frontend"
+    SERVICE = "service"
+    DATABASE = "database"
+
+
+class SecretKey(StrEnum):
+    """A secret a workload needs, resolved by the renderer from the stack's secrets."""
+
+    DB_PASSWORD = "db-password"
+    DATABASE_URL = "database-url"
+    GRAFANA_ADMIN_PASSWORD = "grafana-admin-password"
+
+
+class ProbeKind(StrEnum):
+    """How readiness is checked where the platform checks it natively (Kubernetes)."""
+
+    HTTP = "http"
+    TCP = "tcp"
+    EXEC = "exec"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Probe:
+    """A readiness and liveness check."""
+
+    kind: ProbeKind
+    """The native check Kubernetes runs."""
+    path: str | None = None
+    """HTTP path for `ProbeKind.HTTP`."""
+    command: tuple[str, ...]
+    """The same check as a command inside the container, for Docker's HEALTHCHECK."""
+
+
+def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """One container image run as one or more replicas."""
+
+    name: str
+    """DNS name inside the app: the Docker network alias, the Kubernetes Service name."""
+    role: Role
+    image: str
+    """Pinned image reference, multi-arch (amd64 and arm64)."""
+    port: int
+    """The port the container listens on."""
+    probe: Probe
+    replicas: int = 1
+    command: tuple[str, ...] | None = None
+    """Overrides the image's command when set."""
+    env: Mapping[str, str] = field(default_factory=_frozen)
+    """Plain environment variables."""
+    secret_env: Mapping[str, SecretKey] = field(default_factory=_frozen)
+    """Environment variables whose values are secrets."""
+    files: Mapping[str, str] = field(default_factory=_frozen)
+    """Plain files written into the container: path to content."""
+    secret_files: Mapping[str, SecretKey] = field(default_factory=_frozen)
+    """Files holding a secret: path to secret."""
+    route: str | None = None
+    """URL path prefix the frontend or ingress routes to this workload."""
+    metrics_path: str | None = None
+    """Where Prometheus scrapes the workload's own metrics, when it has them."""
+    data_path: str | None = None
+    """Directory whose content must survive the container (the database's data)."""
+    storage: str | None = None
+    """Size of the persistent volume on Kubernetes."""
+    run_as_user: int | None = None
+    """Non-root user id the image runs as."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseInfo:
+    """What clients need to reach PostgreSQL."""
+
+    host: str
+    port: int
+    name: str
+    user: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppModel:
+    """The whole game."""
+
+    frontend: Workload
+    services: tuple[Workload, ...]
+    database: Workload
+    db: DatabaseInfo
+    domain: str | None
+    uses_placeholder_page: bool
+    """True when the frontend serves picluster's placeholder Phaser page."""
+
+    @property
+    def workloads(self) -> tuple[Workload, ...]:
+        """Database first, then services, then the frontend: the order they start in."""
+        return (self.database, *self.services, self.frontend)
+
+
+def _node_probe(port: int, path: str | None) -> Probe:
+    # Every Node.js image has `node`, not always wget or curl: check with node itself.
+    if path is None:
+        script = (
+            f"require('net').connect({port},'127.0.0.1')"
+            ".on('connect',()=>process.exit(0)).on('error',()=>process.exit(1))"
+        )
+        return Probe(kind=ProbeKind.TCP, command=("node", "-e", script))
+    script = (
+        f"require('http').get('http://127.0.0.1:{port}{path}',"
+        "r=>process.exit(r.statusCode<400?0:1)).on('error',()=>process.exit(1))"
+    )
+    return Probe(kind=ProbeKind.HTTP, path=path, command=("node", "-e", script))
+
+
+def _demo_service() -> ServiceConfig:
+    return ServiceConfig.model_validate(
+        {
+            "name": DEMO_SERVICE_NAME,
+            "image": versions.NODE,
+            "port": DEMO_SERVICE_PORT,
+            "path": f"/{DEMO_SERVICE_NAME}",
+            "healthPath": f"/{DEMO_SERVICE_NAME}/hello",
+            "metricsPath": "/metrics",
+        }
+    )
+
+
+def _service(config: ServiceConfig, *, demo: bool) -> Workload:
+    env = {"PORT": str(config.port), **config.env}
+    files: dict[str, str] = {}
+    command = None
+    if demo:
+        env["ROUTE_PREFIX"] = config.route
+        files["/app/server.js"] = (ASSETS / "demo-api" / "server.js").read_text()
+        command = ("node", "/app/server.js")
+    return Workload(
+        name=config.name,
+        role=Role.SERVICE,
+        image=config.image,
+        port=config.port,
+        replicas=config.replicas,
+        command=command,
+        env=_frozen(env),
+        secret_env=MappingProxyType({"DATABASE_URL": SecretKey.DATABASE_URL}),
+        files=_frozen(files),
+        probe=_node_probe(config.port, config.health_path),
+        route=config.route,
+        metrics_path=config.metrics_path,
+        run_as_user=1000 if demo else None,
+    )
+
+
+def _database(config: AppConfig) -> Workload:
+    db = config.database
+    return Workload(
+        name="postgres",
+        role=Role.DATABASE,
+        image=db.image,
+        port=POSTGRES_PORT,
+        env=_frozen(
+            {
+                "POSTGRES_DB": db.name,
+                "POSTGRES_USER": db.user,
+                "POSTGRES_PASSWORD_FILE": "/run/secrets/db-password",
+                "PGDATA": "/var/lib/postgresql/data/pgdata",
+            }
+        ),
+        secret_files=MappingProxyType({"/run/secrets/db-password": SecretKey.DB_PASSWORD}),
+        probe=Probe(
+            kind=ProbeKind.EXEC,
+            command=("pg_isready", "-U", db.user, "-d", db.name, "-h", "127.0.0.1"),
+        ),
+        data_path="/var/lib/postgresql/data",
+        storage=db.storage,
+        run_as_user=70,
+    )
+
+
+def _frontend(config: AppConfig) -> Workload:
+    frontend = config.frontend
+    files: dict[str, str] = {}
+    if frontend.image is None:
+        for name in ("index.html", "game.js"):
+            files[f"/usr/share/nginx/html/{name}"] = (ASSETS / "frontend" / name).read_text()
+    url = f"http://127.0.0.1:{frontend.port}/healthz"
+    return Workload(
+        name="frontend",
+        role=Role.FRONTEND,
+        image=frontend.image or versions.NGINX,
+        port=frontend.port,
+        replicas=frontend.replicas,
+        files=_frozen(files),
+        probe=Probe(
+            kind=ProbeKind.HTTP,
+            path="/healthz",
+            # nginx:alpine has busybox wget; Debian-based nginx images have curl.
+            command=(
+                "sh",
+                "-c",
+                f"wget -q -O /dev/null {url} || curl -fsS -o /dev/null {url}",
+            ),
+        ),
+        route="/",
+    )
+
+
+def build_app(config: AppConfig) -> AppModel:
+    """The app model for the validated `app` config; the demo API when no service is given."""
+    demo = config.services is None
+    services = [_demo_service()] if demo else list(config.services or [])
+    return AppModel(
+        frontend=_frontend(config),
+        services=tuple(_service(s, demo=demo) for s in services),
+        database=_database(config),
+        db=DatabaseInfo(
+            host="postgres",
+            port=POSTGRES_PORT,
+            name=config.database.name,
+            user=config.database.user,
+        ),
+        domain=config.domain,
+        uses_placeholder_page=config.frontend.image is None,
+    )

@@ -1,0 +1,44 @@
+"""AppStack: the game (frontend, Node.js services, PostgreSQL) on the platform it is given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components.app_model import AppModel
+from components.on_docker.app import render_app
+from components.on_docker.containers import DockerPlatform
+from components.secrets import StackSecrets
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppStackArgs:
+    """Inputs of an AppStack."""
+
+    app: AppModel
+    """The platform-neutral app model."""
+    secrets: StackSecrets
+    """Database password and DATABASE_URL, as secrets."""
+    platform: DockerPlatform
+    """Where the app runs; its provider arrives through `ResourceOptions(providers=[...])`."""
+
+
+class AppStack(pulumi.ComponentResource):
+    """The game's workloads rendered onto one platform from one app model."""
+
+    frontend_url: pulumi.Output[str]
+    """Where players open the game."""
+    network_name: pulumi.Output[str]
+    """The private network every workload shares (monitoring joins it to scrape and probe)."""
+
+    def __init__(
+        self, name: str, args: AppStackArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("picluster:index:AppStack", name, None, opts)
+        rendered = render_app(self, name, args.app, args.secrets, args.platform)
+        self.frontend_url = rendered.frontend_url
+        self.network_name = rendered.network_name
+        self.register_outputs(
+            {"frontend_url": self.frontend_url, "network_name": self.network_name}
+        )

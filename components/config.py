@@ -1,0 +1,584 @@
+"""The stack configuration contract: one validated model, loaded once.
+
+Every key lives under the `picluster:` namespace. Shapes and types are checked by pydantic models
+(`extra="forbid"` at every depth); the invariants that span keys (unique node names, an odd number
+of servers, unique service paths) are checked after that. Every problem is reported in one
+`ConfigError` whose lines each name the full key path (`picluster:nodes[1].host`) and what would
+be valid, before any resource is declared.
+
+Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`) are never copied
+into the model: they are read as Pulumi secrets by `StackConfig.secret`, and an error about them
+never repeats their value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+from pydantic.alias_generators import to_camel
+
+from components import versions
+
+NAMESPACE = "picluster"
+
+SECRET_KEYS: tuple[str, ...] = ("sshPrivateKey", "k3sToken", "dbPassword", "grafanaAdminPassword")
+"""Top-level keys that hold secrets: read with `StackConfig.secret`, never put in the model."""
+
+RESERVED_NAMES = frozenset(
+    {
+        "frontend",
+        "postgres",
+        "prometheus",
+        "grafana",
+        "node-exporter",
+        "cadvisor",
+        "postgres-exporter",
+        "blackbox-exporter",
+        "kube-state-metrics",
+    }
+)
+"""Workload names picluster uses itself; a service may not take one of them."""
+
+K3sComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"]
+"""Packaged K3s components that `k3s.disable` may turn off."""
+
+
+class ConfigError(pulumi.RunError):
+    """Bad stack configuration. The CLI prints the message alone, without a traceback."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        header = "invalid picluster configuration:" if len(problems) > 1 else ""
+        body = "\n".join(f"  {p}" for p in problems) if header else problems[0]
+        super().__init__(f"{header}\n{body}" if header else body)
+
+
+class Target(StrEnum):
+    """Where the app runs."""
+
+    DOCKER = "docker"
+    K3S = "k3s"
+
+
+class NodeRole(StrEnum):
+    """A K3s node's role."""
+
+    SERVER = "server"
+    AGENT = "agent"
+
+
+# --- value types -------------------------------------------------------------------------------
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
+_IMAGE = re.compile(
+    r"^(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+(?=/))?(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$")
+_DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_K3S_VERSION = re.compile(r"^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$")
+_HOST_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) "
+    r"[A-Za-z0-9+/]+={0,3}$"
+)
+_TAINT = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?(=[A-Za-z0-9._-]*)?:"
+    r"(NoSchedule|PreferNoSchedule|NoExecute)$"
+)
+
+
+def _dns_label(value: str) -> str:
+    if not _LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name; use lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+    return value
+
+
+def _host(value: str) -> str:
+    if _DOTTED_NUMBERS.match(value):
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address or hostname") from None
+        return value
+    labels = value.rstrip(".").split(".")
+    if len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{value!r} is not an IPv4 address or hostname")
+    return value
+
+
+def _ipv4(value: str) -> str:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address (for example 127.0.0.1)") from None
+    return value
+
+
+def _image(value: str) -> str:
+    match = _IMAGE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not an image reference such as nginx:1.27.3-alpine")
+    if match["digest"] is None and match["tag"] in (None, "latest"):
+        raise ValueError(
+            f"{value!r} is not pinned; give a version tag or digest, such as node:22.12.0-alpine"
+        )
+    return value
+
+
+def _path(value: str) -> str:
+    if not _PATH.match(value):
+        raise ValueError(
+            f"{value!r} is not a URL path prefix; use '/something' (no trailing '/', not '/' alone)"
+        )
+    return value
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a storage size such as 5Gi or 500Mi")
+    return value
+
+
+def _duration(value: str) -> str:
+    if not _DURATION.match(value):
+        raise ValueError(f"{value!r} is not a duration such as 30s, 15d or 2w")
+    return value
+
+
+def _k3s_version(value: str) -> str:
+    if not _K3S_VERSION.match(value):
+        raise ValueError(
+            f"{value!r} is not a pinned K3s release; give one such as v1.31.4+k3s1 "
+            "(channels like 'stable' or 'latest' are not accepted)"
+        )
+    return value
+
+
+def _docker_host(value: str) -> str:
+    if not re.match(r"^(unix|tcp|ssh)://.+", value):
+        raise ValueError(
+            f"{value!r} is not a Docker host; use unix:///var/run/docker.sock, "
+            "tcp://host:2376 or ssh://user@host"
+        )
+    return value
+
+
+def _host_key(value: str) -> str:
+    if not _HOST_KEY.match(value.strip()):
+        raise ValueError(
+            "is not an OpenSSH public host key; give the key line as `ssh-keyscan` prints it "
+            "without the host name, such as 'ssh-ed25519 AAAAC3Nza...'"
+        )
+    return value.strip()
+
+
+def _taint(value: str) -> str:
+    if not _TAINT.match(value):
+        raise ValueError(f"{value!r} is not a taint such as 'dedicated=db:NoSchedule'")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    if value == "DATABASE_URL":
+        raise ValueError("DATABASE_URL is set by picluster from the database secret")
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+Host = Annotated[str, AfterValidator(_host)]
+IPv4 = Annotated[str, AfterValidator(_ipv4)]
+Image = Annotated[str, AfterValidator(_image)]
+UrlPath = Annotated[str, AfterValidator(_path)]
+Quantity = Annotated[str, AfterValidator(_quantity)]
+Duration = Annotated[str, AfterValidator(_duration)]
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+Replicas = Annotated[int, Field(ge=1, le=50, strict=True)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=False,
+        strict=False,
+    )
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+class PublishedPorts(_Model):
+    """Host ports the Docker target publishes on `docker.publishAddress`."""
+
+    frontend: Port = 8080
+    grafana: Port = 3000
+    prometheus: Port = 9090
+
+
+class DockerConfig(_Model):
+    """The Docker daemon the `docker` target deploys to."""
+
+    host: Annotated[str, AfterValidator(_docker_host)] = "unix:///var/run/docker.sock"
+    publish_address: IPv4 = "127.0.0.1"
+    ports: PublishedPorts = PublishedPorts()
+
+
+class NodeConfig(_Model):
+    """One Raspberry Pi."""
+
+    name: DnsLabel
+    host: Host
+    role: NodeRole
+    user: str | None = None
+    port: Port | None = None
+    host_key: Annotated[str, AfterValidator(_host_key)] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    taints: list[Annotated[str, AfterValidator(_taint)]] = Field(default_factory=list)
+    docker: bool = False
+
+
+class SshConfig(_Model):
+    """How picluster reaches the Pis."""
+
+    user: Annotated[str, Field(min_length=1)] = "pi"
+    port: Port = 22
+    private_key_path: str | None = "~/.ssh/id_ed25519"
+
+
+class K3sConfig(_Model):
+    """The K3s distribution and its settings."""
+
+    version: Annotated[str, AfterValidator(_k3s_version)]
+    disable: list[K3sComponent] = Field(default_factory=list)
+    secrets_encryption: bool = True
+    server_config: dict[str, Any] = Field(default_factory=dict)
+    agent_config: dict[str, Any] = Field(default_factory=dict)
+    protect_server_data: bool = True
+
+
+class FrontendConfig(_Model):
+    """The nginx frontend serving the Phaser.js game."""
+
+    image: Image | None = None
+    replicas: Replicas = 1
+    port: Port = 80
+
+
+class ServiceConfig(_Model):
+    """One Node.js microservice."""
+
+    name: DnsLabel
+    image: Image
+    port: Port
+    replicas: Replicas = 1
+    path: UrlPath | None = None
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    health_path: UrlPath | None = None
+    metrics_path: UrlPath | None = None
+
+    @property
+    def route(self) -> str:
+        """The URL prefix the frontend routes to this service (default `/<name>`)."""
+        return self.path if self.path is not None else f"/{self.name}"
+
+
+class DatabaseConfig(_Model):
+    """PostgreSQL."""
+
+    image: Image = versions.POSTGRES
+    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "game"
+    user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "game"
+    storage: Quantity = "5Gi"
+
+
+class AppConfig(_Model):
+    """The game: frontend, services, database."""
+
+    domain: Host | None = None
+    frontend: FrontendConfig = FrontendConfig()
+    services: list[ServiceConfig] | None = None
+    database: DatabaseConfig = DatabaseConfig()
+
+
+class MonitoringConfig(_Model):
+    """Prometheus and Grafana."""
+
+    enabled: bool = True
+    retention: Duration = "15d"
+    scrape_interval: Duration = "30s"
+    storage: Quantity = "10Gi"
+    grafana_storage: Quantity = "1Gi"
+
+
+class Settings(_Model):
+    """Everything under `picluster:` except the secrets."""
+
+    target: Target
+    docker: DockerConfig = DockerConfig()
+    nodes: list[NodeConfig] = Field(default_factory=list)
+    ssh: SshConfig | None = None
+    k3s: K3sConfig | None = Field(default=None, alias="k3s")
+    app: AppConfig = AppConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+
+_TOP_LEVEL_KEYS = tuple(
+    (field.alias or name) for name, field in Settings.model_fields.items()
+) + SECRET_KEYS
+
+
+# --- error formatting ----------------------------------------------------------------------------
+
+
+def _key_path(loc: Sequence[str | int]) -> str:
+    path = NAMESPACE
+    for i, part in enumerate(loc):
+        if part == "[key]":
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += (":" if i == 0 else ".") + part
+    return path
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class that owns the mapping at `loc`, to list its valid keys."""
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        field = fields.get(part)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc: tuple[str | int, ...] = tuple(error["loc"])
+    kind = error["type"]
+    path = _key_path(loc)
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        valid = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
+        return f"{path}: unknown key; valid keys here are {', '.join(valid)}"
+    if kind == "missing":
+        return f"{path}: is required"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind.startswith("value_error") or kind == "assertion_error":
+        return f"{path}: {message}"
+    return f"{path}: {message[0].lower()}{message[1:]} (got {error.get('input')!r})"
+
+
+# --- cross-key invariants ------------------------------------------------------------------------
+
+
+def _invariants(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    problems += _node_invariants(settings)
+    problems += _app_invariants(settings.app)
+    if settings.target is Target.K3S:
+        if settings.ssh is None:
+            problems.append(
+                "picluster:ssh: is required when target is k3s, "
+                "for example {user: pi, port: 22, privateKeyPath: ~/.ssh/id_ed25519}"
+            )
+        if settings.k3s is None:
+            problems.append(
+                "picluster:k3s: is required when target is k3s, "
+                "with a pinned version such as {version: v1.31.4+k3s1}"
+            )
+    return problems
+
+
+def _node_invariants(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    nodes = settings.nodes
+    default_port = settings.ssh.port if settings.ssh else 22
+    seen_names: dict[str, int] = {}
+    seen_endpoints: dict[tuple[str, int], int] = {}
+    for i, node in enumerate(nodes):
+        if node.name in seen_names:
+            problems.append(
+                f"picluster:nodes[{i}].name: {node.name!r} is already used by "
+                f"picluster:nodes[{seen_names[node.name]}]; node names must be unique"
+            )
+        seen_names.setdefault(node.name, i)
+        endpoint = (node.host.lower(), node.port if node.port is not None else default_port)
+        if endpoint in seen_endpoints:
+            problems.append(
+                f"picluster:nodes[{i}].host: {node.host}:{endpoint[1]} is already used by "
+                f"picluster:nodes[{seen_endpoints[endpoint]}]; each node needs its own host and port"
+            )
+        seen_endpoints.setdefault(endpoint, i)
+    if settings.target is Target.K3S:
+        servers = sum(1 for node in nodes if node.role is NodeRole.SERVER)
+        if not nodes:
+            problems.append(
+                "picluster:nodes: is required when target is k3s; list the Pis, "
+                "for example [{name: pi-1, host: 192.168.1.10, role: server}]"
+            )
+        elif servers == 0:
+            problems.append("picluster:nodes: needs at least one node with role: server")
+        elif servers % 2 == 0:
+            problems.append(
+                f"picluster:nodes: has {servers} servers; embedded etcd needs an odd number "
+                "(1, 3 or 5) to keep quorum"
+            )
+    return problems
+
+
+def _app_invariants(app: AppConfig) -> list[str]:
+    problems: list[str] = []
+    services = app.services or []
+    names = Counter(s.name for s in services)
+    routes = Counter(s.route for s in services)
+    for i, service in enumerate(services):
+        if service.name in RESERVED_NAMES:
+            problems.append(
+                f"picluster:app.services[{i}].name: {service.name!r} is used by picluster itself; "
+                f"choose a name other than {', '.join(sorted(RESERVED_NAMES))}"
+            )
+        if names[service.name] > 1:
+            problems.append(
+                f"picluster:app.services[{i}].name: {service.name!r} is used by more than one "
+                "service; service names must be unique"
+            )
+        if routes[service.route] > 1:
+            problems.append(
+                f"picluster:app.services[{i}].path: {service.route!r} is routed to more than one "
+                "service; service paths must be unique"
+            )
+        if service.route in ("/healthz", "/metrics"):
+            problems.append(
+                f"picluster:app.services[{i}].path: {service.route!r} is served by the frontend"
+            )
+    return problems
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _raw_config() -> dict[str, Any]:
+    """Every `picluster:` key the stack sets, with JSON objects and lists decoded."""
+    merged: dict[str, Any] = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    raw: dict[str, Any] = {}
+    prefix = f"{NAMESPACE}:"
+    for full_key, value in merged.items():
+        if not full_key.startswith(prefix):
+            continue
+        key = full_key[len(prefix) :]
+        if isinstance(value, str) and value[:1] in ("{", "["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # left as a string: the model reports the wrong type with the key's path
+        raw[key] = value
+    return raw
+
+
+def _check_secret_keys(raw: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for key in SECRET_KEYS:
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{NAMESPACE}:{key}: must be a non-empty string (set it with --secret)")
+        elif key == "k3sToken" and (len(value) < 16 or re.search(r"\s", value)):
+            problems.append(
+                f"{NAMESPACE}:k3sToken: must be at least 16 characters with no white space"
+            )
+    return problems
+
+
+class StackConfig:
+    """The validated configuration, and access to the secrets it left out."""
+
+    def __init__(self, settings: Settings, secrets_set: frozenset[str]) -> None:
+        self.settings = settings
+        self._secrets_set = secrets_set
+        self._config = pulumi.Config(NAMESPACE)
+
+    def secret(self, key: str) -> pulumi.Output[str] | None:
+        """The secret `key` as a Pulumi secret, or None when the stack does not set it."""
+        if key not in SECRET_KEYS:
+            raise KeyError(key)
+        if key not in self._secrets_set:
+            return None
+        return self._config.require_secret(key)
+
+
+def validate(raw: Mapping[str, Any]) -> Settings:
+    """Validate raw config values (keys without namespace) or raise one `ConfigError`."""
+    problems: list[str] = []
+    unknown = sorted(set(raw) - set(_TOP_LEVEL_KEYS))
+    problems += [
+        f"{NAMESPACE}:{key}: unknown key; valid keys are {', '.join(_TOP_LEVEL_KEYS)}"
+        for key in unknown
+    ]
+    problems += _check_secret_keys(raw)
+    model_input = {k: v for k, v in raw.items() if k not in SECRET_KEYS and k not in unknown}
+    try:
+        settings = Settings.model_validate(model_input)
+    except ValidationError as error:
+        problems += [_describe(e) for e in error.errors(include_url=False)]
+        raise ConfigError(problems) from None
+    problems += _invariants(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load() -> StackConfig:
+    """Read and validate the stack's configuration once, before any resource is declared."""
+    raw = _raw_config()
+    settings = validate(raw)
+    secrets_set = frozenset(k for k in SECRET_KEYS if k in raw)
+    for key in sorted(secrets_set):
+        if not runtime_config.is_config_secret(f"{NAMESPACE}:{key}"):
+            pulumi.warn(
+                f"{NAMESPACE}:{key} is stored in plain text in the stack file; "
+                f"set it with `pulumi config set --secret {key}`"
+            )
+    return StackConfig(settings, secrets_set)

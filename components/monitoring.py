@@ -1,0 +1,51 @@
+"""Monitoring: Prometheus, its exporters and probes, and Grafana, for the app and its hosts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components.app_model import AppModel
+from components.config import MonitoringConfig
+from components.on_docker.containers import DockerPlatform
+from components.on_docker.monitoring import render_monitoring
+from components.secrets import StackSecrets
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitoringArgs:
+    """Inputs of Monitoring."""
+
+    app: AppModel
+    """The app whose endpoints are probed and whose services are scraped."""
+    secrets: StackSecrets
+    """Grafana's admin password and the database password for postgres-exporter."""
+    settings: MonitoringConfig
+    """Retention, scrape interval, storage."""
+    platform: DockerPlatform
+    """Where monitoring runs; its provider arrives through `ResourceOptions(providers=[...])`."""
+    network_name: pulumi.Input[str]
+    """The app's network, joined to reach every workload by name."""
+
+
+class Monitoring(pulumi.ComponentResource):
+    """CPU, memory, network latency and availability of the game, charted and alerted on."""
+
+    grafana_url: pulumi.Output[str]
+    """Grafana, with the picluster dashboards."""
+    prometheus_url: pulumi.Output[str]
+    """Prometheus, with the alert rules."""
+
+    def __init__(
+        self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("picluster:index:Monitoring", name, None, opts)
+        rendered = render_monitoring(
+            self, name, args.app, args.secrets, args.settings, args.platform, args.network_name
+        )
+        self.grafana_url = rendered.grafana_url
+        self.prometheus_url = rendered.prometheus_url
+        self.register_outputs(
+            {"grafana_url": self.grafana_url, "prometheus_url": self.prometheus_url}
+        )

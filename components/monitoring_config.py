@@ -1,0 +1,132 @@
+"""What monitoring looks like on any target: probe targets, alert rules, dashboards, Grafana's
+provisioning. The Docker and Kubernetes renderers read the same files from
+`components/assets/monitoring/`, so both targets alert on and chart the same things.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from components.app_model import AppModel, ProbeKind
+
+MONITORING_ASSETS = Path(__file__).parent / "assets" / "monitoring"
+
+DATASOURCE_UID = "prometheus"
+"""Every dashboard panel names this datasource uid."""
+
+GRAFANA_DASHBOARDS_DIR = "/etc/grafana/dashboards"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeTarget:
+    """One blackbox-exporter probe: latency and availability of an app endpoint."""
+
+    service: str
+    target: str
+    """URL for `http_2xx`, host:port for `tcp_connect`."""
+    module: str
+
+
+def probe_targets(app: AppModel, *, host_suffix: str = "") -> list[ProbeTarget]:
+    """Probe the frontend and each service where it answers, by their in-app DNS names."""
+    frontend = app.frontend
+    targets = [
+        ProbeTarget(
+            service=frontend.name,
+            target=f"http://{frontend.name}{host_suffix}:{frontend.port}/healthz",
+            module="http_2xx",
+        )
+    ]
+    for service in app.services:
+        host = f"{service.name}{host_suffix}:{service.port}"
+        if service.probe.kind is ProbeKind.HTTP:
+            targets.append(
+                ProbeTarget(
+                    service=service.name,
+                    target=f"http://{host}{service.probe.path}",
+                    module="http_2xx",
+                )
+            )
+        else:
+            targets.append(ProbeTarget(service=service.name, target=host, module="tcp_connect"))
+    return targets
+
+
+def probe_scrape_job(targets: list[ProbeTarget], blackbox_address: str) -> dict[str, object]:
+    """The Prometheus job that asks blackbox-exporter to probe each target."""
+    return {
+        "job_name": "probe",
+        "metrics_path": "/probe",
+        "static_configs": [
+            {
+                "targets": [t.target],
+                "labels": {"service": t.service, "__param_module": t.module},
+            }
+            for t in targets
+        ],
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"source_labels": ["__param_target"], "target_label": "instance"},
+            {"target_label": "__address__", "replacement": blackbox_address},
+        ],
+    }
+
+
+def alert_rules() -> str:
+    """The Prometheus rule file shared by both targets."""
+    return (MONITORING_ASSETS / "alerts.yml").read_text()
+
+
+def blackbox_config() -> str:
+    """blackbox-exporter's modules."""
+    return (MONITORING_ASSETS / "blackbox.yml").read_text()
+
+
+def dashboards() -> dict[str, str]:
+    """Grafana dashboards by file name."""
+    folder = MONITORING_ASSETS / "dashboards"
+    return {path.name: path.read_text() for path in sorted(folder.glob("*.json"))}
+
+
+def grafana_datasource(prometheus_url: str) -> str:
+    """Grafana's datasource provisioning file."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": 1,
+            "datasources": [
+                {
+                    "name": "Prometheus",
+                    "uid": DATASOURCE_UID,
+                    "type": "prometheus",
+                    "access": "proxy",
+                    "url": prometheus_url,
+                    "isDefault": True,
+                    "editable": False,
+                }
+            ],
+        },
+        sort_keys=False,
+    )
+
+
+def grafana_dashboard_provider() -> str:
+    """Grafana's dashboard provisioning file: load every JSON under the dashboards folder."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": 1,
+            "providers": [
+                {
+                    "name": "picluster",
+                    "folder": "picluster",
+                    "type": "file",
+                    "disableDeletion": True,
+                    "allowUiUpdates": False,
+                    "options": {"path": GRAFANA_DASHBOARDS_DIR},
+                }
+            ],
+        },
+        sort_keys=False,
+    )

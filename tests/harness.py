@@ -1,0 +1,283 @@
+"""Run the real Pulumi program, or one component, under Pulumi's mocks and record what the engine
+would see.
+
+`RecordingMonitor` is a `MockMonitor` that keeps every RegisterResource request: type, name,
+parent, dependencies, provider, `protect`, `retainOnDelete`, `additionalSecretOutputs`, and the
+inputs with their secret markers intact. Like the engine, it marks a resource's
+`additionalSecretOutputs` secret in the state it returns. No Pulumi CLI, plugin or network is
+involved: the mocks answer for the providers.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = ROOT / "__main__.py"
+PROJECT = "picluster"
+
+SECRET_SIG = rpc._special_secret_sig  # noqa: SLF001 - the wire marker of a secret value
+SIG_KEY = rpc._special_sig_key  # noqa: SLF001
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+def walk_strings(value: Any, *, in_secret: bool = False) -> Iterator[tuple[str, bool]]:
+    """Every string inside `value`, with whether it sits inside a secret."""
+    if _is_secret(value):
+        yield from walk_strings(value.get("value"), in_secret=True)
+    elif isinstance(value, str):
+        yield value, in_secret
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from walk_strings(k, in_secret=in_secret)
+            yield from walk_strings(v, in_secret=in_secret)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from walk_strings(item, in_secret=in_secret)
+
+
+def unwrap(value: Any) -> Any:
+    """`value` with secret markers removed, for asserting on content."""
+    if _is_secret(value):
+        return unwrap(value.get("value"))
+    if isinstance(value, Mapping):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [unwrap(v) for v in value]
+    return value
+
+
+@dataclass
+class Registration:
+    """One RegisterResource request, as the engine receives it."""
+
+    type: str
+    name: str
+    urn: str
+    parent: str
+    custom: bool
+    inputs: dict[str, Any]
+    """Deserialized inputs; secret values keep their marker (see `walk_strings`)."""
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    provider: str
+    providers: dict[str, str]
+    protect: bool
+    retain_on_delete: bool
+    additional_secret_outputs: list[str]
+    delete_before_replace: bool
+    replace_on_changes: list[str]
+    ignore_changes: list[str]
+
+    def plain_strings(self) -> list[str]:
+        """Every input string not marked secret."""
+        return [s for s, secret in walk_strings(self.inputs) if not secret]
+
+    def secret_strings(self) -> list[str]:
+        """Every input string marked secret."""
+        return [s for s, secret in walk_strings(self.inputs) if secret]
+
+    def value(self, key: str) -> Any:
+        """Input `key` without secret markers."""
+        return unwrap(self.inputs.get(key))
+
+    def is_secret(self, key: str) -> bool:
+        """Whether input `key` as a whole is a secret."""
+        return _is_secret(self.inputs.get(key))
+
+
+class ProgramMocks(pulumi_mocks.Mocks):
+    """Answers for the providers: echo the inputs and add what the real provider computes."""
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
+        state = dict(args.inputs)
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = f"generated-{args.name}-{int(state.get('length', 16))}"
+        elif args.typ == "docker:index/remoteImage:RemoteImage":
+            state["imageId"] = f"sha256:{abs(hash(args.inputs['name'])):064d}"[:71]
+            state["repoDigest"] = f"{args.inputs['name']}@sha256:{'0' * 64}"
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        return {}, None
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """A MockMonitor that records each RegisterResource request."""
+
+    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        if request.type != "pulumi:pulumi:Stack":
+            self.registrations.append(self._record(request))
+        response = super().RegisterResource(request)
+        secret_outputs = list(request.additionalSecretOutputs)
+        if not secret_outputs or request.type == "pulumi:pulumi:Stack":
+            return response
+        # As the engine does: outputs named in additionalSecretOutputs come back secret.
+        state = rpc.deserialize_properties(response.object, keep_unknowns=True)
+        for key in secret_outputs:
+            if key in state and not _is_secret(state[key]):
+                state[key] = {SIG_KEY: SECRET_SIG, "value": state[key]}
+        response.object.Clear()
+        response.object.update(_sync_await(rpc.serialize_properties(state, {})))
+        return response
+
+    def _record(self, request: Any) -> Registration:
+        inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+        return Registration(
+            type=request.type,
+            name=request.name,
+            urn=self.make_urn(request.parent, request.type, request.name),
+            parent=request.parent,
+            custom=bool(request.custom),
+            inputs=dict(inputs),
+            dependencies=list(request.dependencies),
+            property_dependencies={
+                k: list(v.urns) for k, v in request.propertyDependencies.items()
+            },
+            provider=request.provider,
+            providers=dict(request.providers),
+            protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
+            additional_secret_outputs=list(request.additionalSecretOutputs),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            replace_on_changes=list(request.replaceOnChanges),
+            ignore_changes=list(request.ignoreChanges),
+        )
+
+
+@dataclass
+class StackOutput:
+    """A stack output's value and whether it is secret."""
+
+    value: Any
+    secret: bool
+
+
+@dataclass
+class Run:
+    """What one program run declared."""
+
+    registrations: list[Registration]
+    outputs: dict[str, StackOutput] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def of_type(self, type_: str) -> list[Registration]:
+        """Registrations of one type token."""
+        return [r for r in self.registrations if r.type == type_]
+
+    def named(self, name: str) -> Registration:
+        """The one registration called `name`."""
+        found = [r for r in self.registrations if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name!r}, found {len(found)}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        """The registration with `urn`."""
+        return next(r for r in self.registrations if r.urn == urn)
+
+    def names(self, type_: str) -> set[str]:
+        """Names of the registrations of one type."""
+        return {r.name for r in self.of_type(type_)}
+
+
+class _WarningLogger:
+    """Collects what the program logs through the engine."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def debug(self, msg: str) -> None:
+        pass
+
+    def info(self, msg: str) -> None:
+        pass
+
+    def warning(self, msg: str) -> None:
+        self.warnings.append(msg)
+
+    def error(self, msg: str) -> None:
+        self.warnings.append(msg)
+
+
+def stack_file_config(stack: str) -> dict[str, Any]:
+    """The `picluster:` keys of a committed `Pulumi.<stack>.yaml`, unprefixed."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    return {
+        key.removeprefix(f"{PROJECT}:"): value
+        for key, value in (document.get("config") or {}).items()
+        if key.startswith(f"{PROJECT}:")
+    }
+
+
+def _encode(config: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()
+    }
+
+
+def run(
+    program: Callable[[], None],
+    config: Mapping[str, Any],
+    *,
+    stack: str = "test",
+    secret_keys: tuple[str, ...] = (),
+) -> Run:
+    """Run `program` under mocks with the given `picluster:` config (unprefixed keys)."""
+    pulumi_settings.ROOT.set(None)
+    mocks = ProgramMocks()
+    monitor = RecordingMonitor(mocks)
+    logger = _WarningLogger()
+    pulumi.runtime.set_mocks(
+        mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor, logger=logger  # type: ignore[arg-type]
+    )
+    pulumi.runtime.set_all_config(
+        _encode(config), secret_keys=[f"{PROJECT}:{k}" for k in secret_keys]
+    )
+    result = Run(registrations=monitor.registrations, warnings=logger.warnings)
+
+    async def collect_outputs() -> None:
+        root = pulumi_settings.get_root_resource()
+        for key, output in getattr(root, "outputs", {}).items():
+            out = pulumi.Output.from_input(output)
+            result.outputs[key] = StackOutput(
+                value=await out.future(), secret=bool(await out.is_secret())
+            )
+
+    def body() -> Any:
+        program()
+        return collect_outputs()
+
+    _sync_await(run_pulumi_func(body))
+    return result
+
+
+def run_main(
+    config: Mapping[str, Any], *, stack: str = "test", secret_keys: tuple[str, ...] = ()
+) -> Run:
+    """Run the project's `__main__.py` under mocks."""
+    return run(
+        lambda: runpy.run_path(str(MAIN), run_name="__main__"),
+        config,
+        stack=stack,
+        secret_keys=secret_keys,
+    )
