@@ -1,4 +1,4 @@
-"""picluster: the game and its monitoring on Docker (`-s local`) or on a K3s Pi cluster (`-s prod`)."""
+"""picluster: the game and its monitoring on Docker (`-s local`) or K3s on Pis (`-s prod`)."""
 
 import pulumi
 

@@ -35,9 +35,9 @@ class Role(StrEnum):
 class SecretKey(StrEnum):
     """A secret a workload needs, resolved by the renderer from the stack's secrets."""
 
-    DB_PASSWORD = "db-password"
+    DB_PASSWORD = "db-password"  # noqa: S105 - a name, not a value
     DATABASE_URL = "database-url"
-    GRAFANA_ADMIN_PASSWORD = "grafana-admin-password"
+    GRAFANA_ADMIN_PASSWORD = "grafana-admin-password"  # noqa: S105 - a name, not a value
 
 
 class ProbeKind(StrEnum):
@@ -81,11 +81,11 @@ class Workload:
     """Overrides the image's command when set."""
     env: Mapping[str, str] = field(default_factory=_frozen)
     """Plain environment variables."""
-    secret_env: Mapping[str, SecretKey] = field(default_factory=_frozen)
+    secret_env: Mapping[str, SecretKey] = field(default_factory=lambda: MappingProxyType({}))
     """Environment variables whose values are secrets."""
     files: Mapping[str, str] = field(default_factory=_frozen)
     """Plain files written into the container: path to content."""
-    secret_files: Mapping[str, SecretKey] = field(default_factory=_frozen)
+    secret_files: Mapping[str, SecretKey] = field(default_factory=lambda: MappingProxyType({}))
     """Files holding a secret: path to secret."""
     route: str | None = None
     """URL path prefix the frontend or ingress routes to this workload."""

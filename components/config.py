@@ -54,7 +54,9 @@ RESERVED_NAMES = frozenset(
 )
 """Workload names picluster uses itself; a service may not take one of them."""
 
-K3sComponent = Literal["coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"]
+K3sComponent = Literal[
+    "coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"
+]
 """Packaged K3s components that `k3s.disable` may turn off."""
 
 
@@ -348,9 +350,9 @@ class Settings(_Model):
     monitoring: MonitoringConfig = MonitoringConfig()
 
 
-_TOP_LEVEL_KEYS = tuple(
-    (field.alias or name) for name, field in Settings.model_fields.items()
-) + SECRET_KEYS
+_TOP_LEVEL_KEYS = (
+    tuple((field.alias or name) for name, field in Settings.model_fields.items()) + SECRET_KEYS
+)
 
 
 # --- error formatting ----------------------------------------------------------------------------
@@ -448,7 +450,8 @@ def _node_invariants(settings: Settings) -> list[str]:
         if endpoint in seen_endpoints:
             problems.append(
                 f"picluster:nodes[{i}].host: {node.host}:{endpoint[1]} is already used by "
-                f"picluster:nodes[{seen_endpoints[endpoint]}]; each node needs its own host and port"
+                f"picluster:nodes[{seen_endpoints[endpoint]}]; "
+                "each node needs its own host and port"
             )
         seen_endpoints.setdefault(endpoint, i)
     if settings.target is Target.K3S:
@@ -508,13 +511,19 @@ def _raw_config() -> dict[str, Any]:
         if not full_key.startswith(prefix):
             continue
         key = full_key[len(prefix) :]
-        if isinstance(value, str) and value[:1] in ("{", "["):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass  # left as a string: the model reports the wrong type with the key's path
-        raw[key] = value
+        raw[key] = _decode(value)
     return raw
+
+
+def _decode(value: Any) -> Any:
+    """An object or list value as Python data; anything else as it is."""
+    if not (isinstance(value, str) and value[:1] in ("{", "[")):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        # Left as a string: the model then reports the wrong type under the key's path.
+        return value
 
 
 def _check_secret_keys(raw: Mapping[str, Any]) -> list[str]:

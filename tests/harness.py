@@ -10,6 +10,7 @@ involved: the mocks answer for the providers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
 from collections.abc import Callable, Iterator, Mapping
@@ -29,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "__main__.py"
 PROJECT = "picluster"
 
-SECRET_SIG = rpc._special_secret_sig  # noqa: SLF001 - the wire marker of a secret value
-SIG_KEY = rpc._special_sig_key  # noqa: SLF001
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
 
 
 def _is_secret(value: Any) -> bool:
@@ -102,6 +103,11 @@ class Registration:
         return _is_secret(self.inputs.get(key))
 
 
+def mock_image_id(ref: str) -> str:
+    """The image id the mocks give the pulled image `ref`."""
+    return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+
+
 class ProgramMocks(pulumi_mocks.Mocks):
     """Answers for the providers: echo the inputs and add what the real provider computes."""
 
@@ -110,7 +116,7 @@ class ProgramMocks(pulumi_mocks.Mocks):
         if args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = f"generated-{args.name}-{int(state.get('length', 16))}"
         elif args.typ == "docker:index/remoteImage:RemoteImage":
-            state["imageId"] = f"sha256:{abs(hash(args.inputs['name'])):064d}"[:71]
+            state["imageId"] = mock_image_id(args.inputs["name"])
             state["repoDigest"] = f"{args.inputs['name']}@sha256:{'0' * 64}"
         return f"{args.name}-id", state
 
@@ -137,8 +143,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         for key in secret_outputs:
             if key in state and not _is_secret(state[key]):
                 state[key] = {SIG_KEY: SECRET_SIG, "value": state[key]}
-        response.object.Clear()
-        response.object.update(_sync_await(rpc.serialize_properties(state, {})))
+        response.object.CopyFrom(_sync_await(rpc.serialize_properties(state, {})))
         return response
 
     def _record(self, request: Any) -> Registration:
@@ -230,13 +235,11 @@ def stack_file_config(stack: str) -> dict[str, Any]:
 
 
 def _encode(config: Mapping[str, Any]) -> dict[str, str]:
-    return {
-        f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()
-    }
+    return {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
 def run(
-    program: Callable[[], None],
+    program: Callable[[], object],
     config: Mapping[str, Any],
     *,
     stack: str = "test",
@@ -248,7 +251,12 @@ def run(
     monitor = RecordingMonitor(mocks)
     logger = _WarningLogger()
     pulumi.runtime.set_mocks(
-        mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor, logger=logger  # type: ignore[arg-type]
+        mocks,
+        project=PROJECT,
+        stack=stack,
+        preview=False,
+        monitor=monitor,
+        logger=logger,  # type: ignore[arg-type]
     )
     pulumi.runtime.set_all_config(
         _encode(config), secret_keys=[f"{PROJECT}:{k}" for k in secret_keys]

@@ -77,7 +77,9 @@ def render_app(
         scope,
         replace(
             _spec(db, secrets, replica=None),
-            volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=db.data_path)],
+            volumes=[
+                docker.ContainerVolumeArgs(volume_name=volume.name, container_path=db.data_path)
+            ],
             # The entrypoint starts as root to own the data directory, then drops to postgres.
             user=None,
         ),
@@ -87,7 +89,9 @@ def render_app(
     for service in app.services:
         for replica in range(1, service.replicas + 1):
             services.append(
-                run_container(scope, _spec(service, secrets, replica=replica), depends_on=[database])
+                run_container(
+                    scope, _spec(service, secrets, replica=replica), depends_on=[database]
+                )
             )
 
     frontend = app.frontend

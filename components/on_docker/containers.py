@@ -89,9 +89,7 @@ def run_container(
     env: list[pulumi.Input[str]] = [f"{k}={v}" for k, v in spec.env.items()]
     env += [pulumi.Output.concat(k, "=", v) for k, v in spec.secret_env.items()]
     uploads = [docker.ContainerUploadArgs(file=p, content=c) for p, c in spec.files.items()]
-    uploads += [
-        docker.ContainerUploadArgs(file=p, content=c) for p, c in spec.secret_files.items()
-    ]
+    uploads += [docker.ContainerUploadArgs(file=p, content=c) for p, c in spec.secret_files.items()]
     healthcheck = None
     if spec.health is not None:
         healthcheck = docker.ContainerHealthcheckArgs(
@@ -110,7 +108,9 @@ def run_container(
         command=list(spec.command) if spec.command is not None else None,
         healthcheck=healthcheck,
         networks_advanced=[
-            docker.ContainerNetworksAdvancedArgs(name=scope.network_name, aliases=list(spec.aliases))
+            docker.ContainerNetworksAdvancedArgs(
+                name=scope.network_name, aliases=list(spec.aliases)
+            )
         ],
         ports=list(spec.ports),
         volumes=list(spec.volumes),

@@ -39,7 +39,10 @@ class DockerMonitoring:
 def prometheus_config(app: AppModel, settings: MonitoringConfig) -> str:
     """prometheus.yml for the Docker target: static targets on the shared network."""
     jobs: list[dict[str, object]] = [
-        {"job_name": "prometheus", "static_configs": [{"targets": [f"localhost:{PROMETHEUS_PORT}"]}]},
+        {
+            "job_name": "prometheus",
+            "static_configs": [{"targets": [f"localhost:{PROMETHEUS_PORT}"]}],
+        },
         {"job_name": "node", "static_configs": [{"targets": [NODE_EXPORTER]}]},
         {"job_name": "cadvisor", "static_configs": [{"targets": [CADVISOR]}]},
         {"job_name": "postgres", "static_configs": [{"targets": [POSTGRES_EXPORTER]}]},
@@ -192,7 +195,9 @@ def render_monitoring(
             health=["wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"],
             ports=[published(PROMETHEUS_PORT, platform.prometheus_port, address)],
             volumes=[
-                docker.ContainerVolumeArgs(volume_name=prometheus_data.name, container_path="/prometheus")
+                docker.ContainerVolumeArgs(
+                    volume_name=prometheus_data.name, container_path="/prometheus"
+                )
             ],
         ),
         depends_on=exporters,
@@ -231,7 +236,9 @@ def render_monitoring(
             health=["wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
             ports=[published(GRAFANA_PORT, platform.grafana_port, address)],
             volumes=[
-                docker.ContainerVolumeArgs(volume_name=grafana_data.name, container_path="/var/lib/grafana")
+                docker.ContainerVolumeArgs(
+                    volume_name=grafana_data.name, container_path="/var/lib/grafana"
+                )
             ],
         ),
         depends_on=[prometheus],

@@ -214,7 +214,11 @@ def test_k3s_base_is_valid() -> None:
             "picluster:nodes[0].taints[0]",
             "NoSchedule",
         ),
-        ({"k3s": {"version": "v1.31.4+k3s1", "disable": ["ingress"]}}, "picluster:k3s.disable[0]", "traefik"),
+        (
+            {"k3s": {"version": "v1.31.4+k3s1", "disable": ["ingress"]}},
+            "picluster:k3s.disable[0]",
+            "traefik",
+        ),
     ],
 )
 def test_bad_cluster_config_names_the_key(change: dict[str, Any], key: str, hint: str) -> None:
@@ -249,9 +253,7 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_secret_values_are_never_repeated_in_errors() -> None:
     token = "short token"  # fails validation (white space, too short)
     problems = problems_of({**K3S_BASE, "k3sToken": token})
-    assert problems == [
-        "picluster:k3sToken: must be at least 16 characters with no white space"
-    ]
+    assert problems == ["picluster:k3sToken: must be at least 16 characters with no white space"]
     assert token not in str(problems)
 
 
