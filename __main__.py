@@ -6,45 +6,48 @@ from components import config as stack_config
 from components.app_model import build_app
 from components.app_stack import AppStack, AppStackArgs
 from components.config import Target
+from components.k3s_cluster import K3sCluster
 from components.monitoring import Monitoring, MonitoringArgs
-from components.on_docker.containers import DockerPlatform
-from components.providers import docker_provider
-from components.secrets import stack_secrets
+from components.pi_node import PiNode
+from components.providers import docker_provider, kubernetes_provider
+from components.secrets import cluster_token, stack_secrets
+from components.stack_args import docker_platform, k3s_cluster_args, pi_node_args
 
-config = stack_config.load()  # raises one ConfigError, before any resource, on bad input
+config = stack_config.load()  # one ConfigError naming every bad key, before any resource
 settings = config.settings
-if settings.target is not Target.DOCKER:
-    raise stack_config.ConfigError(
-        ["picluster:target: 'k3s' is not available yet in this version; use 'docker'"]
-    )
-
 app = build_app(settings.app)
 secrets = stack_secrets(config, app)
-provider = docker_provider(settings.docker)
-platform = DockerPlatform(
-    publish_address=settings.docker.publish_address,
-    frontend_port=settings.docker.ports.frontend,
-    grafana_port=settings.docker.ports.grafana,
-    prometheus_port=settings.docker.ports.prometheus,
-    name_prefix=f"picluster-{pulumi.get_stack()}",
-)
-on_platform = pulumi.ResourceOptions(providers=[provider])
+pis = [(node, PiNode(node.name, args)) for node, args in pi_node_args(config)]
 
-app_stack = AppStack("app", AppStackArgs(app=app, secrets=secrets, platform=platform), on_platform)
-pulumi.export("frontendUrl", app_stack.frontend_url)
-if settings.monitoring.enabled:
-    monitoring = Monitoring(
-        "monitoring",
-        MonitoringArgs(
-            app=app,
-            secrets=secrets,
-            settings=settings.monitoring,
-            platform=platform,
-            network_name=app_stack.network_name,
-        ),
-        on_platform,
+if settings.target is Target.K3S:
+    cluster = K3sCluster("cluster", k3s_cluster_args(config, pis, cluster_token(config)))
+    kubernetes_provider(cluster.kubeconfig, f"picluster-{pulumi.get_stack()}", cluster.ready)
+    pulumi.export("apiServerUrl", cluster.api_server_url)
+    pulumi.export("nodeNames", cluster.node_names)
+    pulumi.export("kubeconfig", cluster.kubeconfig)
+    # The app and monitoring on this provider arrive with the Kubernetes renderers (issue #4).
+else:
+    platform = docker_platform(settings)
+    on_docker = pulumi.ResourceOptions(
+        providers=[docker_provider(settings.docker, [pi for _, pi in pis])]
     )
-    pulumi.export("grafanaUrl", monitoring.grafana_url)
-    pulumi.export("prometheusUrl", monitoring.prometheus_url)
-    pulumi.export("grafanaAdminPassword", secrets.grafana_admin_password)
-pulumi.export("dbPassword", secrets.db_password)
+    app_stack = AppStack(
+        "app", AppStackArgs(app=app, secrets=secrets, platform=platform), on_docker
+    )
+    pulumi.export("frontendUrl", app_stack.frontend_url)
+    if settings.monitoring.enabled:
+        monitoring = Monitoring(
+            "monitoring",
+            MonitoringArgs(
+                app=app,
+                secrets=secrets,
+                settings=settings.monitoring,
+                platform=platform,
+                network_name=app_stack.network_name,
+            ),
+            on_docker,
+        )
+        pulumi.export("grafanaUrl", monitoring.grafana_url)
+        pulumi.export("prometheusUrl", monitoring.prometheus_url)
+        pulumi.export("grafanaAdminPassword", secrets.grafana_admin_password)
+    pulumi.export("dbPassword", secrets.db_password)

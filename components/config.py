@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pulumi
@@ -263,6 +265,7 @@ class NodeConfig(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[Annotated[str, AfterValidator(_taint)]] = Field(default_factory=list)
     docker: bool = False
+    upgrade: bool = True
 
 
 class SshConfig(_Model):
@@ -419,16 +422,35 @@ def _invariants(settings: Settings) -> list[str]:
     problems: list[str] = []
     problems += _node_invariants(settings)
     problems += _app_invariants(settings.app)
-    if settings.target is Target.K3S:
-        if settings.ssh is None:
+    if settings.ssh is None and (settings.target is Target.K3S or settings.nodes):
+        problems.append(
+            "picluster:ssh: is required when target is k3s or nodes are listed, "
+            "for example {user: pi, port: 22, privateKeyPath: ~/.ssh/id_ed25519}"
+        )
+    if settings.k3s is not None:
+        problems += _k3s_config_invariants(settings.k3s)
+    if settings.target is Target.K3S and settings.k3s is None:
+        problems.append(
+            "picluster:k3s: is required when target is k3s, "
+            "with a pinned version such as {version: v1.31.4+k3s1}"
+        )
+    return problems
+
+
+K3S_KEYS_SET_BY_PICLUSTER = frozenset(
+    {"token", "token-file", "node-name", "node-ip", "server", "cluster-init", "agent-token"}
+)
+"""config.yaml keys picluster writes itself; `serverConfig`/`agentConfig` may not set them."""
+
+
+def _k3s_config_invariants(k3s: K3sConfig) -> list[str]:
+    problems: list[str] = []
+    for section, extra in (("serverConfig", k3s.server_config), ("agentConfig", k3s.agent_config)):
+        for key in sorted(set(extra) & K3S_KEYS_SET_BY_PICLUSTER):
             problems.append(
-                "picluster:ssh: is required when target is k3s, "
-                "for example {user: pi, port: 22, privateKeyPath: ~/.ssh/id_ed25519}"
-            )
-        if settings.k3s is None:
-            problems.append(
-                "picluster:k3s: is required when target is k3s, "
-                "with a pinned version such as {version: v1.31.4+k3s1}"
+                f"picluster:k3s.{section}.{key}: is set by picluster "
+                "(the token comes from picluster:k3sToken, names and addresses from "
+                "picluster:nodes); remove it"
             )
     return problems
 
@@ -544,10 +566,22 @@ def _check_secret_keys(raw: Mapping[str, Any]) -> list[str]:
 class StackConfig:
     """The validated configuration, and access to the secrets it left out."""
 
-    def __init__(self, settings: Settings, secrets_set: frozenset[str]) -> None:
+    def __init__(
+        self, settings: Settings, secrets_set: frozenset[str], key_file: Path | None = None
+    ) -> None:
         self.settings = settings
         self._secrets_set = secrets_set
+        self._key_file = key_file
         self._config = pulumi.Config(NAMESPACE)
+
+    def ssh_private_key(self) -> pulumi.Output[str]:
+        """The SSH private key, a secret: `sshPrivateKey`, else the file at `ssh.privateKeyPath`."""
+        given = self.secret("sshPrivateKey")
+        if given is not None:
+            return given
+        if self._key_file is None:
+            raise ConfigError(["picluster:sshPrivateKey: is required when no key file is set"])
+        return pulumi.Output.secret(self._key_file.read_text())
 
     def secret(self, key: str) -> pulumi.Output[str] | None:
         """The secret `key` as a Pulumi secret, or None when the stack does not set it."""
@@ -590,4 +624,29 @@ def load() -> StackConfig:
                 f"{NAMESPACE}:{key} is stored in plain text in the stack file; "
                 f"set it with `pulumi config set --secret {key}`"
             )
-    return StackConfig(settings, secrets_set)
+    key_file = None
+    if settings.nodes and "sshPrivateKey" not in secrets_set:
+        key_file = _private_key_file(settings)
+    return StackConfig(settings, secrets_set, key_file)
+
+
+def _private_key_file(settings: Settings) -> Path:
+    """The readable key file named by `ssh.privateKeyPath`, or one ConfigError."""
+    configured = settings.ssh.private_key_path if settings.ssh else None
+    if configured is None:
+        raise ConfigError(
+            [
+                "picluster:ssh.privateKeyPath: is required unless the secret "
+                "picluster:sshPrivateKey is set"
+            ]
+        )
+    path = Path(configured).expanduser()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(
+            [
+                f"picluster:ssh.privateKeyPath: {configured!r} is not a readable file; point it at "
+                "your SSH private key or set it with `pulumi config set --secret sshPrivateKey "
+                "< ~/.ssh/id_ed25519`"
+            ]
+        )
+    return path

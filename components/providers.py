@@ -6,15 +6,42 @@ through a provider made here and nothing falls back to an ambient socket or kube
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import pulumi
 import pulumi_docker as docker
+import pulumi_kubernetes as k8s
 
 from components.config import DockerConfig
 
 
-def docker_provider(config: DockerConfig) -> docker.Provider:
+def docker_provider(
+    config: DockerConfig, depends_on: Sequence[pulumi.Resource] = ()
+) -> docker.Provider:
     """The Docker daemon named by `docker.host` (a local socket, tcp:// or ssh://user@pi)."""
     ssh_opts = None
     if config.host.startswith("ssh://"):
         # Fail fast on an unreachable Pi instead of hanging; BatchMode never prompts.
         ssh_opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-    return docker.Provider("docker", host=config.host, ssh_opts=ssh_opts)
+    return docker.Provider(
+        "docker",
+        host=config.host,
+        ssh_opts=ssh_opts,
+        opts=pulumi.ResourceOptions(depends_on=list(depends_on)),
+    )
+
+
+def kubernetes_provider(
+    kubeconfig: pulumi.Input[str], cluster_identifier: str, depends_on: Sequence[pulumi.Resource]
+) -> k8s.Provider:
+    """The K3s cluster, from its (secret) kubeconfig.
+
+    The cluster identifier is stable, so a rotated kubeconfig (new certificates, another server
+    address) updates the provider instead of replacing it and every object deployed through it.
+    """
+    return k8s.Provider(
+        "k3s",
+        kubeconfig=kubeconfig,
+        cluster_identifier=cluster_identifier,
+        opts=pulumi.ResourceOptions(depends_on=list(depends_on)),
+    )

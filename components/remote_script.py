@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,11 @@ def script_payload(script: str, values: Mapping[str, str]) -> str:
     Raises ValueError for a name that is not a shell identifier or a value containing a NUL byte
     (bash cannot hold one in a variable).
     """
+    return _header(values) + script_path(script).read_text(encoding="utf-8")
+
+
+def _header(values: Mapping[str, str]) -> str:
+    """`NAME='value'` lines, checked: shell identifiers only, no NUL bytes."""
     header: list[str] = []
     for name, value in values.items():
         if not _SHELL_NAME.match(name):
@@ -48,7 +53,7 @@ def script_payload(script: str, values: Mapping[str, str]) -> str:
         if "\0" in value:
             raise ValueError(f"value of {name} contains a NUL byte")
         header.append(f"{name}={shlex.quote(value)}\n")
-    return "".join(header) + script_path(script).read_text(encoding="utf-8")
+    return "".join(header)
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,14 @@ def parse_summary(stdout: str) -> Summary:
         facts = dict(pair.split("=", 1) for pair in shlex.split(rest) if "=" in pair)
         return Summary(step, (), facts=facts, line=line)
     raise ValueError("no 'picluster <step>: ...' summary line in the script's output")
+
+
+def steps_payload(scripts: Sequence[str], values: Mapping[str, str]) -> str:
+    """The stdin for `sudo bash -s` running several scripts in one SSH session, in order.
+
+    Each script runs in its own subshell (its `readonly` names and traps stay its own) and
+    `set -e` stops the session at the first script that fails. bash reads a whole `( ... )` block
+    before running it, so nothing a script runs can swallow the scripts after it from stdin.
+    """
+    blocks = [f"(\n{script_path(s).read_text(encoding='utf-8')}\n)\n" for s in scripts]
+    return "set -euo pipefail\n" + _header(values) + "".join(blocks)

@@ -34,12 +34,14 @@ class StackSecrets:
         }[key]
 
 
-def _given_or_generated(config: StackConfig, key: str, name: str) -> pulumi.Output[str]:
+def _given_or_generated(
+    config: StackConfig, key: str, name: str, length: int = 32
+) -> pulumi.Output[str]:
     given = config.secret(key)
     if given is not None:
         return given
-    # Letters and digits only: the value goes into a URL and into files without quoting trouble.
-    generated = random.RandomPassword(name, length=32, special=False)
+    # Letters and digits only: the value goes into URLs and files without quoting trouble.
+    generated = random.RandomPassword(name, length=length, special=False)
     return pulumi.Output.secret(generated.result)
 
 
@@ -64,3 +66,8 @@ def stack_secrets(config: StackConfig, app: AppModel) -> StackSecrets:
         ),
         database_url=database_url,
     )
+
+
+def cluster_token(config: StackConfig) -> pulumi.Output[str]:
+    """The K3s join token: `k3sToken` as given, else 48 generated letters and digits."""
+    return _given_or_generated(config, "k3sToken", "k3s-token", length=48)

@@ -103,6 +103,29 @@ class Registration:
         return _is_secret(self.inputs.get(key))
 
 
+K3S_KUBECONFIG = """apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: Q0EtREFUQQ==
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {}
+users:
+- name: default
+  user:
+    client-certificate-data: Q0VSVC1EQVRB
+    client-key-data: S0VZLURBVEE=
+"""
+"""What K3s writes to /etc/rancher/k3s/k3s.yaml (certificates shortened)."""
+
+
 def mock_image_id(ref: str) -> str:
     """The image id the mocks give the pulled image `ref`."""
     return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
@@ -115,6 +138,14 @@ class ProgramMocks(pulumi_mocks.Mocks):
         state = dict(args.inputs)
         if args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = f"generated-{args.name}-{int(state.get('length', 16))}"
+        elif args.typ == "command:remote:Command":
+            # What the Pi would print: K3s's own kubeconfig for the read step, a summary otherwise.
+            state["stdout"] = (
+                K3S_KUBECONFIG
+                if args.name.endswith("-kubeconfig")
+                else "picluster step: no changes"
+            )
+            state["stderr"] = ""
         elif args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = mock_image_id(args.inputs["name"])
             state["repoDigest"] = f"{args.inputs['name']}@sha256:{'0' * 64}"

@@ -1,0 +1,247 @@
+"""K3sCluster: K3s on prepared Pis, from the first server to every agent Ready, and its kubeconfig.
+
+Remote steps (each one SSH session running a script from `components/scripts/`):
+
+- `<node>-k3s` on every node (`k3s-install.sh`): the token into a root-only file, config.yaml
+  (built here as data) written 0600 only when it changed, K3s installed at the pinned version,
+  restarted only when its config changed. The first server initialises; further servers join one
+  after another (embedded etcd); agents join in parallel once the servers are up. A version
+  change re-runs the step in that same order: servers one at a time, then agents.
+- `<node>-join` on the first server for every other node (`k3s-node.sh`): waits until the node is
+  Ready; on destroy it drains and removes the node before the node's K3s is uninstalled.
+- `kubeconfig` on the first server (`k3s-kubeconfig.sh`): stdout is the admin kubeconfig, kept
+  secret and never logged; its server address is rewritten (as YAML) to the first server.
+
+The token only ever travels as a secret on stdin; it never appears in a command line or a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi_command import remote
+
+from components.config import NodeRole
+from components.kubeconfig import rewrite_kubeconfig
+from components.pi_node import SshTarget
+from components.remote_script import steps_payload
+
+K3S_DIR = "/etc/rancher/k3s"
+TOKEN_FILE = f"{K3S_DIR}/picluster-token"
+API_PORT = 6443
+READY_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterNode:
+    """A prepared Pi, as the cluster sees it."""
+
+    name: str
+    """Kubernetes node name (the hostname PiNode set)."""
+    role: NodeRole
+    ssh: SshTarget
+    """How to reach it."""
+    address: str
+    """The address other nodes and clients use (the config's `host`)."""
+    ready: pulumi.Resource
+    """What must finish before K3s goes on (the node's PiNode)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: Sequence[str] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class K3sClusterArgs:
+    """Inputs of a K3sCluster."""
+
+    nodes: Sequence[ClusterNode]
+    """Servers (an odd number) and agents; the first server initialises the cluster."""
+    version: str
+    """Pinned K3s release, e.g. v1.31.4+k3s1."""
+    token: pulumi.Input[str]
+    """Cluster join token, a secret."""
+    cluster_name: str
+    """Name of the cluster, context and user in the exported kubeconfig."""
+    disable: Sequence[str] = ()
+    """Packaged components to turn off."""
+    secrets_encryption: bool = True
+    """Encrypt Secrets at rest."""
+    server_config: Mapping[str, Any] = field(default_factory=dict)
+    """Extra config.yaml keys for servers."""
+    agent_config: Mapping[str, Any] = field(default_factory=dict)
+    """Extra config.yaml keys for agents."""
+    protect_servers: bool = True
+    """Protect the servers' K3s from an accidental destroy."""
+    install_url: str = "https://get.k3s.io"
+    """The K3s installer."""
+
+
+def _node_ip(address: str) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(address))
+    except ValueError:
+        return None  # a DNS name: K3s picks the address of the default route
+
+
+def node_config(node: ClusterNode, args: K3sClusterArgs, first: ClusterNode) -> dict[str, Any]:
+    """The node's /etc/rancher/k3s/config.yaml, as data."""
+    config: dict[str, Any] = {"node-name": node.name, "token-file": TOKEN_FILE}
+    node_ip = _node_ip(node.address)
+    if node_ip is not None:
+        config["node-ip"] = node_ip
+    if node is not first:
+        config["server"] = f"https://{first.address}:{API_PORT}"
+    if node.labels:
+        config["node-label"] = [f"{k}={v}" for k, v in sorted(node.labels.items())]
+    if node.taints:
+        config["node-taint"] = list(node.taints)
+    if node.role is NodeRole.SERVER:
+        servers = [n for n in args.nodes if n.role is NodeRole.SERVER]
+        config["tls-san"] = sorted({n.address for n in servers})
+        config["write-kubeconfig-mode"] = "0600"
+        if args.secrets_encryption:
+            config["secrets-encryption"] = True
+        if args.disable:
+            config["disable"] = list(args.disable)
+        if node is first and len(servers) > 1:
+            config["cluster-init"] = True  # embedded etcd for an HA control plane
+        config.update(args.server_config)
+    else:
+        config.update(args.agent_config)
+    return config
+
+
+class K3sCluster(pulumi.ComponentResource):
+    """A K3s cluster on prepared Raspberry Pis."""
+
+    kubeconfig: pulumi.Output[str]
+    """Admin kubeconfig pointing at the first server, a secret."""
+    api_server_url: pulumi.Output[str]
+    """https://<first server>:6443."""
+    node_names: list[str]
+    """Every node's name, servers first."""
+    ready: list[pulumi.Resource]
+    """The steps after which every node is Ready; deploy onto the cluster after them."""
+
+    def __init__(
+        self, name: str, args: K3sClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("picluster:index:K3sCluster", name, None, opts)
+        servers = [n for n in args.nodes if n.role is NodeRole.SERVER]
+        agents = [n for n in args.nodes if n.role is NodeRole.AGENT]
+        if not servers:
+            raise ValueError("K3sCluster needs at least one server")
+        first = servers[0]
+
+        previous: list[pulumi.Resource] = []
+        server_steps: list[remote.Command] = []
+        for node in servers:
+            # Servers join one after another: etcd admits one new member at a time.
+            step = self._install(name, node, args, first, depends_on=[node.ready, *previous])
+            server_steps.append(step)
+            previous = [step]
+
+        agent_steps = [
+            self._install(name, node, args, first, depends_on=[node.ready, server_steps[-1]])
+            for node in agents
+        ]
+
+        first_connection = first.ssh.connection()
+        joins = [
+            remote.Command(
+                f"{name}-{node.name}-join",
+                connection=first_connection,
+                create="sudo bash -s",
+                update="sudo bash -s",
+                delete="sudo bash -s -- delete",
+                stdin=steps_payload(
+                    ["k3s-node.sh"],
+                    {"NODE_NAME": node.name, "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS)},
+                ),
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[step]),
+            )
+            for node, step in zip(
+                [*servers[1:], *agents], [*server_steps[1:], *agent_steps], strict=True
+            )
+        ]
+
+        read = remote.Command(
+            f"{name}-kubeconfig",
+            connection=first_connection,
+            create="sudo bash -s",
+            update="sudo bash -s",
+            stdin=steps_payload(["k3s-kubeconfig.sh"], {"READY_TIMEOUT": "300"}),
+            # The kubeconfig holds the cluster's admin credentials: never logged, stored secret,
+            # and not handed back to the next run's environment.
+            logging=remote.Logging.STDERR,
+            add_previous_output_in_env=False,
+            triggers=[server_steps[0].stdout],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[server_steps[0]],
+                additional_secret_outputs=["stdout"],
+            ),
+        )
+
+        self.api_server_url = pulumi.Output.from_input(f"https://{first.address}:{API_PORT}")
+        self.kubeconfig = pulumi.Output.secret(
+            read.stdout.apply(
+                lambda raw: rewrite_kubeconfig(
+                    raw, f"https://{first.address}:{API_PORT}", args.cluster_name
+                )
+            )
+        )
+        self.node_names = [n.name for n in [*servers, *agents]]
+        self.ready = [server_steps[0], *joins]
+        self.register_outputs(
+            {"kubeconfig": self.kubeconfig, "api_server_url": self.api_server_url}
+        )
+
+    def _install(
+        self,
+        name: str,
+        node: ClusterNode,
+        args: K3sClusterArgs,
+        first: ClusterNode,
+        *,
+        depends_on: Sequence[pulumi.Resource],
+    ) -> remote.Command:
+        config_yaml = yaml.safe_dump(node_config(node, args, first), sort_keys=True)
+        values = pulumi.Output.all(args.token).apply(
+            lambda token: steps_payload(
+                ["k3s-install.sh"],
+                {
+                    "ROLE": node.role.value,
+                    "NODE_NAME": node.name,
+                    "K3S_VERSION": args.version,
+                    "K3S_TOKEN": str(token[0]),
+                    "CONFIG_YAML_B64": base64.b64encode(config_yaml.encode()).decode(),
+                    "K3S_INSTALL_URL": args.install_url,
+                    "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
+                },
+            )
+        )
+        protect = node.role is NodeRole.SERVER and args.protect_servers
+        return remote.Command(
+            f"{name}-{node.name}-k3s",
+            connection=node.ssh.connection(),
+            create="sudo bash -s",
+            # An update re-runs the install (upgrade, new config); it never uninstalls first.
+            update="sudo bash -s",
+            delete="sudo bash -s -- delete",
+            stdin=pulumi.Output.secret(values),
+            triggers=[args.version, hashlib.sha256(config_yaml.encode()).hexdigest()],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(depends_on),
+                protect=protect,
+            ),
+        )

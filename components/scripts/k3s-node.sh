@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# picluster k3s-node: on the first server, wait until a node has joined and is Ready.
+# `bash -s -- delete` drains the node and removes it from the cluster (before its K3s is
+# uninstalled), so its pods move elsewhere first.
+#
+# Inputs (NAME='value' lines on stdin before this script, run as `sudo bash -s`):
+#   NODE_NAME      the node to wait for or remove
+#   READY_TIMEOUT  seconds to wait for Ready (default 300)
+# Output: progress on stderr; last line on stdout: picluster k3s-node: no changes | changed: ...
+set -euo pipefail
+
+log() { printf 'picluster k3s-node: %s\n' "$*" >&2; }
+die() { printf 'picluster k3s-node: ERROR: %s\n' "$*" >&2; exit 1; }
+
+node_status() {
+    k3s kubectl get node "$NODE_NAME" --no-headers 2>/dev/null | awk '{ print $2 }'
+}
+
+wait_ready() {
+    local deadline=$((SECONDS + READY_TIMEOUT)) status=""
+    while ((SECONDS < deadline)); do
+        status=$(node_status || true)
+        if [[ "$status" == Ready ]]; then
+            echo "picluster k3s-node: no changes ($NODE_NAME is Ready)"
+            return 0
+        fi
+        sleep 3
+    done
+    die "$NODE_NAME is not Ready after ${READY_TIMEOUT}s (status: ${status:-not registered}); on the node: journalctl -u k3s-agent"
+}
+
+remove() {
+    if ! command -v k3s >/dev/null 2>&1 || [[ -z "$(node_status || true)" ]]; then
+        echo "picluster k3s-node: no changes ($NODE_NAME is not in the cluster)"
+        return 0
+    fi
+    log "draining $NODE_NAME"
+    k3s kubectl drain "$NODE_NAME" --ignore-daemonsets --delete-emptydir-data --timeout=180s >&2 ||
+        log "drain did not finish cleanly; removing the node anyway"
+    k3s kubectl delete node "$NODE_NAME" --timeout=60s >&2 || die "could not delete node $NODE_NAME"
+    echo "picluster k3s-node: changed: drained, removed $NODE_NAME"
+}
+
+main() {
+    exec </dev/null
+    : "${NODE_NAME:?NODE_NAME is required}"
+    READY_TIMEOUT=${READY_TIMEOUT:-300}
+    if [[ "${1:-}" == delete ]]; then
+        remove
+    else
+        wait_ready
+    fi
+}
+
+main "$@"

@@ -1,0 +1,87 @@
+"""From the validated stack config to each component's Args: the wiring `__main__.py` uses.
+
+Nothing here declares a resource; it only decides what each component is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pulumi
+
+from components.config import NodeConfig, Settings, StackConfig
+from components.k3s_cluster import ClusterNode, K3sClusterArgs
+from components.on_docker.containers import DockerPlatform
+from components.pi_node import PiNode, PiNodeArgs, SshTarget
+
+
+def docker_platform(settings: Settings) -> DockerPlatform:
+    """Where the Docker target publishes, and how it names what it creates."""
+    return DockerPlatform(
+        publish_address=settings.docker.publish_address,
+        frontend_port=settings.docker.ports.frontend,
+        grafana_port=settings.docker.ports.grafana,
+        prometheus_port=settings.docker.ports.prometheus,
+        name_prefix=f"picluster-{pulumi.get_stack()}",
+    )
+
+
+def _ssh_target(config: StackConfig, node: NodeConfig, key: pulumi.Output[str]) -> SshTarget:
+    ssh = config.settings.ssh
+    assert ssh is not None  # the config requires `ssh` whenever nodes are listed
+    return SshTarget(
+        host=node.host,
+        port=node.port if node.port is not None else ssh.port,
+        user=node.user if node.user is not None else ssh.user,
+        private_key=key,
+        host_key=node.host_key,
+    )
+
+
+def pi_node_args(config: StackConfig) -> list[tuple[NodeConfig, PiNodeArgs]]:
+    """One PiNodeArgs per configured node, in config order."""
+    if not config.settings.nodes:
+        return []
+    key = config.ssh_private_key()
+    return [
+        (
+            node,
+            PiNodeArgs(
+                node_name=node.name,
+                ssh=_ssh_target(config, node, key),
+                upgrade=node.upgrade,
+                docker=node.docker,
+            ),
+        )
+        for node in config.settings.nodes
+    ]
+
+
+def k3s_cluster_args(
+    config: StackConfig, nodes: Sequence[tuple[NodeConfig, PiNode]], token: pulumi.Output[str]
+) -> K3sClusterArgs:
+    """The cluster on the prepared Pis."""
+    k3s = config.settings.k3s
+    assert k3s is not None  # the config requires `k3s` when the target is k3s
+    return K3sClusterArgs(
+        nodes=[
+            ClusterNode(
+                name=node.name,
+                role=node.role,
+                ssh=pi.ssh,
+                address=node.host,
+                ready=pi,
+                labels=node.labels,
+                taints=node.taints,
+            )
+            for node, pi in nodes
+        ],
+        version=k3s.version,
+        token=token,
+        cluster_name=f"picluster-{pulumi.get_stack()}",
+        disable=k3s.disable,
+        secrets_encryption=k3s.secrets_encryption,
+        server_config=k3s.server_config,
+        agent_config=k3s.agent_config,
+        protect_servers=k3s.protect_server_data,
+    )
