@@ -1,0 +1,354 @@
+"""The prod program under mocks: every node's steps, their order, and secrets kept secret."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.config import ConfigError
+from components.kubeconfig import rewrite_kubeconfig
+from tests.harness import K3S_KUBECONFIG, Registration, Run, run_main, stack_file_config, unwrap
+
+COMMAND = "command:remote:Command"
+TOKEN = "K10picluster-unit-test-token-0123456789abcdef"
+PRIVATE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-unit-test-key\n"
+    "-----END OPENSSH PRIVATE KEY-----\n"
+)
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGQ2dW5pdHRlc3Rob3N0a2V5MDEyMzQ1Njc4OWFi"
+
+UNSEEN: dict[str, Any] = {
+    "target": "k3s",
+    "ssh": {"user": "ubuntu", "port": 2222},
+    "k3s": {
+        "version": "v1.30.6+k3s1",
+        "disable": ["servicelb"],
+        "serverConfig": {"etcd-snapshot-retention": 3},
+        "agentConfig": {"kubelet-arg": ["max-pods=60"]},
+    },
+    "nodes": [
+        {"name": "cp-a", "host": "10.20.0.11", "role": "server", "hostKey": HOST_KEY},
+        {"name": "cp-b", "host": "10.20.0.12", "role": "server"},
+        {"name": "cp-c", "host": "cp-c.lan", "role": "server", "user": "admin", "port": 22},
+        {
+            "name": "worker-1",
+            "host": "10.20.0.21",
+            "role": "agent",
+            "labels": {"game.studio/tier": "frontend"},
+            "taints": ["dedicated=game:NoSchedule"],
+        },
+        {"name": "worker-2", "host": "10.20.0.22", "role": "agent"},
+        {"name": "worker-3", "host": "10.20.0.23", "role": "agent", "upgrade": False},
+    ],
+}
+
+
+def run_prod(config: dict[str, Any], **extra: Any) -> Run:
+    return run_main(
+        {**config, "sshPrivateKey": PRIVATE_KEY, "k3sToken": TOKEN, **extra},
+        stack="prod",
+        secret_keys=("sshPrivateKey", "k3sToken"),
+    )
+
+
+@pytest.fixture(scope="module")
+def unseen() -> Run:
+    return run_prod(UNSEEN)
+
+
+@pytest.fixture(scope="module")
+def committed() -> Run:
+    return run_prod(stack_file_config("prod"))
+
+
+def commands(run: Run) -> dict[str, Registration]:
+    return {r.name: r for r in run.of_type(COMMAND)}
+
+
+def stdin_values(command: Registration) -> dict[str, str]:
+    stdin = command.value("stdin")
+    return {
+        m["name"]: m["value"].strip("'")
+        for m in re.finditer(r"^(?P<name>[A-Z_][A-Z0-9_]*)=(?P<value>.*)$", stdin, re.M)
+    }
+
+
+def k3s_config(command: Registration) -> dict[str, Any]:
+    return yaml.safe_load(base64.b64decode(stdin_values(command)["CONFIG_YAML_B64"]))
+
+
+def depends_on(run: Run, resource: Registration) -> set[str]:
+    return {run.by_urn(urn).name for urn in resource.dependencies}
+
+
+def test_every_node_gets_its_steps(unseen: Run) -> None:
+    names = set(commands(unseen))
+    for node in ("cp-a", "cp-b", "cp-c", "worker-1", "worker-2", "worker-3"):
+        assert {f"{node}-prepare", f"{node}-gate", f"cluster-{node}-k3s"} <= names
+    joins = {n for n in names if n.endswith("-join")}
+    assert joins == {
+        f"cluster-{n}-join" for n in ("cp-b", "cp-c", "worker-1", "worker-2", "worker-3")
+    }
+    assert "cluster-kubeconfig" in names
+    assert unseen.names("picluster:index:PiNode") == {
+        "cp-a",
+        "cp-b",
+        "cp-c",
+        "worker-1",
+        "worker-2",
+        "worker-3",
+    }
+
+
+def test_node_steps_are_parented_to_their_components(unseen: Run) -> None:
+    pi = unseen.named("worker-1")
+    cluster = unseen.named("cluster")
+    assert unseen.named("worker-1-prepare").parent == pi.urn
+    assert unseen.named("worker-1-gate").parent == pi.urn
+    assert unseen.named("cluster-worker-1-k3s").parent == cluster.urn
+
+
+def test_prepare_then_gate_then_k3s_on_each_node(unseen: Run) -> None:
+    assert "worker-2-prepare" in depends_on(unseen, unseen.named("worker-2-gate"))
+    assert "worker-2-gate" in depends_on(unseen, unseen.named("cluster-worker-2-k3s"))
+    prepare_stdin = unseen.named("worker-2-prepare").value("stdin")
+    for script in ("picluster facts", "picluster prepare", "picluster reboot"):
+        assert script in prepare_stdin
+    assert "picluster cgroup-gate" in unseen.named("worker-2-gate").value("stdin")
+    assert stdin_values(unseen.named("worker-3-prepare"))["UPGRADE"] == "0"
+    assert stdin_values(unseen.named("worker-2-prepare"))["UPGRADE"] == "1"
+
+
+def test_servers_join_one_after_another(unseen: Run) -> None:
+    assert "cluster-cp-a-k3s" in depends_on(unseen, unseen.named("cluster-cp-b-k3s"))
+    assert "cluster-cp-b-k3s" in depends_on(unseen, unseen.named("cluster-cp-c-k3s"))
+    assert "cluster-cp-c-k3s" not in depends_on(unseen, unseen.named("cluster-cp-a-k3s"))
+
+
+def test_agents_join_in_parallel_after_the_servers(unseen: Run) -> None:
+    agents = ("worker-1", "worker-2", "worker-3")
+    for agent in agents:
+        deps = depends_on(unseen, unseen.named(f"cluster-{agent}-k3s"))
+        assert "cluster-cp-c-k3s" in deps  # the last server
+        others = {f"cluster-{a}-k3s" for a in agents if a != agent}
+        assert not deps & others, f"{agent} waits for another agent"
+        assert not any(d.startswith(tuple(a for a in agents if a != agent)) for d in deps)
+
+
+def test_token_never_in_a_command_line_and_always_secret(unseen: Run) -> None:
+    carrying = 0
+    for resource in unseen.registrations:
+        for key in ("create", "update", "delete"):
+            assert TOKEN not in str(resource.value(key) or ""), f"{resource.name}.{key}"
+        assert not any(TOKEN in s for s in resource.plain_strings()), resource.name
+        if any(TOKEN in s for s in resource.secret_strings()):
+            carrying += 1
+            assert resource.is_secret("stdin"), resource.name
+    assert carrying == 6  # one install step per node
+    assert not unseen.of_type("random:index/randomPassword:RandomPassword") or all(
+        r.name != "k3s-token" for r in unseen.of_type("random:index/randomPassword:RandomPassword")
+    )
+
+
+def test_generated_token_is_48_characters_and_secret(committed: Run) -> None:
+    run = run_main(
+        {**stack_file_config("prod"), "sshPrivateKey": PRIVATE_KEY},
+        stack="prod",
+        secret_keys=("sshPrivateKey",),
+    )
+    token = run.named("k3s-token")
+    assert token.value("length") == 48
+    install = run.named("cluster-pi-server-1-k3s")
+    assert install.is_secret("stdin")
+    assert stdin_values(install)["K3S_TOKEN"] == "generated-k3s-token-48"
+
+
+def test_commands_run_scripts_from_stdin_with_sudo_and_never_replace(unseen: Run) -> None:
+    for command in unseen.of_type(COMMAND):
+        assert command.value("create") == "sudo bash -s", command.name
+        assert command.value("update") == "sudo bash -s", command.name
+        assert command.value("addPreviousOutputInEnv") is False, command.name
+    for name in ("cluster-worker-1-k3s", "cluster-worker-1-join", "cluster-cp-b-k3s"):
+        assert unseen.named(name).value("delete") == "sudo bash -s -- delete"
+
+
+def test_kubeconfig_stdout_is_secret_and_not_logged(unseen: Run) -> None:
+    read = unseen.named("cluster-kubeconfig")
+    assert "stdout" in read.additional_secret_outputs
+    assert read.value("logging") == "stderr"
+    assert "cluster-cp-a-k3s" in depends_on(unseen, read)
+    assert read.value("connection")["host"] == "10.20.0.11"
+
+
+def test_kubeconfig_reaches_the_provider_as_a_secret_pointing_at_the_first_server(
+    unseen: Run,
+) -> None:
+    provider = unseen.named("k3s")
+    assert provider.type == "pulumi:providers:kubernetes"
+    assert provider.is_secret("kubeconfig")
+    kubeconfig = yaml.safe_load(provider.value("kubeconfig"))
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://10.20.0.11:6443"
+    assert kubeconfig["current-context"] == "picluster-prod"
+    assert provider.value("clusterIdentifier") == "picluster-prod"
+    deps = depends_on(unseen, provider)
+    assert {f"cluster-{n}-join" for n in ("worker-1", "worker-2", "worker-3")} <= deps
+    assert unseen.outputs["kubeconfig"].secret
+    assert not unseen.outputs["apiServerUrl"].secret
+    assert unseen.outputs["apiServerUrl"].value == "https://10.20.0.11:6443"
+    assert unseen.outputs["nodeNames"].value == [
+        "cp-a",
+        "cp-b",
+        "cp-c",
+        "worker-1",
+        "worker-2",
+        "worker-3",
+    ]
+
+
+def test_connections_carry_user_port_key_and_pinned_host_key(unseen: Run) -> None:
+    first = unseen.named("cluster-cp-a-k3s")
+    connection = unwrap(first.inputs["connection"])
+    assert connection["host"] == "10.20.0.11"
+    assert connection["port"] == 2222
+    assert connection["user"] == "ubuntu"
+    assert connection["hostKey"] == HOST_KEY
+    assert connection["dialErrorLimit"] >= 60
+    assert connection["privateKey"] == PRIVATE_KEY
+    assert first.is_secret("connection")
+    cp_c = unwrap(unseen.named("cp-c-prepare").inputs["connection"])
+    assert (cp_c["user"], cp_c["port"], cp_c["host"]) == ("admin", 22, "cp-c.lan")
+    assert "hostKey" not in cp_c
+    warned = [w for w in unseen.warnings if "no hostKey" in w]
+    assert len(warned) == 5 and not any("cp-a" in w for w in warned)
+
+
+def test_config_yaml_is_built_as_data_for_each_role(unseen: Run) -> None:
+    first = k3s_config(unseen.named("cluster-cp-a-k3s"))
+    assert first["node-name"] == "cp-a"
+    assert first["node-ip"] == "10.20.0.11"
+    assert first["token-file"] == "/etc/rancher/k3s/picluster-token"
+    assert first["cluster-init"] is True
+    assert first["write-kubeconfig-mode"] == "0600"
+    assert first["secrets-encryption"] is True
+    assert first["tls-san"] == ["10.20.0.11", "10.20.0.12", "cp-c.lan"]
+    assert first["disable"] == ["servicelb"]
+    assert first["etcd-snapshot-retention"] == 3
+    assert "server" not in first and "token" not in first
+
+    joining = k3s_config(unseen.named("cluster-cp-c-k3s"))
+    assert joining["server"] == "https://10.20.0.11:6443"
+    assert "node-ip" not in joining  # a DNS name: K3s picks the address
+    assert "cluster-init" not in joining
+
+    agent = k3s_config(unseen.named("cluster-worker-1-k3s"))
+    assert agent == {
+        "node-name": "worker-1",
+        "node-ip": "10.20.0.21",
+        "token-file": "/etc/rancher/k3s/picluster-token",
+        "server": "https://10.20.0.11:6443",
+        "node-label": ["game.studio/tier=frontend"],
+        "node-taint": ["dedicated=game:NoSchedule"],
+        "kubelet-arg": ["max-pods=60"],
+    }
+    values = stdin_values(unseen.named("cluster-worker-1-k3s"))
+    assert (values["ROLE"], values["K3S_VERSION"]) == ("agent", "v1.30.6+k3s1")
+
+
+def test_version_and_config_hash_trigger_the_install_step(unseen: Run) -> None:
+    triggers = unseen.named("cluster-worker-2-k3s").value("triggers")
+    assert triggers[0] == "v1.30.6+k3s1"
+    assert re.fullmatch(r"[0-9a-f]{64}", triggers[1])
+    assert triggers[1] != unseen.named("cluster-worker-1-k3s").value("triggers")[1]
+
+
+def test_single_server_uses_no_cluster_init(committed: Run) -> None:
+    config = k3s_config(committed.named("cluster-pi-server-1-k3s"))
+    assert "cluster-init" not in config
+
+
+def test_servers_are_protected_unless_the_user_opts_out(committed: Run) -> None:
+    assert committed.named("cluster-pi-server-1-k3s").protect
+    assert not committed.named("cluster-pi-agent-1-k3s").protect
+    k3s = {**stack_file_config("prod")["k3s"], "protectServerData": False}
+    unprotected = run_prod({**stack_file_config("prod"), "k3s": k3s})
+    assert not unprotected.named("cluster-pi-server-1-k3s").protect
+
+
+def test_committed_prod_chain_is_five_steps_deep(committed: Run) -> None:
+    def depth(resource: Registration) -> int:
+        parents = [committed.by_urn(u) for u in resource.dependencies]
+        remote = [p for p in parents if p.type == COMMAND]
+        return 1 + max((depth(p) for p in remote), default=0)
+
+    deepest = max(depth(c) for c in committed.of_type(COMMAND))
+    assert deepest == 5
+
+
+def test_docker_target_on_a_pi_prepares_it_and_installs_docker() -> None:
+    run = run_main(
+        {
+            "target": "docker",
+            "docker": {"host": "ssh://pi@10.0.0.5"},
+            "ssh": {"user": "pi"},
+            "nodes": [{"name": "pi-1", "host": "10.0.0.5", "role": "server", "docker": True}],
+            "sshPrivateKey": PRIVATE_KEY,
+        },
+        secret_keys=("sshPrivateKey",),
+    )
+    gate = run.named("pi-1-gate")
+    assert "picluster docker" in gate.value("stdin")
+    assert stdin_values(gate)["DOCKER_USER"] == "pi"
+    assert not run.of_type("picluster:index:K3sCluster")
+    provider = run.named("docker")
+    assert {"pi-1-prepare", "pi-1-gate"} <= depends_on(run, provider)
+
+
+def test_missing_key_file_names_the_key(tmp_path: Path) -> None:
+    config = {**stack_file_config("prod"), "ssh": {"privateKeyPath": str(tmp_path / "absent")}}
+    with pytest.raises(ConfigError) as caught:
+        run_main(config, stack="prod")
+    assert str(caught.value).startswith("picluster:ssh.privateKeyPath: ")
+
+
+def test_key_file_content_is_read_as_a_secret(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    key.write_text(PRIVATE_KEY)
+    run = run_main({**stack_file_config("prod"), "ssh": {"privateKeyPath": str(key)}}, stack="prod")
+    prepare = run.named("pi-agent-1-prepare")
+    assert prepare.is_secret("connection")
+    assert unwrap(prepare.inputs["connection"])["privateKey"] == PRIVATE_KEY
+    assert not any("unit-test-key" in s for r in run.registrations for s in r.plain_strings())
+
+
+def test_reserved_k3s_keys_cannot_be_overridden() -> None:
+    k3s = {"version": "v1.31.4+k3s1", "serverConfig": {"token": "x", "node-name": "y"}}
+    with pytest.raises(ConfigError) as caught:
+        run_prod({**stack_file_config("prod"), "k3s": k3s})
+    assert "picluster:k3s.serverConfig.node-name: is set by picluster" in str(caught.value)
+    assert "picluster:k3s.serverConfig.token: is set by picluster" in str(caught.value)
+
+
+def test_kubeconfig_rewrite_parses_yaml_and_renames_every_entry() -> None:
+    rewritten = yaml.safe_load(
+        rewrite_kubeconfig(K3S_KUBECONFIG, "https://pi-1.lan:6443", "picluster-qa")
+    )
+    assert rewritten["clusters"][0] == {
+        "cluster": {
+            "certificate-authority-data": "Q0EtREFUQQ==",
+            "server": "https://pi-1.lan:6443",
+        },
+        "name": "picluster-qa",
+    }
+    assert rewritten["contexts"][0]["context"] == {
+        "cluster": "picluster-qa",
+        "user": "picluster-qa",
+    }
+    assert rewritten["users"][0]["name"] == "picluster-qa"
+    assert rewritten["current-context"] == "picluster-qa"
+    with pytest.raises(ValueError, match="no clusters"):
+        rewrite_kubeconfig("kind: Config\n", "https://x:6443", "y")
