@@ -464,9 +464,11 @@ class SimPi:
         """Run `remote` over SSH as the pi user (not checked)."""
         return _run(self.ssh_argv(*remote), timeout=timeout, check=False)
 
-    def exec(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run `argv` inside the container as root through `docker exec` (checked)."""
-        return _run(["docker", "exec", self.container, *argv], timeout=timeout)
+    def exec(
+        self, *argv: str, timeout: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` inside the container as root through `docker exec`."""
+        return _run(["docker", "exec", self.container, *argv], timeout=timeout, check=check)
 
     def read(self, path: str) -> str:
         return self.exec("cat", path).stdout

@@ -1,0 +1,57 @@
+"""Fixtures for the simulated-Raspberry-Pi integration tests (see simpi.py).
+
+The tests skip with the reason when Docker or the image build cannot work on this machine. Set
+PICLUSTER_REQUIRE_INTEGRATION=1 (CI does) to turn that skip into a failure, so a broken Docker
+setup cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration import simpi
+
+TIMINGS: dict[str, float] = {}
+"""Seconds for the image build and the script runs worth benchmarking, printed after the run."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "integration: runs the node scripts over SSH against simulated Raspberry Pis "
+        "(Docker + debootstrap, root)",
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.section("simulated Pi timings")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{name}: {seconds:.1f} s")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("PICLUSTER_REQUIRE_INTEGRATION") == "1":
+        pytest.fail(f"PICLUSTER_REQUIRE_INTEGRATION=1 but: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sim_image() -> simpi.ImageBuild:
+    """The simulated-Pi image, built once per recipe hash (about a minute), then reused."""
+    reason = simpi.docker_unavailable_reason() or simpi.image_unavailable_reason()
+    if reason:
+        _unavailable(reason)
+    build = simpi.ensure_image()
+    TIMINGS["image build" if build.built else "image (cached)"] = build.seconds
+    return build
+
+
+@pytest.fixture(scope="session")
+def sim_lab(sim_image: simpi.ImageBuild) -> Iterator[simpi.SimPiLab]:
+    """Starts simulated Pis with one ephemeral session key; removes them all at the end."""
+    with simpi.SimPiLab(sim_image.tag) as lab:
+        yield lab
