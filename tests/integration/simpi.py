@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import IO, Self
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -266,9 +266,22 @@ def _log(message: str) -> None:
     print(f"[simpi] {message}", file=sys.stderr, flush=True)
 
 
-def _run(argv: list[str], *, timeout: float = 120, check: bool = True, **kwargs: object):
-    return subprocess.run(  # type: ignore[call-overload]
-        argv, check=check, timeout=timeout, capture_output=True, text=True, **kwargs
+def _run(
+    argv: list[str],
+    *,
+    timeout: float = 120,
+    check: bool = True,
+    input: str | None = None,
+    stdin: IO[bytes] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        check=check,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+        input=input,
+        stdin=stdin,
     )
 
 
