@@ -60,6 +60,28 @@ class Probe:
     """The same check as a command inside the container, for Docker's HEALTHCHECK."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """CPU and memory a workload asks for and may use, in Kubernetes quantities."""
+
+    cpu_request: str
+    memory_request: str
+    cpu_limit: str
+    memory_limit: str
+
+
+# Sized for a Raspberry Pi 4 with 4 GB: the game keeps most of the memory; limits catch leaks.
+FRONTEND_RESOURCES = Resources(
+    cpu_request="10m", memory_request="16Mi", cpu_limit="250m", memory_limit="64Mi"
+)
+SERVICE_RESOURCES = Resources(
+    cpu_request="50m", memory_request="96Mi", cpu_limit="500m", memory_limit="256Mi"
+)
+DATABASE_RESOURCES = Resources(
+    cpu_request="100m", memory_request="256Mi", cpu_limit="1000m", memory_limit="512Mi"
+)
+
+
 def _frozen(mapping: Mapping[str, str] | None = None) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -76,6 +98,7 @@ class Workload:
     port: int
     """The port the container listens on."""
     probe: Probe
+    resources: Resources
     replicas: int = 1
     command: tuple[str, ...] | None = None
     """Overrides the image's command when set."""
@@ -96,7 +119,9 @@ class Workload:
     storage: str | None = None
     """Size of the persistent volume on Kubernetes."""
     run_as_user: int | None = None
-    """Non-root user id the image runs as."""
+    """Non-root user id the image runs as (None: the image's own user, on Docker only)."""
+    writable_paths: tuple[str, ...] = ("/tmp",)
+    """Directories the image writes to, given scratch space under a read-only root filesystem."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +135,18 @@ class DatabaseInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BackupInfo:
+    """Scheduled database dumps."""
+
+    schedule: str
+    """Cron schedule."""
+    keep: int
+    """How many dumps to keep."""
+    storage: str
+    """Size of the backup volume."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class AppModel:
     """The whole game."""
 
@@ -118,6 +155,7 @@ class AppModel:
     database: Workload
     db: DatabaseInfo
     domain: str | None
+    backup: BackupInfo | None
     uses_placeholder_page: bool
     """True when the frontend serves picluster's placeholder Phaser page."""
 
@@ -176,7 +214,8 @@ def _service(config: ServiceConfig, *, demo: bool) -> Workload:
         probe=_node_probe(config.port, config.health_path),
         route=config.route,
         metrics_path=config.metrics_path,
-        run_as_user=1000 if demo else None,
+        resources=SERVICE_RESOURCES,
+        run_as_user=config.run_as_user,
     )
 
 
@@ -202,7 +241,9 @@ def _database(config: AppConfig) -> Workload:
         ),
         data_path="/var/lib/postgresql/data",
         storage=db.storage,
+        resources=DATABASE_RESOURCES,
         run_as_user=70,
+        writable_paths=("/tmp", "/var/run/postgresql"),
     )
 
 
@@ -231,6 +272,9 @@ def _frontend(config: AppConfig) -> Workload:
             ),
         ),
         route="/",
+        resources=FRONTEND_RESOURCES,
+        run_as_user=101,  # the nginx user of the nginx images
+        writable_paths=("/tmp", "/var/cache/nginx"),
     )
 
 
@@ -249,5 +293,14 @@ def build_app(config: AppConfig) -> AppModel:
             user=config.database.user,
         ),
         domain=config.domain,
+        backup=(
+            BackupInfo(
+                schedule=config.database.backup.schedule,
+                keep=config.database.backup.keep,
+                storage=config.database.backup.storage,
+            )
+            if config.database.backup.enabled
+            else None
+        ),
         uses_placeholder_page=config.frontend.image is None,
     )

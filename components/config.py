@@ -180,6 +180,16 @@ def _k3s_version(value: str) -> str:
     return value
 
 
+def _cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 5 or not all(re.fullmatch(r"[0-9*/,-]+", f) for f in fields):
+        raise ValueError(
+            f"{value!r} is not a cron schedule; give five fields such as '17 3 * * *' "
+            "(03:17 every day)"
+        )
+    return value
+
+
 def _docker_host(value: str) -> str:
     if not re.match(r"^(unix|tcp|ssh)://.+", value):
         raise ValueError(
@@ -306,11 +316,21 @@ class ServiceConfig(_Model):
     env: dict[EnvName, str] = Field(default_factory=dict)
     health_path: UrlPath | None = None
     metrics_path: UrlPath | None = None
+    run_as_user: Annotated[int, Field(ge=1, le=2147483647, strict=True)] = 1000
 
     @property
     def route(self) -> str:
         """The URL prefix the frontend routes to this service (default `/<name>`)."""
         return self.path if self.path is not None else f"/{self.name}"
+
+
+class BackupConfig(_Model):
+    """Scheduled `pg_dump` backups (K3s target)."""
+
+    enabled: bool = True
+    schedule: Annotated[str, AfterValidator(_cron)] = "17 3 * * *"
+    keep: Annotated[int, Field(ge=1, le=365, strict=True)] = 7
+    storage: Quantity = "2Gi"
 
 
 class DatabaseConfig(_Model):
@@ -320,6 +340,7 @@ class DatabaseConfig(_Model):
     name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "game"
     user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "game"
     storage: Quantity = "5Gi"
+    backup: BackupConfig = BackupConfig()
 
 
 class AppConfig(_Model):

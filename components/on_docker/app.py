@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import pulumi
 import pulumi_docker as docker
 
-from components.app_model import AppModel, Workload
+from components.app_model import AppModel, Role, Workload
 from components.nginx import DOCKER_RESOLVER, nginx_conf
 from components.on_docker.containers import (
     ContainerSpec,
@@ -40,7 +40,11 @@ def _spec(workload: Workload, secrets: StackSecrets, *, replica: int | None) -> 
         secret_files={p: secrets.get(s) for p, s in workload.secret_files.items()},
         command=workload.command,
         health=workload.probe.command,
-        user=str(workload.run_as_user) if workload.run_as_user is not None else None,
+        # The official nginx and postgres images start as root and drop privileges themselves;
+        # Node.js services run as their own non-root user from the start.
+        user=str(workload.run_as_user)
+        if workload.role is Role.SERVICE and workload.run_as_user is not None
+        else None,
     )
 
 
@@ -80,8 +84,6 @@ def render_app(
             volumes=[
                 docker.ContainerVolumeArgs(volume_name=volume.name, container_path=db.data_path)
             ],
-            # The entrypoint starts as root to own the data directory, then drops to postgres.
-            user=None,
         ),
     )
 

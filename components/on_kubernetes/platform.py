@@ -1,0 +1,41 @@
+"""What the Kubernetes renderers share: where things go on the K3s cluster and how they are named."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PART_OF = "picluster"
+"""`app.kubernetes.io/part-of` on every object picluster creates."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubernetesPlatform:
+    """The K3s cluster the app and monitoring land on (the provider arrives through opts)."""
+
+    app_namespace: str = "game"
+    """The game's workloads; Pod Security `restricted`, default-deny NetworkPolicies."""
+    monitoring_namespace: str = "monitoring"
+    """Prometheus, Grafana, kube-state-metrics, the exporters that need no host access."""
+    node_exporter_namespace: str = "monitoring-node"
+    """node-exporter alone: it reads the host (hostPID, hostNetwork), so `privileged` here."""
+    domain: str | None = None
+    """Host name of the Ingress rules; any host when None."""
+    ingress_class: str = "traefik"
+    """K3s's packaged ingress controller."""
+    storage_class: str = "local-path"
+    """K3s's packaged local-path provisioner."""
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    """The recommended labels for one workload."""
+    return {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def selector(name: str) -> dict[str, str]:
+    """The stable subset of `labels` used in selectors (selectors are immutable)."""
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": PART_OF}

@@ -1,0 +1,46 @@
+"""Kubernetes objects a program run declared, as plain manifests, and their offline validation.
+
+Each `kubernetes:*` registration's inputs are the object (apiVersion, kind, metadata, spec...),
+with secret markers removed; `validate_manifests` checks them against the OpenAPI schema of one
+Kubernetes minor version with `kubernetes-validate` (strict: unknown fields are errors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.harness import Run, unwrap
+
+KUBERNETES_TYPE_PREFIX = "kubernetes:"
+
+
+def manifests(run: Run) -> list[dict[str, Any]]:
+    """Every Kubernetes object the run declared (providers excluded), as a manifest."""
+    objects: list[dict[str, Any]] = []
+    for registration in run.registrations:
+        if not registration.type.startswith(KUBERNETES_TYPE_PREFIX):
+            continue
+        manifest = unwrap(registration.inputs)
+        assert manifest.get("apiVersion") and manifest.get("kind"), registration.name
+        objects.append(manifest)
+    return objects
+
+
+def kubernetes_minor(k3s_version: str) -> str:
+    """`v1.31.4+k3s1` -> `1.31.0`, the schema version kubernetes-validate knows."""
+    major, minor = k3s_version.removeprefix("v").split(".")[:2]
+    return f"{major}.{minor}.0"
+
+
+def validate_manifests(objects: list[dict[str, Any]], version: str) -> list[str]:
+    """One message per object that does not validate against Kubernetes `version`."""
+    import kubernetes_validate  # imported here: only these tests need it
+
+    problems: list[str] = []
+    for manifest in objects:
+        name = f"{manifest['kind']}/{manifest.get('metadata', {}).get('name', '?')}"
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{name}: {error.message} at {list(error.path)}")
+    return problems
