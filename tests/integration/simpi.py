@@ -292,6 +292,15 @@ def _docker_ok() -> bool:
         return False
 
 
+def _dockerd_running() -> bool:
+    try:
+        pid = int(Path("/var/run/docker.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def docker_unavailable_reason(*, start_daemon: bool = True, wait_seconds: float = 60) -> str | None:
     """None when the Docker daemon answers; otherwise why not. As root, starts `dockerd` first."""
     if shutil.which("docker") is None:
@@ -302,6 +311,8 @@ def docker_unavailable_reason(*, start_daemon: bool = True, wait_seconds: float 
         return (
             "Docker daemon not reachable and cannot start dockerd here (needs root and docker.io)"
         )
+    if _dockerd_running() or os.environ.get("DOCKER_HOST"):
+        return "`docker info` fails although a Docker daemon is configured (see `docker info`)"
     _log("docker info failed: starting dockerd in the background (log: /var/log/dockerd.log)")
     with open("/var/log/dockerd.log", "ab") as log:
         subprocess.Popen(
