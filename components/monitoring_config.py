@@ -91,6 +91,12 @@ def dashboards() -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted(folder.glob("*.json"))}
 
 
+def kubernetes_dashboards() -> dict[str, str]:
+    """Grafana dashboards that only the Kubernetes target has data for (kube-state-metrics)."""
+    folder = MONITORING_ASSETS / "dashboards" / "kubernetes"
+    return {path.name: path.read_text() for path in sorted(folder.glob("*.json"))}
+
+
 def grafana_datasource(prometheus_url: str) -> str:
     """Grafana's datasource provisioning file."""
     return yaml.safe_dump(

@@ -31,6 +31,7 @@ EXPECTED_DASHBOARD_UIDS = {
     "picluster-containers",
     "picluster-app",
     "picluster-postgres",
+    "picluster-cluster",
 }
 REQUIRED_ALERTS = {
     "TargetDown",
@@ -44,7 +45,10 @@ REQUIRED_ALERTS = {
 }
 SEVERITIES = {"warning", "critical"}
 # Scrape jobs that picluster's prometheus.yml defines; a query on any other job finds nothing.
+# The last two exist on the Kubernetes target only, and only its dashboards (under
+# `dashboards/kubernetes/`) may query them.
 SCRAPE_JOBS = {"prometheus", "node", "cadvisor", "postgres", "probe", "services"}
+KUBERNETES_SCRAPE_JOBS = {"kube-state-metrics", "kubelet"}
 # Labels that only one target has (Docker's cAdvisor `name`, Kubernetes' `pod` and friends).
 # Alert expressions must not match on them, or the alert silently never fires on the other.
 TARGET_SPECIFIC_LABELS = ("name", "pod", "container", "namespace", "image", "id")
@@ -63,7 +67,8 @@ needs_promtool = pytest.mark.skipif(
     reason="promtool not on PATH (Debian: apt-get install prometheus)",
 )
 
-DASHBOARD_FILES = sorted(DASHBOARDS.glob("*.json"))
+KUBERNETES_DASHBOARDS = DASHBOARDS / "kubernetes"
+DASHBOARD_FILES = sorted(DASHBOARDS.rglob("*.json"))
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -216,9 +221,18 @@ def test_template_variables_are_defined_and_use_prometheus(path: Path) -> None:
 
 @pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
 def test_dashboard_queries_use_known_scrape_jobs(path: Path) -> None:
+    known = SCRAPE_JOBS
+    if path.is_relative_to(KUBERNETES_DASHBOARDS):
+        known = SCRAPE_JOBS | KUBERNETES_SCRAPE_JOBS
     for where, expr in _dashboard_exprs(_load_json(path)):
         for job in re.findall(r'\bjob\s*=\s*"([^"]*)"', expr):
-            assert job in SCRAPE_JOBS, f"{path.name} {where}: unknown job {job!r}"
+            assert job in known, f"{path.name} {where}: unknown job {job!r}"
+
+
+def test_dashboard_file_names_are_unique_across_folders() -> None:
+    # Grafana's dashboards ConfigMap on Kubernetes is keyed by file name.
+    names = [path.name for path in DASHBOARD_FILES]
+    assert len(names) == len(set(names)), f"duplicate dashboard file names in {names}"
 
 
 def test_walk_panels_descends_into_collapsed_rows() -> None:
