@@ -1,4 +1,5 @@
-"""AppStack: the game (frontend, Node.js services, PostgreSQL) on the platform it is given."""
+"""AppStack: the game (frontend, Node.js services, PostgreSQL) on the platform it is given:
+containers on a Docker daemon, or hardened Kubernetes objects on the K3s cluster."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from dataclasses import dataclass
 import pulumi
 
 from components.app_model import AppModel
-from components.on_docker.app import render_app
+from components.on_docker import app as on_docker
 from components.on_docker.containers import DockerPlatform
+from components.on_kubernetes import app as on_kubernetes
+from components.on_kubernetes.platform import KubernetesPlatform
 from components.secrets import StackSecrets
 
 
@@ -20,7 +23,7 @@ class AppStackArgs:
     """The platform-neutral app model."""
     secrets: StackSecrets
     """Database password and DATABASE_URL, as secrets."""
-    platform: DockerPlatform
+    platform: DockerPlatform | KubernetesPlatform
     """Where the app runs; its provider arrives through `ResourceOptions(providers=[...])`."""
 
 
@@ -29,16 +32,19 @@ class AppStack(pulumi.ComponentResource):
 
     frontend_url: pulumi.Output[str]
     """Where players open the game."""
-    network_name: pulumi.Output[str]
-    """The private network every workload shares (monitoring joins it to scrape and probe)."""
+    network_name: pulumi.Output[str] | None
+    """Docker: the private network every workload shares (monitoring joins it); else None."""
 
     def __init__(
         self, name: str, args: AppStackArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("picluster:index:AppStack", name, None, opts)
-        rendered = render_app(self, name, args.app, args.secrets, args.platform)
-        self.frontend_url = rendered.frontend_url
-        self.network_name = rendered.network_name
-        self.register_outputs(
-            {"frontend_url": self.frontend_url, "network_name": self.network_name}
-        )
+        if isinstance(args.platform, DockerPlatform):
+            rendered = on_docker.render_app(self, name, args.app, args.secrets, args.platform)
+            self.frontend_url = rendered.frontend_url
+            self.network_name = rendered.network_name
+        else:
+            on_k8s = on_kubernetes.render_app(self, name, args.app, args.secrets, args.platform)
+            self.frontend_url = on_k8s.frontend_url
+            self.network_name = None
+        self.register_outputs({"frontend_url": self.frontend_url})

@@ -14,12 +14,13 @@ DOCKER_RESOLVER = "127.0.0.11"
 """Docker's embedded DNS server on user-defined networks."""
 
 
-def nginx_conf(app: AppModel, *, resolver: str | None) -> str:
+def nginx_conf(app: AppModel, *, resolver: str | None, listen_port: int | None = None) -> str:
     """`/etc/nginx/conf.d/default.conf`; proxies service routes when `resolver` is given."""
+    port = listen_port if listen_port is not None else app.frontend.port
     lines = [
         "# Written by picluster from the app model; changes here are replaced on the next update.",
         "server {",
-        f"    listen {app.frontend.port};",
+        f"    listen {port};",
         "    server_name _;",
         "    root /usr/share/nginx/html;",
         "    index index.html;",

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 import pulumi
 
-from components.config import NodeConfig, Settings, StackConfig
+from components.config import NodeConfig, NodeRole, Settings, StackConfig
 from components.k3s_cluster import ClusterNode, K3sClusterArgs
 from components.on_docker.containers import DockerPlatform
+from components.on_kubernetes.platform import KubernetesPlatform
 from components.pi_node import PiNode, PiNodeArgs, SshTarget
 
 
@@ -85,3 +86,9 @@ def k3s_cluster_args(
         agent_config=k3s.agent_config,
         protect_servers=k3s.protect_server_data,
     )
+
+
+def kubernetes_platform(settings: Settings) -> KubernetesPlatform:
+    """Where the K3s target puts the app and monitoring."""
+    first_server = next(n for n in settings.nodes if n.role is NodeRole.SERVER)
+    return KubernetesPlatform(domain=settings.app.domain, public_address=first_server.host)

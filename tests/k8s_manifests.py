@@ -43,4 +43,7 @@ def validate_manifests(objects: list[dict[str, Any]], version: str) -> list[str]
             kubernetes_validate.validate(manifest, version, strict=True)
         except kubernetes_validate.ValidationError as error:
             problems.append(f"{name}: {error.message} at {list(error.path)}")
+        except kubernetes_validate.SchemaNotFoundError:
+            api = manifest["apiVersion"]
+            problems.append(f"{name}: {api} is not served by Kubernetes {version}")
     return problems

@@ -1,4 +1,4 @@
-"""What the Kubernetes renderers share: where things go on the K3s cluster and how they are named."""
+"""What the Kubernetes renderers share: where things go on K3s and how they are named."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class KubernetesPlatform:
     """node-exporter alone: it reads the host (hostPID, hostNetwork), so `privileged` here."""
     domain: str | None = None
     """Host name of the Ingress rules; any host when None."""
+    public_address: str = "localhost"
+    """Where the ingress answers when there is no domain (the first server's address)."""
     ingress_class: str = "traefik"
     """K3s's packaged ingress controller."""
     storage_class: str = "local-path"

@@ -1,0 +1,323 @@
+"""Kubernetes renderer of the app model: the game on K3s, hardened and sized for Raspberry Pis.
+
+One namespace under Pod Security `restricted`; PostgreSQL as a StatefulSet on a retained volume
+with scheduled `pg_dump` backups; each service as a Deployment and Service spread across the
+Pis; the frontend behind K3s's Traefik ingress, which also routes each service's path; and
+NetworkPolicies that deny everything but ingress -> frontend -> services -> database, DNS, and
+monitoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.app_model import AppModel, Role, SecretKey, Workload
+from components.nginx import nginx_conf
+from components.on_kubernetes import policies
+from components.on_kubernetes.backup import render_backup
+from components.on_kubernetes.platform import KubernetesPlatform, labels, selector
+from components.on_kubernetes.workloads import (
+    container_port,
+    file_key,
+    files_checksum,
+    namespace,
+    pod_spec,
+    workload_container,
+)
+from components.secrets import StackSecrets
+
+APP_SECRET = "app-secrets"  # noqa: S105 - a Secret's name
+"""The Secret holding the database password and DATABASE_URL."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubernetesApp:
+    """What the Kubernetes rendering of the app hands back."""
+
+    frontend_url: pulumi.Output[str]
+    namespace: pulumi.Output[str]
+
+
+def _secret_keys(app: AppModel) -> dict[SecretKey, str]:
+    """Secret key -> key inside the app Secret."""
+    used = {s for w in app.workloads for s in (*w.secret_env.values(), *w.secret_files.values())}
+    return {key: key.value for key in SecretKey if key in used}
+
+
+def _config_map(
+    parent: pulumi.Resource, name: str, ns: pulumi.Input[str], files: dict[str, str]
+) -> k8s.core.v1.ConfigMap:
+    return k8s.core.v1.ConfigMap(
+        name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=ns, labels=labels(name, "config")),
+        data=files,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def _service(
+    parent: pulumi.Resource,
+    name: str,
+    ns: pulumi.Input[str],
+    workload: Workload,
+    *,
+    headless: bool = False,
+) -> k8s.core.v1.Service:
+    return k8s.core.v1.Service(
+        f"{name}-{workload.name}",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=workload.name, namespace=ns, labels=labels(workload.name, workload.role.value)
+        ),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            cluster_ip="None" if headless else None,
+            selector=selector(workload.name),
+            ports=[
+                k8s.core.v1.ServicePortArgs(
+                    name="http" if workload.role is not Role.DATABASE else "postgres",
+                    port=workload.port,
+                    target_port=container_port(workload),
+                )
+            ],
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def render_app(
+    parent: pulumi.Resource,
+    name: str,
+    app: AppModel,
+    secrets: StackSecrets,
+    platform: KubernetesPlatform,
+) -> KubernetesApp:
+    """Declare the app's Kubernetes objects as children of `parent`."""
+    opts = pulumi.ResourceOptions(parent=parent)
+    # Retained: deleting a namespace deletes its volumes, and the database's must survive.
+    ns_resource = namespace(
+        parent, f"{name}-namespace", platform.app_namespace, "restricted", retain=True
+    )
+    ns = ns_resource.metadata.name
+
+    keys = _secret_keys(app)
+    k8s.core.v1.Secret(
+        f"{name}-secrets",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=APP_SECRET, namespace=ns, labels=labels(APP_SECRET, "secrets")
+        ),
+        type="Opaque",
+        string_data={entry: secrets.get(key) for key, entry in keys.items()},
+        opts=opts,
+    )
+
+    policies.render_app_policies(parent, name, ns, app, platform)
+    _database(parent, name, ns, app, platform)
+    for service in app.services:
+        _deployment(parent, name, ns, service, app)
+        _service(parent, name, ns, service)
+    _frontend(parent, name, ns, app)
+    if app.backup is not None:
+        render_backup(parent, name, ns, app, app.backup, platform)
+
+    paths = [
+        k8s.networking.v1.HTTPIngressPathArgs(
+            path=w.route or "/",
+            path_type="Prefix",
+            backend=k8s.networking.v1.IngressBackendArgs(
+                service=k8s.networking.v1.IngressServiceBackendArgs(
+                    name=w.name, port=k8s.networking.v1.ServiceBackendPortArgs(number=w.port)
+                )
+            ),
+        )
+        for w in (*app.services, app.frontend)
+    ]
+    k8s.networking.v1.Ingress(
+        f"{name}-ingress",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name="game", namespace=ns, labels=labels("game", "ingress")
+        ),
+        spec=k8s.networking.v1.IngressSpecArgs(
+            ingress_class_name=platform.ingress_class,
+            rules=[
+                k8s.networking.v1.IngressRuleArgs(
+                    host=platform.domain,
+                    http=k8s.networking.v1.HTTPIngressRuleValueArgs(paths=paths),
+                )
+            ],
+        ),
+        opts=opts,
+    )
+    host = platform.domain or platform.public_address
+    return KubernetesApp(
+        frontend_url=pulumi.Output.from_input(f"http://{host}/"),
+        namespace=ns,
+    )
+
+
+def _database(
+    parent: pulumi.Resource,
+    name: str,
+    ns: pulumi.Input[str],
+    app: AppModel,
+    platform: KubernetesPlatform,
+) -> None:
+    db = app.database
+    claim = f"{db.name}-data"
+    # The claim is its own resource, retained on destroy: a replaced StatefulSet or a
+    # `pulumi destroy` leaves the game's data where it is.
+    k8s.core.v1.PersistentVolumeClaim(
+        f"{name}-db-data",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=claim, namespace=ns, labels=labels(claim, "storage")
+        ),
+        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+            access_modes=["ReadWriteOnce"],
+            storage_class_name=platform.storage_class,
+            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
+                requests={"storage": db.storage or "5Gi"}
+            ),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=True),
+    )
+    container = workload_container(db, APP_SECRET, data_volume="data")
+    k8s.apps.v1.StatefulSet(
+        f"{name}-{db.name}",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=db.name, namespace=ns, labels=labels(db.name, db.role.value)
+        ),
+        spec=k8s.apps.v1.StatefulSetSpecArgs(
+            service_name=db.name,
+            replicas=1,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(db.name)),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(db.name, db.role.value)),
+                spec=pod_spec(
+                    db,
+                    [container],
+                    extra_volumes=[
+                        k8s.core.v1.VolumeArgs(
+                            name="data",
+                            persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                                claim_name=claim
+                            ),
+                        )
+                    ],
+                    secret_name=APP_SECRET,
+                ),
+            ),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    _service(parent, name, ns, db, headless=True)
+
+
+def _deployment(
+    parent: pulumi.Resource,
+    name: str,
+    ns: pulumi.Input[str],
+    workload: Workload,
+    app: AppModel,
+    *,
+    extra_files: dict[str, str] | None = None,
+) -> None:
+    files = {**workload.files, **(extra_files or {})}
+    config_name = f"{workload.name}-files" if files else None
+    if config_name is not None:
+        _config_map(
+            parent,
+            config_name,
+            ns,
+            {file_key(path): content for path, content in files.items()},
+        )
+    container = workload_container(workload, APP_SECRET, config_map=config_name, files=files)
+    spread = [
+        k8s.core.v1.TopologySpreadConstraintArgs(
+            max_skew=1,
+            topology_key="kubernetes.io/hostname",
+            when_unsatisfiable="ScheduleAnyway",
+            label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(workload.name)),
+        )
+    ]
+    k8s.apps.v1.Deployment(
+        f"{name}-{workload.name}",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=workload.name, namespace=ns, labels=labels(workload.name, workload.role.value)
+        ),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=workload.replicas,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(workload.name)),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    labels=labels(workload.name, workload.role.value),
+                    # subPath-mounted files do not update in place: a change rolls the pods.
+                    annotations={"picluster.dev/files-checksum": files_checksum(files)}
+                    if files
+                    else None,
+                ),
+                spec=pod_spec(
+                    workload,
+                    [container],
+                    config_map=config_name,
+                    topology_spread=spread,
+                    secret_name=APP_SECRET,
+                ),
+            ),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    if workload.replicas > 1:
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-{workload.name}-pdb",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=workload.name, namespace=ns, labels=labels(workload.name, "availability")
+            ),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                min_available=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(workload.name)),
+            ),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+
+
+def _frontend(parent: pulumi.Resource, name: str, ns: pulumi.Input[str], app: AppModel) -> None:
+    frontend = app.frontend
+    # Traefik routes the service paths itself: nginx only serves the game, listening on an
+    # unprivileged port as the non-root nginx user.
+    _deployment(
+        parent,
+        name,
+        ns,
+        frontend,
+        app,
+        extra_files={
+            "/etc/nginx/conf.d/default.conf": nginx_conf(
+                app, resolver=None, listen_port=container_port(frontend)
+            ),
+            "/etc/nginx/nginx.conf": UNPRIVILEGED_NGINX_CONF,
+        },
+    )
+    _service(parent, name, ns, frontend)
+
+
+UNPRIVILEGED_NGINX_CONF = """# nginx as a non-root user under a read-only root filesystem:
+# every file it writes (pid, temporary bodies, caches) lives in the writable /tmp.
+worker_processes auto;
+error_log /dev/stderr warn;
+pid /tmp/nginx.pid;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log /dev/stdout;
+    sendfile on;
+    keepalive_timeout 65;
+    client_body_temp_path /tmp/client_temp;
+    proxy_temp_path /tmp/proxy_temp;
+    fastcgi_temp_path /tmp/fastcgi_temp;
+    uwsgi_temp_path /tmp/uwsgi_temp;
+    scgi_temp_path /tmp/scgi_temp;
+    include /etc/nginx/conf.d/*.conf;
+}
+"""

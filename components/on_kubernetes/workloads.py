@@ -1,0 +1,195 @@
+"""Pods for app workloads: hardened containers, probes, files and secrets from the app model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.app_model import ProbeKind, Role, Workload
+from components.on_kubernetes.platform import labels
+
+UNPRIVILEGED_PORT = 8080
+"""Where a workload that would listen below 1024 listens instead (it runs as non-root)."""
+
+
+def namespace(
+    parent: pulumi.Resource, resource_name: str, name: str, level: str, *, retain: bool = False
+) -> k8s.core.v1.Namespace:
+    """A namespace whose Pod Security admission enforces, audits and warns at `level`."""
+    pod_security = {
+        f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "audit", "warn")
+    }
+    return k8s.core.v1.Namespace(
+        resource_name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=name,
+            labels={
+                **labels(name, "namespace"),
+                **pod_security,
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            },
+        ),
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=retain),
+    )
+
+
+def container_port(workload: Workload) -> int:
+    """The port inside the pod: the workload's own, unless it is privileged (below 1024)."""
+    return workload.port if workload.port >= 1024 else UNPRIVILEGED_PORT
+
+
+def file_key(path: str) -> str:
+    """A ConfigMap key for a file path (`/etc/nginx/nginx.conf` -> `etc_nginx_nginx.conf`)."""
+    return path.strip("/").replace("/", "_")
+
+
+def files_checksum(files: Mapping[str, str]) -> str:
+    """Annotated on the pod template, so changed files roll the pods."""
+    return hashlib.sha256(json.dumps(dict(sorted(files.items()))).encode()).hexdigest()
+
+
+def _probe(workload: Workload, *, liveness: bool) -> k8s.core.v1.ProbeArgs:
+    port = container_port(workload)
+    probe = workload.probe
+    http_get = tcp_socket = exec_ = None
+    if probe.kind is ProbeKind.HTTP:
+        http_get = k8s.core.v1.HTTPGetActionArgs(path=probe.path, port=port)
+    elif probe.kind is ProbeKind.TCP:
+        tcp_socket = k8s.core.v1.TCPSocketActionArgs(port=port)
+    else:
+        exec_ = k8s.core.v1.ExecActionArgs(command=list(probe.command))
+    # Liveness is patient (a Pi under load is slow, a restart makes it slower); readiness is not.
+    return k8s.core.v1.ProbeArgs(
+        http_get=http_get,
+        tcp_socket=tcp_socket,
+        exec_=exec_,
+        period_seconds=20 if liveness else 10,
+        timeout_seconds=5,
+        failure_threshold=6 if liveness else 3,
+        initial_delay_seconds=30 if liveness else 5,
+    )
+
+
+def restricted_security_context(*, read_only_root: bool = True) -> k8s.core.v1.SecurityContextArgs:
+    """The container security context Pod Security `restricted` asks for."""
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        read_only_root_filesystem=read_only_root,
+        run_as_non_root=True,
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def workload_container(
+    workload: Workload,
+    secret_name: str,
+    *,
+    config_map: str | None = None,
+    files: Mapping[str, str] | None = None,
+    data_volume: str | None = None,
+) -> k8s.core.v1.ContainerArgs:
+    """The workload's container, hardened, with its env, secrets, files and scratch space."""
+    port = container_port(workload)
+    env = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in workload.env.items()]
+    if workload.role is Role.SERVICE:
+        env = [e for e in env if e.name != "PORT"] + [
+            k8s.core.v1.EnvVarArgs(name="PORT", value=str(port))
+        ]
+    env += [
+        k8s.core.v1.EnvVarArgs(
+            name=name,
+            value_from=k8s.core.v1.EnvVarSourceArgs(
+                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret_name, key=key.value)
+            ),
+        )
+        for name, key in workload.secret_env.items()
+    ]
+    mounts = [
+        k8s.core.v1.VolumeMountArgs(name=f"scratch-{i}", mount_path=path)
+        for i, path in enumerate(workload.writable_paths)
+    ]
+    if config_map is not None:
+        mounts += [
+            k8s.core.v1.VolumeMountArgs(
+                name="files", mount_path=path, sub_path=file_key(path), read_only=True
+            )
+            for path in sorted(files or {})
+        ]
+    mounts += [
+        k8s.core.v1.VolumeMountArgs(
+            name="secrets", mount_path=path, sub_path=key.value, read_only=True
+        )
+        for path, key in workload.secret_files.items()
+    ]
+    if data_volume is not None and workload.data_path is not None:
+        mounts.append(k8s.core.v1.VolumeMountArgs(name=data_volume, mount_path=workload.data_path))
+    r = workload.resources
+    return k8s.core.v1.ContainerArgs(
+        name=workload.name,
+        image=workload.image,
+        image_pull_policy="IfNotPresent",
+        command=list(workload.command) if workload.command else None,
+        ports=[k8s.core.v1.ContainerPortArgs(name="main", container_port=port)],
+        env=env or None,
+        volume_mounts=mounts,
+        readiness_probe=_probe(workload, liveness=False),
+        liveness_probe=_probe(workload, liveness=True),
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": r.cpu_request, "memory": r.memory_request},
+            limits={"cpu": r.cpu_limit, "memory": r.memory_limit},
+        ),
+        security_context=restricted_security_context(),
+    )
+
+
+def pod_spec(
+    workload: Workload,
+    containers: Sequence[k8s.core.v1.ContainerArgs],
+    *,
+    secret_name: str,
+    config_map: str | None = None,
+    extra_volumes: Sequence[k8s.core.v1.VolumeArgs] = (),
+    topology_spread: Sequence[k8s.core.v1.TopologySpreadConstraintArgs] | None = None,
+) -> k8s.core.v1.PodSpecArgs:
+    """A restricted pod running `containers` as the workload's non-root user."""
+    volumes = [
+        k8s.core.v1.VolumeArgs(
+            name=f"scratch-{i}", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")
+        )
+        for i, _ in enumerate(workload.writable_paths)
+    ]
+    if config_map is not None:
+        volumes.append(
+            k8s.core.v1.VolumeArgs(
+                name="files", config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
+            )
+        )
+    if workload.secret_files:
+        volumes.append(
+            k8s.core.v1.VolumeArgs(
+                name="secrets",
+                secret=k8s.core.v1.SecretVolumeSourceArgs(
+                    secret_name=secret_name, default_mode=0o440
+                ),
+            )
+        )
+    user = workload.run_as_user if workload.run_as_user is not None else 1000
+    return k8s.core.v1.PodSpecArgs(
+        automount_service_account_token=False,
+        enable_service_links=False,
+        security_context=k8s.core.v1.PodSecurityContextArgs(
+            run_as_non_root=True,
+            run_as_user=user,
+            run_as_group=user,
+            fs_group=user,
+            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+        ),
+        containers=list(containers),
+        volumes=[*volumes, *extra_volumes],
+        topology_spread_constraints=list(topology_spread) if topology_spread else None,
+    )
