@@ -101,3 +101,12 @@ def steps_payload(scripts: Sequence[str], values: Mapping[str, str]) -> str:
     """
     blocks = [f"(\n{script_path(s).read_text(encoding='utf-8')}\n)\n" for s in scripts]
     return "set -euo pipefail\n" + _header(values) + "".join(blocks)
+
+
+def parse_summaries(stdout: str) -> list[Summary]:
+    """Every summary line on stdout, in order: one per script of a `steps_payload` session."""
+    summaries: list[Summary] = []
+    for line in stdout.splitlines():
+        if _SUMMARY.match(line.strip()):
+            summaries.append(parse_summary(line))
+    return summaries

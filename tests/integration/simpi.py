@@ -16,6 +16,7 @@ Reusable on purpose: the integration tests, later K3s tests and `bench/` import 
     with SimPiLab(image.tag) as lab:
         pi = lab.start_pi("pi-1")               # Layout.BOOKWORM by default
         rc, out, err = run_script(pi, "prepare.sh", {"NODE_NAME": "pi-1", "UPGRADE": "0"})
+        rc, out, err = run_steps(pi, ["facts.sh", "prepare.sh", "reboot.sh"], values)
 
 Everything is reached on 127.0.0.1 only, every wait is bounded in attempts and time, and the lab
 removes its containers on exit.
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Self
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from components.remote_script import script_payload  # noqa: E402
+from components.remote_script import script_payload, steps_payload  # noqa: E402
 
 IMAGE_REPO = "picluster-sim-pi"
 LABEL = "picluster.sim-pi"
@@ -577,6 +578,15 @@ def run_script(
     """Run `components/scripts/<script>` on `pi` as the component does: `sudo bash -s`, values
     and script on stdin. Returns (exit code, stdout, stderr)."""
     payload = script_payload(script, values)
+    result = _run(pi.ssh_argv("sudo", "bash", "-s"), input=payload, timeout=timeout, check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
+def run_steps(
+    pi: SimPi, scripts: Sequence[str], values: Mapping[str, str], *, timeout: float = 900
+) -> tuple[int, str, str]:
+    """Run several scripts in one SSH session, as a component's `steps_payload` stdin does."""
+    payload = steps_payload(scripts, values)
     result = _run(pi.ssh_argv("sudo", "bash", "-s"), input=payload, timeout=timeout, check=False)
     return result.returncode, result.stdout, result.stderr
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.remote_script import Summary, parse_summary
+from components.remote_script import Summary, parse_summaries, parse_summary
 from tests.integration import simpi
 from tests.integration.conftest import TIMINGS
 
@@ -309,3 +309,41 @@ def test_docker_installs_once_with_the_installer_double(sim_lab: simpi.SimPiLab)
     second = run(pi, "docker.sh", values)
     assert assert_ok(second, "docker").line == "picluster docker: no changes"
     assert len(pi.read(calls_log).splitlines()) == 1  # the installer was not run again
+
+
+def test_pi_node_prepare_session_then_gate(sim_lab: simpi.SimPiLab) -> None:
+    """The sessions PiNode runs: facts + prepare + reboot, then (after the reboot) the gate."""
+    pi = sim_lab.start_pi("pi-session")
+    values = {"NODE_NAME": "pi-session", "EXPECTED_ARCH": "arm64", "UPGRADE": "0"}
+    boot_id = pi.boot_id()
+    rc, out, err = simpi.run_steps(pi, ["facts.sh", "prepare.sh", "reboot.sh"], values)
+    assert rc == 0, err
+    steps = parse_summaries(out)
+    assert [s.step for s in steps] == ["facts", "prepare", "reboot"], out
+    assert "cmdline" in steps[1].changed
+    assert steps[2].line == "picluster reboot: changed: reboot scheduled"
+    pi.wait_until_up(timeout=120, not_boot_id=boot_id)
+
+    rc, out, err = simpi.run_steps(pi, ["cgroup-gate.sh"], {})
+    assert rc == 0, err
+    assert [s.step for s in parse_summaries(out)] == ["cgroup-gate"]
+
+    rc, out, err = simpi.run_steps(pi, ["facts.sh", "prepare.sh", "reboot.sh"], values)
+    assert rc == 0, err
+    assert [s.line for s in parse_summaries(out)][1:] == [
+        "picluster prepare: no changes",
+        "picluster reboot: no changes",
+    ]
+
+
+def test_unsupported_os_stops_the_session_before_prepare(sim_lab: simpi.SimPiLab) -> None:
+    pi = sim_lab.start_pi("pi-buster")
+    buster = 'ID=debian\nVERSION_ID="10"\nVERSION_CODENAME=buster\n'
+    pi.put("/etc/os-release", buster.encode(), mode="0644")
+    values = {"NODE_NAME": "pi-buster", "UPGRADE": "0"}
+    rc, out, err = simpi.run_steps(pi, ["facts.sh", "prepare.sh", "reboot.sh"], values)
+    assert rc == 1
+    assert parse_summaries(out) == []
+    assert "debian 10 (buster) is too old" in err
+    assert "12 (bookworm)" in err  # says what is supported
+    assert pi.ssh("hostname").stdout.strip() == "raspberrypi"  # prepare never ran

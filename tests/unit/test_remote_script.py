@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from components.remote_script import parse_summary, script_path, script_payload
+from components.remote_script import (
+    parse_summaries,
+    parse_summary,
+    script_path,
+    script_payload,
+    steps_payload,
+)
 
 AWKWARD = {
     "SPACES": "two words  and  more",
@@ -70,3 +77,32 @@ def test_parse_summary() -> None:
     assert facts.facts == {"arch": "arm64", "model": "Raspberry Pi 5", "page_size": "16384"}
     with pytest.raises(ValueError):
         parse_summary("nothing here\n")
+
+
+def _bash(payload: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-s"], input=payload, capture_output=True, text=True, check=False
+    )
+
+
+def test_steps_payload_runs_each_script_in_order(tmp_path: Path) -> None:
+    # cgroup-gate.sh only reads files, so it can run here. Its `exec </dev/null` must not cut off
+    # the scripts after it, nor may its `readonly` clash with the next one's.
+    controllers = tmp_path / "cgroup.controllers"
+    controllers.write_text("cpu io memory pids\n")
+    values = {"CGROUP_CONTROLLERS_FILE": str(controllers)}
+    result = _bash(steps_payload(["cgroup-gate.sh", "cgroup-gate.sh", "cgroup-gate.sh"], values))
+    assert result.returncode == 0, result.stderr
+    assert [s.step for s in parse_summaries(result.stdout)] == ["cgroup-gate"] * 3
+
+
+def test_steps_payload_stops_at_the_first_failing_script(tmp_path: Path) -> None:
+    controllers = tmp_path / "cgroup.controllers"
+    controllers.write_text("cpu io pids\n")
+    values = {"CGROUP_CONTROLLERS_FILE": str(controllers)}
+    # A trailing command proves the session stops: it must never print.
+    payload = steps_payload(["cgroup-gate.sh", "cgroup-gate.sh"], values) + "echo AFTER\n"
+    result = _bash(payload)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("memory cgroup controller is not active") == 1
