@@ -14,6 +14,21 @@ readonly MARKER=/var/lib/picluster/reboot-required
 log() { printf 'picluster reboot: %s\n' "$*" >&2; }
 die() { printf 'picluster reboot: ERROR: %s\n' "$*" >&2; exit 1; }
 
+# Stop sshd from accepting new connections until the reboot: the next step's connection must not
+# slip in before the node goes down, it must wait for the node to come back. Open sessions, this
+# one included, live on (Debian's ssh.service stops only the listener, KillMode=process). Should
+# the reboot not happen, a timer opens the door again.
+close_ssh_until_reboot() {
+    local unit
+    systemd-run --quiet --on-active=180s systemctl start ssh.service >&2 ||
+        log "could not schedule the ssh safety restart"
+    for unit in ssh.socket ssh.service sshd.service; do
+        if systemctl is-active --quiet "$unit"; then
+            systemctl stop "$unit" || log "could not stop $unit"
+        fi
+    done
+}
+
 main() {
     exec </dev/null
     : "${REBOOT_DELAY_SECONDS:=2}"
@@ -33,6 +48,7 @@ main() {
     fi
     # Removed only once the reboot is scheduled: a failure above leaves it for the next run.
     rm -f "$MARKER"
+    close_ssh_until_reboot
     echo "picluster reboot: changed: reboot scheduled"
 }
 

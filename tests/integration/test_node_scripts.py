@@ -210,6 +210,28 @@ def test_reboot_only_when_required_and_ssh_comes_back(sim_lab: simpi.SimPiLab) -
     assert pi.boot_id() == new_boot_id
 
 
+def test_no_session_lands_between_reboot_step_and_reboot(sim_lab: simpi.SimPiLab) -> None:
+    """The step after reboot.sh connects at once; it must reach the rebooted node, never the old
+    boot (the reboot would cut it off mid-script)."""
+    pi = sim_lab.start_pi("pi-race")
+    values = {"NODE_NAME": "pi-race", "UPGRADE": "0"}
+    assert_ok(run(pi, "prepare.sh", values), "prepare")
+    boot_id = pi.boot_id()
+    # A long delay gives a racing connection every chance to slip in before the reboot.
+    result = run(pi, "reboot.sh", {"REBOOT_DELAY_SECONDS": "5"})
+    assert assert_ok(result, "reboot").line == "picluster reboot: changed: reboot scheduled"
+    deadline = time.monotonic() + 120
+    answered = None
+    while time.monotonic() < deadline:
+        probe = pi.ssh("cat", simpi.BOOT_ID_FILE, timeout=15)
+        if probe.returncode == 0:
+            answered = probe.stdout.strip()
+            break
+        time.sleep(0.2)
+    assert answered is not None, "the node did not come back within 120 s"
+    assert answered != boot_id, "a new session reached the node before its reboot"
+
+
 def test_cgroup_gate_passes_on_the_pi(prepared: PreparedPi) -> None:
     summary = assert_ok(run(prepared.pi, "cgroup-gate.sh", {}), "cgroup-gate")
     # The host of these simulated Pis uses cgroup v1; a Pi on Bookworm reports v2.
