@@ -1,0 +1,210 @@
+"""Building blocks for pod templates that pass Pod Security `restricted` and fit on a Raspberry Pi.
+
+Generic on purpose: any Kubernetes renderer (monitoring, the app) can build its containers from
+these, so every workload gets the same hardening and the same shape of resource requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.app_model import Resources
+from components.on_kubernetes.platform import labels, selector
+
+POD_SECURITY_VERSION = "latest"
+CHECKSUM_ANNOTATION = "checksum/config"
+"""Pod-template annotation carrying `checksum` of the configuration the pod reads."""
+
+
+def pod_security_labels(level: str) -> dict[str, str]:
+    """Namespace labels that enforce, audit and warn at Pod Security `level`."""
+    return {
+        "pod-security.kubernetes.io/enforce": level,
+        "pod-security.kubernetes.io/enforce-version": POD_SECURITY_VERSION,
+        "pod-security.kubernetes.io/audit": level,
+        "pod-security.kubernetes.io/warn": level,
+    }
+
+
+def metadata(
+    name: str,
+    namespace: pulumi.Input[str] | None,
+    component: str,
+    *,
+    annotations: Mapping[str, str] | None = None,
+) -> k8s.meta.v1.ObjectMetaArgs:
+    """An object's name, namespace and recommended labels."""
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=name,
+        namespace=namespace,
+        labels=labels(name, component),
+        annotations=dict(annotations) if annotations else None,
+    )
+
+
+def resources(sizing: Resources) -> k8s.core.v1.ResourceRequirementsArgs:
+    """Requests and limits for CPU and memory."""
+    return k8s.core.v1.ResourceRequirementsArgs(
+        requests={"cpu": sizing.cpu_request, "memory": sizing.memory_request},
+        limits={"cpu": sizing.cpu_limit, "memory": sizing.memory_limit},
+    )
+
+
+def restricted_pod_security(
+    run_as_user: int, *, fs_group: int | None = None
+) -> k8s.core.v1.PodSecurityContextArgs:
+    """The pod half of Pod Security `restricted`.
+
+    `run_as_user` is explicit because the kubelet cannot check `runAsNonRoot` against an image
+    whose USER is a name (`nobody` in the Prometheus images); `fs_group` makes mounted volumes
+    and Secret files readable by that user.
+    """
+    return k8s.core.v1.PodSecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=run_as_user,
+        run_as_group=run_as_user,
+        fs_group=fs_group,
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def restricted_container_security(
+    *, read_only_root: bool = True
+) -> k8s.core.v1.SecurityContextArgs:
+    """The container half of Pod Security `restricted`, with a read-only root filesystem."""
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        read_only_root_filesystem=read_only_root,
+    )
+
+
+def http_probe(
+    path: str,
+    port: int,
+    *,
+    period_seconds: int = 10,
+    failure_threshold: int = 3,
+    scheme: str | None = None,
+) -> k8s.core.v1.ProbeArgs:
+    """An HTTP GET probe."""
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=port, scheme=scheme),
+        period_seconds=period_seconds,
+        timeout_seconds=5,
+        failure_threshold=failure_threshold,
+    )
+
+
+def scratch_volume(name: str, size_limit: str = "64Mi") -> k8s.core.v1.VolumeArgs:
+    """A small emptyDir, for the paths an image writes to under a read-only root filesystem."""
+    return k8s.core.v1.VolumeArgs(
+        name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size_limit)
+    )
+
+
+def mount(name: str, path: str, *, read_only: bool = False) -> k8s.core.v1.VolumeMountArgs:
+    """Mount volume `name` at `path`."""
+    return k8s.core.v1.VolumeMountArgs(name=name, mount_path=path, read_only=read_only or None)
+
+
+def checksum(contents: Sequence[str]) -> str:
+    """A digest of configuration content, for a pod-template annotation that rolls the pods
+    whenever the content changes (a mounted ConfigMap updates in place, unread by most apps)."""
+    digest = hashlib.sha256()
+    for content in contents:
+        digest.update(hashlib.sha256(content.encode()).digest())
+    return digest.hexdigest()
+
+
+def pod_template(
+    name: str,
+    component: str,
+    spec: k8s.core.v1.PodSpecArgs,
+    *,
+    config: Sequence[str] = (),
+) -> k8s.core.v1.PodTemplateSpecArgs:
+    """A pod template labelled for `selector(name)`; `config` is checksummed into an annotation."""
+    return k8s.core.v1.PodTemplateSpecArgs(
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            labels=labels(name, component),
+            annotations={CHECKSUM_ANNOTATION: checksum(config)} if config else None,
+        ),
+        spec=spec,
+    )
+
+
+def deployment(
+    resource_name: str,
+    namespace: pulumi.Input[str],
+    name: str,
+    component: str,
+    spec: k8s.core.v1.PodSpecArgs,
+    opts: pulumi.ResourceOptions,
+    *,
+    config: Sequence[str] = (),
+    replicas: int = 1,
+    recreate: bool = False,
+) -> k8s.apps.v1.Deployment:
+    """A Deployment of `spec`; `recreate` stops the old pod first, for a ReadWriteOnce volume."""
+    return k8s.apps.v1.Deployment(
+        resource_name,
+        metadata=metadata(name, namespace, component),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=replicas,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(name)),
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate") if recreate else None,
+            template=pod_template(name, component, spec, config=config),
+        ),
+        opts=opts,
+    )
+
+
+def service(
+    resource_name: str,
+    namespace: pulumi.Input[str],
+    name: str,
+    component: str,
+    ports: Mapping[str, int],
+    opts: pulumi.ResourceOptions,
+) -> k8s.core.v1.Service:
+    """A ClusterIP Service in front of the pods of `selector(name)`, port name -> port."""
+    return k8s.core.v1.Service(
+        resource_name,
+        metadata=metadata(name, namespace, component),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            type="ClusterIP",
+            selector=selector(name),
+            ports=[
+                k8s.core.v1.ServicePortArgs(name=port_name, port=port, target_port=port)
+                for port_name, port in ports.items()
+            ],
+        ),
+        opts=opts,
+    )
+
+
+def persistent_volume_claim(
+    resource_name: str,
+    namespace: pulumi.Input[str],
+    name: str,
+    component: str,
+    size: str,
+    storage_class: str,
+    opts: pulumi.ResourceOptions,
+) -> k8s.core.v1.PersistentVolumeClaim:
+    """A ReadWriteOnce claim of `size` on `storage_class`."""
+    return k8s.core.v1.PersistentVolumeClaim(
+        resource_name,
+        metadata=metadata(name, namespace, component),
+        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+            access_modes=["ReadWriteOnce"],
+            storage_class_name=storage_class,
+            resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size}),
+        ),
+        opts=opts,
+    )
