@@ -11,7 +11,12 @@ from components.monitoring import Monitoring, MonitoringArgs
 from components.pi_node import PiNode
 from components.providers import docker_provider, kubernetes_provider
 from components.secrets import cluster_token, stack_secrets
-from components.stack_args import docker_platform, k3s_cluster_args, pi_node_args
+from components.stack_args import (
+    docker_platform,
+    k3s_cluster_args,
+    kubernetes_platform,
+    pi_node_args,
+)
 
 config = stack_config.load()  # one ConfigError naming every bad key, before any resource
 settings = config.settings
@@ -21,33 +26,32 @@ pis = [(node, PiNode(node.name, args)) for node, args in pi_node_args(config)]
 
 if settings.target is Target.K3S:
     cluster = K3sCluster("cluster", k3s_cluster_args(config, pis, cluster_token(config)))
-    kubernetes_provider(cluster.kubeconfig, f"picluster-{pulumi.get_stack()}", cluster.ready)
+    stack_id = f"picluster-{pulumi.get_stack()}"
+    provider = kubernetes_provider(cluster.kubeconfig, stack_id, cluster.ready)
+    platform = kubernetes_platform(settings)
     pulumi.export("apiServerUrl", cluster.api_server_url)
     pulumi.export("nodeNames", cluster.node_names)
     pulumi.export("kubeconfig", cluster.kubeconfig)
-    # The app and monitoring on this provider arrive with the Kubernetes renderers (issue #4).
 else:
+    provider = docker_provider(settings.docker, [pi for _, pi in pis])
     platform = docker_platform(settings)
-    on_docker = pulumi.ResourceOptions(
-        providers=[docker_provider(settings.docker, [pi for _, pi in pis])]
+
+on_platform = pulumi.ResourceOptions(providers=[provider])
+app_stack = AppStack("app", AppStackArgs(app=app, secrets=secrets, platform=platform), on_platform)
+pulumi.export("frontendUrl", app_stack.frontend_url)
+pulumi.export("dbPassword", secrets.db_password)
+if settings.monitoring.enabled:
+    monitoring = Monitoring(
+        "monitoring",
+        MonitoringArgs(
+            app=app,
+            secrets=secrets,
+            settings=settings.monitoring,
+            platform=platform,
+            network_name=app_stack.network_name,
+        ),
+        on_platform,
     )
-    app_stack = AppStack(
-        "app", AppStackArgs(app=app, secrets=secrets, platform=platform), on_docker
-    )
-    pulumi.export("frontendUrl", app_stack.frontend_url)
-    if settings.monitoring.enabled:
-        monitoring = Monitoring(
-            "monitoring",
-            MonitoringArgs(
-                app=app,
-                secrets=secrets,
-                settings=settings.monitoring,
-                platform=platform,
-                network_name=app_stack.network_name,
-            ),
-            on_docker,
-        )
-        pulumi.export("grafanaUrl", monitoring.grafana_url)
-        pulumi.export("prometheusUrl", monitoring.prometheus_url)
-        pulumi.export("grafanaAdminPassword", secrets.grafana_admin_password)
-    pulumi.export("dbPassword", secrets.db_password)
+    pulumi.export("grafanaUrl", monitoring.grafana_url)
+    pulumi.export("prometheusUrl", monitoring.prometheus_url)
+    pulumi.export("grafanaAdminPassword", secrets.grafana_admin_password)

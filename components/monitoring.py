@@ -8,8 +8,10 @@ import pulumi
 
 from components.app_model import AppModel
 from components.config import MonitoringConfig
+from components.on_docker import monitoring as on_docker
 from components.on_docker.containers import DockerPlatform
-from components.on_docker.monitoring import render_monitoring
+from components.on_kubernetes import monitoring as on_kubernetes
+from components.on_kubernetes.platform import KubernetesPlatform
 from components.secrets import StackSecrets
 
 
@@ -23,10 +25,10 @@ class MonitoringArgs:
     """Grafana's admin password and the database password for postgres-exporter."""
     settings: MonitoringConfig
     """Retention, scrape interval, storage."""
-    platform: DockerPlatform
+    platform: DockerPlatform | KubernetesPlatform
     """Where monitoring runs; its provider arrives through `ResourceOptions(providers=[...])`."""
-    network_name: pulumi.Input[str]
-    """The app's network, joined to reach every workload by name."""
+    network_name: pulumi.Input[str] | None = None
+    """Docker: the app's network, joined to reach every workload by name."""
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -41,9 +43,16 @@ class Monitoring(pulumi.ComponentResource):
         self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("picluster:index:Monitoring", name, None, opts)
-        rendered = render_monitoring(
-            self, name, args.app, args.secrets, args.settings, args.platform, args.network_name
-        )
+        if isinstance(args.platform, DockerPlatform):
+            if args.network_name is None:
+                raise ValueError("Monitoring on Docker needs the app's network_name")
+            rendered = on_docker.render_monitoring(
+                self, name, args.app, args.secrets, args.settings, args.platform, args.network_name
+            )
+        else:
+            rendered = on_kubernetes.render_monitoring(
+                self, name, args.app, args.secrets, args.settings, args.platform
+            )
         self.grafana_url = rendered.grafana_url
         self.prometheus_url = rendered.prometheus_url
         self.register_outputs(

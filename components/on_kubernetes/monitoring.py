@@ -52,11 +52,10 @@ def render_monitoring(
     secrets: StackSecrets,
     settings: MonitoringConfig,
     platform: KubernetesPlatform,
-    ingress_host: pulumi.Input[str],
 ) -> KubernetesMonitoring:
     """Declare monitoring's Kubernetes objects as children of `parent`.
 
-    `ingress_host` is where the ingress answers when `platform.domain` is None (the first
+    Without `platform.domain`, the ingress answers on `platform.public_address` (the first
     server's address): it makes Grafana's own links and the returned URL absolute.
     """
     monitoring_ns = platform.monitoring_namespace
@@ -76,7 +75,9 @@ def render_monitoring(
     exporters.render_postgres_exporter(name, monitoring_ns, app, secrets, platform, in_monitoring)
     render_prometheus(name, monitoring_ns, app, settings, platform, in_monitoring)
 
-    host: pulumi.Input[str] = platform.domain if platform.domain is not None else ingress_host
+    host: pulumi.Input[str] = (
+        platform.domain if platform.domain is not None else platform.public_address
+    )
     render_grafana(
         name,
         monitoring_ns,

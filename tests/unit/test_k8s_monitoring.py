@@ -66,9 +66,7 @@ class _Monitoring(pulumi.ComponentResource):
             grafana_admin_password=pulumi.Output.secret(GRAFANA_PASSWORD),
             database_url=pulumi.Output.secret(f"postgresql://arena:{DB_PASSWORD}@postgres/arena"),
         )
-        rendered = render_monitoring(
-            self, name, APP, secrets, settings, platform, ingress_host="192.168.1.10"
-        )
+        rendered = render_monitoring(self, name, APP, secrets, settings, platform)
         pulumi.export("grafana_url", rendered.grafana_url)
         pulumi.export("prometheus_url", rendered.prometheus_url)
         self.register_outputs({})
@@ -391,7 +389,7 @@ def test_grafana_is_served_under_grafana_behind_the_ingress(result: Run) -> None
 
 
 def test_without_a_domain_grafana_answers_on_the_first_server(result: Run) -> None:
-    bare = program(platform=KubernetesPlatform())
+    bare = program(platform=KubernetesPlatform(public_address="192.168.1.10"))
     [rule] = named(bare, "Ingress", "grafana")["spec"]["rules"]
     assert "host" not in rule
     assert bare.outputs["grafana_url"].value == "http://192.168.1.10/grafana/"

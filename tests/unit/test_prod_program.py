@@ -13,6 +13,7 @@ import yaml
 from components.config import ConfigError
 from components.kubeconfig import rewrite_kubeconfig
 from tests.harness import K3S_KUBECONFIG, Registration, Run, run_main, stack_file_config, unwrap
+from tests.k8s_manifests import kubernetes_minor, manifests, validate_manifests
 
 COMMAND = "command:remote:Command"
 TOKEN = "K10picluster-unit-test-token-0123456789abcdef"
@@ -352,3 +353,43 @@ def test_kubeconfig_rewrite_parses_yaml_and_renames_every_entry() -> None:
     assert rewritten["current-context"] == "picluster-qa"
     with pytest.raises(ValueError, match="no clusters"):
         rewrite_kubeconfig("kind: Config\n", "https://x:6443", "y")
+
+
+def test_app_and_monitoring_land_on_the_cluster_provider(unseen: Run) -> None:
+    provider = unseen.named("k3s")
+    for component in ("app", "monitoring"):
+        assert unseen.named(component).providers["kubernetes"].startswith(provider.urn)
+    k8s_objects = [r for r in unseen.registrations if r.type.startswith("kubernetes:")]
+    assert len(k8s_objects) > 40
+    for resource in k8s_objects:
+        assert resource.provider.startswith(provider.urn), resource.name
+    assert not [r for r in unseen.registrations if r.type.startswith("docker:")]
+
+
+@pytest.mark.parametrize("fixture", ["unseen", "committed"])
+def test_every_kubernetes_object_validates_for_the_pinned_k3s(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    result: Run = request.getfixturevalue(fixture)
+    version = UNSEEN["k3s"]["version"] if fixture == "unseen" else "v1.31.4+k3s1"
+    objects = manifests(result)
+    assert validate_manifests(objects, kubernetes_minor(version)) == []
+
+
+def test_prod_secrets_live_only_in_kubernetes_secrets() -> None:
+    db_password, grafana_password = "prod-db-S3cret-value", "prod-grafana-S3cret-value"
+    result = run_prod(
+        stack_file_config("prod"),
+        dbPassword=db_password,
+        grafanaAdminPassword=grafana_password,
+    )
+    holders = set()
+    for resource in result.registrations:
+        assert not any(db_password in s for s in resource.plain_strings()), resource.name
+        assert not any(grafana_password in s for s in resource.plain_strings()), resource.name
+        if any(p in s for s in resource.secret_strings() for p in (db_password, grafana_password)):
+            holders.add(resource.type)
+    assert holders == {"kubernetes:core/v1:Secret"}
+    assert result.outputs["frontendUrl"].value == "http://game.local/"
+    assert result.outputs["grafanaUrl"].value == "http://game.local/grafana/"
+    assert result.outputs["grafanaAdminPassword"].secret
