@@ -8,11 +8,14 @@
 #   UPGRADE    1 to run apt-get upgrade, 0 to only refresh the package lists (default 0)
 #   BOOT_DIR   optional: directory whose cmdline.txt gets the cgroup flags (default: autodetect
 #              /boot/firmware, then /boot)
+#   APT_MAX_AGE_MINUTES  optional, default 60: skip apt-get update (and upgrade) when this script
+#              refreshed the package lists less than this long ago; 0 always refreshes
 # Output: progress on stderr; last line on stdout: picluster prepare: no changes | changed: a, b
 set -euo pipefail
 
 readonly STATE_DIR=/var/lib/picluster
 readonly REBOOT_MARKER=$STATE_DIR/reboot-required
+readonly APT_STAMP=$STATE_DIR/apt-refreshed
 readonly CGROUP_FLAGS=(cgroup_memory=1 cgroup_enable=memory)
 readonly SYSCTL_FILE=/etc/sysctl.d/90-picluster-k3s.conf
 readonly MODULES_FILE=/etc/modules-load.d/picluster-k3s.conf
@@ -43,9 +46,21 @@ replace_if_different() {
 
 step_packages() {
     export DEBIAN_FRONTEND=noninteractive
+    # A re-run right after a successful refresh (and upgrade, when asked) has nothing to gain
+    # from the mirror: the stamp is written only once both succeeded.
+    local fresh=""
+    if ((APT_MAX_AGE_MINUTES > 0)); then
+        fresh=$(find "$APT_STAMP" -mmin "-$APT_MAX_AGE_MINUTES" 2>/dev/null || true)
+    fi
+    if [[ -n "$fresh" ]] && [[ "$(cat "$APT_STAMP")" == "upgrade=$UPGRADE" || "$UPGRADE" == 0 ]]; then
+        log "package lists refreshed less than $APT_MAX_AGE_MINUTES minutes ago; skipping apt-get"
+        return 0
+    fi
     log "apt-get update"
     apt-get -qq update >&2 || die "apt-get update failed (network or mirror problem?)"
     if [[ "$UPGRADE" != 1 ]]; then
+        mkdir -p "$STATE_DIR"
+        echo "upgrade=0" >"$APT_STAMP"
         return 0
     fi
     log "apt-get upgrade"
@@ -58,6 +73,8 @@ step_packages() {
         log "$upgraded packages upgraded"
         changed "packages upgraded"
     fi
+    mkdir -p "$STATE_DIR"
+    echo "upgrade=1" >"$APT_STAMP"
 }
 
 step_hostname() {
@@ -238,6 +255,9 @@ main() {
     : "${NODE_NAME:?NODE_NAME is required}"
     : "${UPGRADE:=0}"
     : "${BOOT_DIR:=}"
+    : "${APT_MAX_AGE_MINUTES:=60}"
+    [[ "$APT_MAX_AGE_MINUTES" =~ ^[0-9]+$ ]] ||
+        die "APT_MAX_AGE_MINUTES must be a whole number of minutes, got '$APT_MAX_AGE_MINUTES'"
     [[ "$UPGRADE" == 0 || "$UPGRADE" == 1 ]] || die "UPGRADE must be 1 or 0, got '$UPGRADE'"
     [[ "$NODE_NAME" =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] ||
         die "NODE_NAME '$NODE_NAME' is not a valid hostname (lowercase letters, digits, '-')"

@@ -164,6 +164,19 @@ def test_second_prepare_changes_nothing(prepared: PreparedPi) -> None:
     assert prepared.after_second == prepared.after_first  # content, mtime and mode
 
 
+def test_second_prepare_skips_the_mirror_while_the_lists_are_fresh(prepared: PreparedPi) -> None:
+    assert "apt-get update" in prepared.first.stderr
+    assert "apt-get update" not in prepared.second.stderr
+    assert "skipping apt-get" in prepared.second.stderr
+    forced = run(
+        prepared.pi,
+        "prepare.sh",
+        {"NODE_NAME": "pi-1", "UPGRADE": "1", "APT_MAX_AGE_MINUTES": "0"},
+    )
+    assert assert_ok(forced, "prepare").line == "picluster prepare: no changes"
+    assert "apt-get update" in forced.stderr
+
+
 def test_prepare_on_legacy_layout_edits_boot_cmdline(sim_lab: simpi.SimPiLab) -> None:
     pi = sim_lab.start_pi("pi-legacy", layout=simpi.Layout.LEGACY)
     # One flag already there (in the middle): only the other one is appended.
