@@ -117,6 +117,22 @@ def node_config(node: ClusterNode, args: K3sClusterArgs, first: ClusterNode) -> 
     return config
 
 
+def install_values(
+    node: ClusterNode, args: K3sClusterArgs, first: ClusterNode, token: str
+) -> dict[str, str]:
+    """The values `k3s-install.sh` receives on stdin for `node` (`token` is the secret's value)."""
+    config_yaml = yaml.safe_dump(node_config(node, args, first), sort_keys=True)
+    return {
+        "ROLE": node.role.value,
+        "NODE_NAME": node.name,
+        "K3S_VERSION": args.version,
+        "K3S_TOKEN": token,
+        "CONFIG_YAML_B64": base64.b64encode(config_yaml.encode()).decode(),
+        "K3S_INSTALL_URL": args.install_url,
+        "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
+    }
+
+
 class K3sCluster(pulumi.ComponentResource):
     """A K3s cluster on prepared Raspberry Pis."""
 
@@ -216,16 +232,7 @@ class K3sCluster(pulumi.ComponentResource):
         config_yaml = yaml.safe_dump(node_config(node, args, first), sort_keys=True)
         values = pulumi.Output.all(args.token).apply(
             lambda token: steps_payload(
-                ["k3s-install.sh"],
-                {
-                    "ROLE": node.role.value,
-                    "NODE_NAME": node.name,
-                    "K3S_VERSION": args.version,
-                    "K3S_TOKEN": str(token[0]),
-                    "CONFIG_YAML_B64": base64.b64encode(config_yaml.encode()).decode(),
-                    "K3S_INSTALL_URL": args.install_url,
-                    "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
-                },
+                ["k3s-install.sh"], install_values(node, args, first, str(token[0]))
             )
         )
         protect = node.role is NodeRole.SERVER and args.protect_servers

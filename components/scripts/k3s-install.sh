@@ -27,16 +27,19 @@ service_name() {
 }
 
 # Install $2 (a temporary file) as $1 with mode 0600 when the content differs; 0 = replaced.
+# Called as an `if` condition, where `set -e` does not apply: every step checks for itself.
 install_private() {
     local target=$1 new=$2
-    chmod 600 "$new"
+    chmod 600 "$new" || die "chmod $new failed"
     if [[ -e "$target" ]] && cmp -s "$new" "$target"; then
         rm -f "$new"
-        chmod 600 "$target"
+        chmod 600 "$target" || die "chmod $target failed"
         return 1
     fi
-    [[ -e "$target" && ! -e "$target.picluster.bak" ]] && cp -p "$target" "$target.picluster.bak"
-    mv -f "$new" "$target"
+    if [[ -e "$target" && ! -e "$target.picluster.bak" ]]; then
+        cp -p "$target" "$target.picluster.bak" || die "could not back up $target"
+    fi
+    mv -f "$new" "$target" || die "could not write $target"
     return 0
 }
 
@@ -47,9 +50,12 @@ installed_version() {
 }
 
 write_files() {
+    # Root-only from creation, but only here: the installer run later would write its systemd
+    # unit 0600 under this umask (systemd warns about world-inaccessible units).
+    local tmp old_umask
+    old_umask=$(umask)
     umask 077
     mkdir -p "$CONFIG_DIR"
-    local tmp
     tmp=$(mktemp "$CONFIG_DIR/.token.XXXXXX")
     printf '%s\n' "$K3S_TOKEN" >"$tmp"
     if install_private "$TOKEN_FILE" "$tmp"; then
@@ -60,20 +66,23 @@ write_files() {
     if install_private "$CONFIG_FILE" "$tmp"; then
         CHANGED+=(config)
     fi
+    umask "$old_umask"
 }
 
+# Called as an `&&` operand, where `set -e` does not apply: every step checks for itself.
 install_k3s() {
     local current
     current=$(installed_version)
-    if [[ "$current" == "$K3S_VERSION" ]]; then
+    # The unit check catches a node whose role changed: same binary, other service.
+    if [[ "$current" == "$K3S_VERSION" && -e "/etc/systemd/system/$(service_name).service" ]]; then
         return 1
     fi
     log "installing K3s $K3S_VERSION as $ROLE (installed: ${current:-none})"
     local installer
-    installer=$(mktemp /tmp/k3s-install.XXXXXX)
+    installer=$(mktemp /tmp/k3s-install.XXXXXX) || die "mktemp failed"
     # shellcheck disable=SC2064 # expand now: the path is fixed
     trap "rm -f '$installer'" EXIT
-    curl -sfL --retry 3 "$K3S_INSTALL_URL" -o "$installer" ||
+    curl -sfL --retry 3 --connect-timeout 20 --max-time 300 "$K3S_INSTALL_URL" -o "$installer" ||
         die "could not download the K3s installer from $K3S_INSTALL_URL"
     # The token reaches K3s through token-file in config.yaml, never through the installer's
     # environment, which it would copy into a systemd .env file.
@@ -99,8 +108,9 @@ wait_ready() {
     service=$(service_name)
     while ((SECONDS < deadline)); do
         if [[ "$ROLE" == server ]]; then
+            # A cordoned node (upgrades are often done drained) is `Ready,SchedulingDisabled`.
             if k3s kubectl get node "$NODE_NAME" --no-headers 2>/dev/null | awk '{ print $2 }' |
-                grep -qx 'Ready'; then
+                grep -Eqx 'Ready(,.*)?'; then
                 return 0
             fi
         elif systemctl is-active --quiet "$service"; then
@@ -112,16 +122,26 @@ wait_ready() {
 }
 
 uninstall() {
-    local script=/usr/local/bin/k3s-uninstall.sh
+    local script=/usr/local/bin/k3s-uninstall.sh file removed=()
     [[ "$ROLE" == agent ]] && script=/usr/local/bin/k3s-agent-uninstall.sh
-    if [[ ! -x "$script" ]]; then
-        echo "picluster k3s-install: no changes (K3s is not installed)"
-        return 0
+    if [[ -x "$script" ]]; then
+        log "uninstalling K3s ($script)"
+        "$script" >&2 || die "$script failed"
+        removed+=(uninstalled)
     fi
-    log "uninstalling K3s ($script)"
-    "$script" >&2 || die "$script failed"
-    rm -f "$TOKEN_FILE" "$CONFIG_FILE" "$CONFIG_FILE.picluster.bak"
-    echo "picluster k3s-install: changed: uninstalled"
+    # Also when K3s never got installed (a failed first run): the token must not stay behind.
+    for file in "$TOKEN_FILE" "$TOKEN_FILE.picluster.bak" "$CONFIG_FILE" "$CONFIG_FILE.picluster.bak"; do
+        if [[ -e "$file" ]]; then
+            rm -f "$file"
+            [[ " ${removed[*]-} " == *" uninstalled "* ]] || removed+=("removed ${file##*/}")
+        fi
+    done
+    if ((${#removed[@]} == 0)); then
+        echo "picluster k3s-install: no changes (K3s is not installed)"
+    else
+        local IFS=,
+        echo "picluster k3s-install: changed: ${removed[*]}" | sed 's/,/, /g'
+    fi
 }
 
 main() {

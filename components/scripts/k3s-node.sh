@@ -16,11 +16,27 @@ node_status() {
     k3s kubectl get node "$NODE_NAME" --no-headers 2>/dev/null | awk '{ print $2 }'
 }
 
+# 0 when the node is registered, 1 when the API server says it is not; waits (bounded) while the
+# API server does not answer, then fails: "no answer" must never pass for "not in the cluster".
+node_registered() {
+    local deadline=$((SECONDS + READY_TIMEOUT)) err
+    while true; do
+        if err=$(k3s kubectl get node "$NODE_NAME" --no-headers 2>&1 >/dev/null); then
+            return 0
+        fi
+        [[ "$err" == *NotFound* ]] && return 1
+        ((SECONDS < deadline)) ||
+            die "the API server did not answer within ${READY_TIMEOUT}s, so $NODE_NAME was not drained: ${err:-no error text}"
+        sleep 3
+    done
+}
+
 wait_ready() {
     local deadline=$((SECONDS + READY_TIMEOUT)) status=""
     while ((SECONDS < deadline)); do
         status=$(node_status || true)
-        if [[ "$status" == Ready ]]; then
+        # A cordoned node is `Ready,SchedulingDisabled`: joined and Ready all the same.
+        if [[ "$status" == Ready || "$status" == Ready,* ]]; then
             echo "picluster k3s-node: no changes ($NODE_NAME is Ready)"
             return 0
         fi
@@ -30,7 +46,7 @@ wait_ready() {
 }
 
 remove() {
-    if ! command -v k3s >/dev/null 2>&1 || [[ -z "$(node_status || true)" ]]; then
+    if ! command -v k3s >/dev/null 2>&1 || ! node_registered; then
         echo "picluster k3s-node: no changes ($NODE_NAME is not in the cluster)"
         return 0
     fi
