@@ -583,11 +583,20 @@ def run_script(
 
 
 def run_steps(
-    pi: SimPi, scripts: Sequence[str], values: Mapping[str, str], *, timeout: float = 900
+    pi: SimPi,
+    scripts: Sequence[str],
+    values: Mapping[str, str],
+    *,
+    args: Sequence[str] = (),
+    timeout: float = 900,
 ) -> tuple[int, str, str]:
-    """Run several scripts in one SSH session, as a component's `steps_payload` stdin does."""
+    """Run several scripts in one SSH session, as a component's `steps_payload` stdin does.
+
+    `args` go after `--`, as a delete command passes `delete` (`sudo bash -s -- delete`).
+    """
     payload = steps_payload(scripts, values)
-    result = _run(pi.ssh_argv("sudo", "bash", "-s"), input=payload, timeout=timeout, check=False)
+    argv = pi.ssh_argv("sudo", "bash", "-s", *(("--", *args) if args else ()))
+    result = _run(argv, input=payload, timeout=timeout, check=False)
     return result.returncode, result.stdout, result.stderr
 
 

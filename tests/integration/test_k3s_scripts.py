@@ -1,0 +1,476 @@
+"""The K3s scripts, run for real over SSH on simulated Pis with the stdin K3sCluster builds.
+
+Only the download of https://get.k3s.io is replaced, by `doubles/k3s-install.sh` (a test double
+that records its calls and creates what the real installer creates). Everything around it runs for
+real: the token and config.yaml files, systemd units, restarts, waits and the uninstall.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+import pulumi
+import pytest
+import yaml
+
+from components.config import NodeRole
+from components.k3s_cluster import (
+    TOKEN_FILE,
+    ClusterNode,
+    K3sClusterArgs,
+    install_values,
+    node_config,
+)
+from components.kubeconfig import rewrite_kubeconfig
+from components.pi_node import SshTarget
+from components.remote_script import Summary, parse_summaries
+from tests.integration import simpi
+from tests.integration.conftest import TIMINGS
+
+pytestmark = pytest.mark.integration
+
+DOUBLE = Path(__file__).parent / "doubles" / "k3s-install.sh"
+DOUBLE_ON_PI = "/opt/doubles/k3s-install.sh"
+DOUBLE_LOG = "/var/log/picluster-doubles/k3s-install.log"
+VERSION = "v1.31.4+k3s1"
+NEW_VERSION = "v1.31.5+k3s1"
+TOKEN = f"K10picluster-test-{secrets.token_hex(16)}"
+"""Random per run, so finding it anywhere but the token file is a leak, never a coincidence."""
+CONFIG_DIR = "/etc/rancher/k3s"
+CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
+KUBECONFIG_FILE = f"{CONFIG_DIR}/k3s.yaml"
+READY_NODES = f"{CONFIG_DIR}/double-ready-nodes"
+SERVER, AGENT = "k3s-server", "k3s-agent"
+INSTALL_TIMEOUT = "60"
+"""READY_TIMEOUT for the installs: the double is ready within a second, so 60 s bounds a hang."""
+
+
+@dataclass(frozen=True)
+class Run:
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def ok(self, step: str) -> Summary:
+        """The one summary line of a successful single-script session."""
+        assert self.rc == 0, f"exit {self.rc}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        summaries = parse_summaries(self.stdout)
+        assert [s.step for s in summaries] == [step], self.stdout
+        assert len(self.stdout.splitlines()) == 1, self.stdout  # progress goes to stderr
+        return summaries[0]
+
+
+def run(
+    pi: simpi.SimPi, script: str, values: Mapping[str, str], *args: str, timing: str = ""
+) -> Run:
+    start = time.monotonic()
+    rc, out, err = simpi.run_steps(pi, [script], values, args=args, timeout=180)
+    result = Run(rc, out, err, time.monotonic() - start)
+    if timing:
+        TIMINGS[timing] = result.seconds
+    return result
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A server and an agent Pi, and the K3sCluster inputs describing them."""
+
+    server: simpi.SimPi
+    agent: simpi.SimPi
+    args: K3sClusterArgs
+    server_node: ClusterNode
+    agent_node: ClusterNode
+    server_ip: str
+
+    def values(self, node: ClusterNode, args: K3sClusterArgs | None = None) -> dict[str, str]:
+        """What K3sCluster puts on the stdin of `<node>-k3s`, with a test-sized READY_TIMEOUT."""
+        values = install_values(node, args or self.args, self.server_node, TOKEN)
+        return {**values, "READY_TIMEOUT": INSTALL_TIMEOUT}
+
+    def config_yaml(self, node: ClusterNode, args: K3sClusterArgs | None = None) -> str:
+        return yaml.safe_dump(node_config(node, args or self.args, self.server_node))
+
+
+def _cluster_node(pi: simpi.SimPi, name: str, role: NodeRole, address: str) -> ClusterNode:
+    return ClusterNode(
+        name=name,
+        role=role,
+        ssh=SshTarget(host=pi.host, port=pi.port, user=pi.user, private_key="unused"),
+        address=address,
+        # node_config and install_values never look at `ready` (a resource in a real program).
+        ready=cast(pulumi.Resource, None),
+        labels={"picluster.io/role": role.value},
+    )
+
+
+def _address(pi: simpi.SimPi) -> str:
+    """The Pi's address on the Docker network, as its LAN address in a real cluster."""
+    return pi.exec("hostname", "-I").stdout.split()[0]
+
+
+@pytest.fixture(scope="module")
+def cluster(sim_lab: simpi.SimPiLab) -> Cluster:
+    start = time.monotonic()
+    server, agent = sim_lab.start_pi(SERVER), sim_lab.start_pi(AGENT)
+    TIMINGS["k3s: two fresh Pis up"] = time.monotonic() - start
+    for pi in (server, agent):
+        pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
+    server_ip, agent_ip = _address(server), _address(agent)
+    server_node = _cluster_node(server, SERVER, NodeRole.SERVER, server_ip)
+    agent_node = _cluster_node(agent, AGENT, NodeRole.AGENT, agent_ip)
+    args = K3sClusterArgs(
+        nodes=[server_node, agent_node],
+        version=VERSION,
+        token=TOKEN,
+        cluster_name="picluster-test",
+        disable=["traefik"],
+        install_url=f"file://{DOUBLE_ON_PI}",
+    )
+    return Cluster(server, agent, args, server_node, agent_node, server_ip)
+
+
+def double_log(pi: simpi.SimPi) -> list[str]:
+    return pi.read(DOUBLE_LOG).splitlines() if pi.exists(DOUBLE_LOG) else []
+
+
+def installer_calls(pi: simpi.SimPi) -> list[dict[str, str]]:
+    """The installer double's calls: args, env (names), version and exec of each."""
+    pattern = re.compile(
+        r"install args=\[(?P<args>.*)\] env=\[(?P<env>.*)\] version=(?P<version>\S*) "
+        r"exec=(?P<exec>.*)\Z"
+    )
+    calls: list[dict[str, str]] = []
+    for line in double_log(pi):
+        match = pattern.match(line)
+        if match:
+            calls.append(match.groupdict())
+    return calls
+
+
+def active_since(pi: simpi.SimPi, unit: str) -> str:
+    """When the unit last became active: changes at every (re)start."""
+    out = pi.exec("systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", unit).stdout
+    return out.strip()
+
+
+def service_starts(pi: simpi.SimPi, unit: str) -> int:
+    """How many times the unit's (fake) k3s process has started, from the journal."""
+    journal = pi.exec("journalctl", "--no-pager", "-o", "cat", "-u", unit).stdout
+    return journal.count("(double) ")
+
+
+def is_active(pi: simpi.SimPi, unit: str) -> str:
+    return pi.exec("systemctl", "is-active", unit, check=False).stdout.strip()
+
+
+def stat(pi: simpi.SimPi, path: str) -> str:
+    """`<mode> <owner>:<group>` of path."""
+    return pi.exec("stat", "-c", "%a %U:%G", path).stdout.strip()
+
+
+WATCHED = (TOKEN_FILE, CONFIG_FILE, f"{CONFIG_FILE}.picluster.bak", "/usr/local/bin/k3s")
+
+
+@dataclass(frozen=True)
+class ServerInstall:
+    first: Run
+    after_first: dict[str, str]
+    calls_after_first: list[dict[str, str]]
+    since_first: str
+    second: Run
+    after_second: dict[str, str]
+    calls_after_second: list[dict[str, str]]
+    since_second: str
+
+
+@pytest.fixture(scope="module")
+def server_install(cluster: Cluster) -> ServerInstall:
+    """The first server installed twice with the same inputs."""
+    pi, values = cluster.server, cluster.values(cluster.server_node)
+    first = run(pi, "k3s-install.sh", values, timing="k3s-install.sh server, first run")
+    after_first, calls_after_first = pi.snapshot(*WATCHED), installer_calls(pi)
+    since_first = active_since(pi, "k3s")
+    second = run(pi, "k3s-install.sh", values, timing="k3s-install.sh server, second run")
+    return ServerInstall(
+        first,
+        after_first,
+        calls_after_first,
+        since_first,
+        second,
+        pi.snapshot(*WATCHED),
+        installer_calls(pi),
+        active_since(pi, "k3s"),
+    )
+
+
+def test_first_server_run_installs_the_pinned_server(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    summary = server_install.first.ok("k3s-install")
+    assert summary.changed == ("token", "config", f"k3s {VERSION}"), summary.line
+    assert len(server_install.calls_after_first) == 1
+    call = server_install.calls_after_first[0]
+    assert (call["version"], call["exec"], call["args"]) == (VERSION, "server", "")
+    # The token reaches K3s through token-file, never through the installer's environment.
+    assert call["env"].split() == ["INSTALL_K3S_EXEC", "INSTALL_K3S_VERSION"]
+    pi = cluster.server
+    assert is_active(pi, "k3s") == "active"
+    assert pi.exec("k3s", "--version").stdout.splitlines()[0] == f"k3s version {VERSION} (double)"
+    # The unit file is written under the installer's umask: world-readable, as systemd expects.
+    assert stat(pi, "/etc/systemd/system/k3s.service") == "644 root:root"
+
+
+def test_server_token_config_and_kubeconfig_are_root_only(cluster: Cluster) -> None:
+    pi = cluster.server
+    assert stat(pi, TOKEN_FILE) == "600 root:root"
+    assert pi.read(TOKEN_FILE) == f"{TOKEN}\n"
+    assert stat(pi, CONFIG_FILE) == "600 root:root"
+    assert pi.read(CONFIG_FILE) == cluster.config_yaml(cluster.server_node)
+    assert yaml.safe_load(pi.read(CONFIG_FILE))["token-file"] == TOKEN_FILE
+    assert stat(pi, KUBECONFIG_FILE) == "600 root:root"
+
+
+def test_the_token_leaks_nowhere(cluster: Cluster, server_install: ServerInstall) -> None:
+    pi = cluster.server
+    for result in (server_install.first, server_install.second):
+        assert TOKEN not in result.stdout + result.stderr
+    assert TOKEN not in "\n".join(double_log(pi))
+    env_files = pi.exec("sh", "-c", "cat /etc/systemd/system/*.env").stdout
+    assert "INSTALL_" not in env_files  # the double copies K3S_* variables, as the real one does
+    assert TOKEN not in env_files
+    grep = pi.exec("grep", "-rlsF", "-e", TOKEN, "/etc/systemd", "/run/systemd", check=False)
+    assert grep.returncode == 1, f"token found in: {grep.stdout}"
+    journal = pi.exec("journalctl", "--no-pager", "-o", "cat").stdout
+    assert f"server starting as node {SERVER}" in journal  # the journal does hold K3s's output
+    assert TOKEN not in journal
+
+
+def test_second_server_run_changes_nothing(server_install: ServerInstall) -> None:
+    assert server_install.second.ok("k3s-install").line == "picluster k3s-install: no changes"
+    assert server_install.calls_after_second == server_install.calls_after_first
+    assert server_install.after_second == server_install.after_first  # content, mtime, mode
+    assert server_install.since_second == server_install.since_first  # not restarted
+
+
+def test_config_change_restarts_and_version_change_reinstalls(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    pi, node = cluster.server, cluster.server_node
+    before_config, calls = pi.read(CONFIG_FILE), installer_calls(pi)
+    starts, since = service_starts(pi, "k3s"), active_since(pi, "k3s")
+    relabelled = replace(node, labels={**node.labels, "picluster.io/tier": "edge"})
+    args = replace(cluster.args, nodes=[relabelled, cluster.agent_node])
+
+    # Another label: config.yaml rewritten (the old one backed up), K3s restarted, not reinstalled.
+    result = run(
+        pi,
+        "k3s-install.sh",
+        cluster.values(relabelled, args),
+        timing="k3s-install.sh config change",
+    )
+    assert result.ok("k3s-install").changed == ("config", "restarted")
+    assert pi.read(CONFIG_FILE) == cluster.config_yaml(relabelled, args)
+    assert "picluster.io/tier=edge" in yaml.safe_load(pi.read(CONFIG_FILE))["node-label"]
+    assert pi.read(f"{CONFIG_FILE}.picluster.bak") == before_config
+    assert stat(pi, f"{CONFIG_FILE}.picluster.bak") == "600 root:root"
+    assert installer_calls(pi) == calls
+    assert active_since(pi, "k3s") != since
+    assert service_starts(pi, "k3s") == starts + 1
+    assert is_active(pi, "k3s") == "active"
+
+    # A new version: the installer runs again (and restarts K3s itself), no restart on top.
+    upgraded = replace(args, version=NEW_VERSION)
+    files, starts = pi.snapshot(*WATCHED[:3]), service_starts(pi, "k3s")
+    result = run(
+        pi,
+        "k3s-install.sh",
+        cluster.values(relabelled, upgraded),
+        timing="k3s-install.sh version change",
+    )
+    assert result.ok("k3s-install").changed == (f"k3s {NEW_VERSION}",)
+    new_calls = installer_calls(pi)[len(calls) :]
+    assert [(c["version"], c["exec"]) for c in new_calls] == [(NEW_VERSION, "server")]
+    assert pi.snapshot(*WATCHED[:3]) == files  # token, config and backup untouched
+    assert service_starts(pi, "k3s") == starts + 1  # the installer's restart only
+    assert pi.exec("k3s", "--version").stdout.startswith(f"k3s version {NEW_VERSION} ")
+    assert is_active(pi, "k3s") == "active"
+
+    again = run(pi, "k3s-install.sh", cluster.values(relabelled, upgraded))
+    assert again.ok("k3s-install").line == "picluster k3s-install: no changes"
+    assert len(installer_calls(pi)) == len(calls) + 1
+
+
+@pytest.fixture(scope="module")
+def agent_install(cluster: Cluster, server_install: ServerInstall) -> tuple[Run, Run]:
+    values = cluster.values(cluster.agent_node)
+    first = run(cluster.agent, "k3s-install.sh", values, timing="k3s-install.sh agent, first run")
+    second = run(cluster.agent, "k3s-install.sh", values)
+    return first, second
+
+
+def test_agent_joins_the_first_server(cluster: Cluster, agent_install: tuple[Run, Run]) -> None:
+    first, second = agent_install
+    assert first.ok("k3s-install").changed == ("token", "config", f"k3s {VERSION}")
+    assert second.ok("k3s-install").line == "picluster k3s-install: no changes"
+    pi = cluster.agent
+    calls = installer_calls(pi)
+    assert [(c["version"], c["exec"], c["env"]) for c in calls] == [
+        (VERSION, "agent", "INSTALL_K3S_EXEC INSTALL_K3S_VERSION")
+    ]
+    config = yaml.safe_load(pi.read(CONFIG_FILE))
+    assert config["server"] == f"https://{cluster.server_ip}:6443"
+    assert pi.read(CONFIG_FILE) == cluster.config_yaml(cluster.agent_node)
+    assert stat(pi, TOKEN_FILE) == "600 root:root"
+    assert stat(pi, CONFIG_FILE) == "600 root:root"
+    assert is_active(pi, "k3s-agent") == "active"
+    assert not pi.exists("/etc/systemd/system/k3s.service")
+    assert pi.exists("/usr/local/bin/k3s-agent-uninstall.sh")
+    assert not pi.exists(KUBECONFIG_FILE)  # only servers write one
+    assert TOKEN not in pi.exec("sh", "-c", "cat /etc/systemd/system/*.env").stdout
+    assert TOKEN not in first.stderr + second.stderr
+
+
+def node_values(timeout: int) -> dict[str, str]:
+    return {"NODE_NAME": AGENT, "READY_TIMEOUT": str(timeout)}
+
+
+def register(pi: simpi.SimPi, *lines: str) -> None:
+    """Set which nodes the server's (fake) API reports, as agents registering would."""
+    pi.put(READY_NODES, "".join(f"{line}\n" for line in lines).encode(), mode="0644")
+
+
+def test_join_waits_and_names_the_node_that_is_not_ready(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    pi = cluster.server
+    register(pi, f"{AGENT} NotReady")
+    result = run(pi, "k3s-node.sh", node_values(4), timing="k3s-node.sh not Ready (4 s timeout)")
+    assert result.rc == 1
+    assert parse_summaries(result.stdout) == []
+    assert f"{AGENT} is not Ready after 4s (status: NotReady)" in result.stderr
+    assert result.seconds < 30
+
+    register(pi)
+    result = run(pi, "k3s-node.sh", node_values(2))
+    assert result.rc == 1
+    assert f"{AGENT} is not Ready after 2s (status: not registered)" in result.stderr
+
+
+@pytest.mark.parametrize("status", ["", " Ready,SchedulingDisabled"], ids=["ready", "cordoned"])
+def test_join_passes_once_the_node_is_ready(
+    cluster: Cluster, server_install: ServerInstall, status: str
+) -> None:
+    register(cluster.server, f"{AGENT}{status}")
+    result = run(cluster.server, "k3s-node.sh", node_values(30))
+    assert result.ok("k3s-node").line == f"picluster k3s-node: no changes ({AGENT} is Ready)"
+
+
+def test_node_delete_drains_then_removes_once(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    pi = cluster.server
+    register(pi, AGENT)
+    before = len(double_log(pi))
+    result = run(pi, "k3s-node.sh", node_values(30), "delete", timing="k3s-node.sh delete")
+    assert result.ok("k3s-node").line == f"picluster k3s-node: changed: drained, removed {AGENT}"
+    logged = [line.split(" --")[0] for line in double_log(pi)[before:]]
+    assert logged == [f"kubectl drain {AGENT}", f"kubectl delete node {AGENT}"]
+
+    again = run(pi, "k3s-node.sh", node_values(30), "delete")
+    line = again.ok("k3s-node").line
+    assert line == f"picluster k3s-node: no changes ({AGENT} is not in the cluster)"
+    assert len(double_log(pi)) == before + 2
+
+
+def test_node_delete_fails_while_the_api_is_down(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    """An API server that does not answer is not "the node is gone": never skip the drain."""
+    pi = cluster.server
+    register(pi, AGENT)
+    pi.exec("systemctl", "stop", "k3s")
+    try:
+        result = run(pi, "k3s-node.sh", node_values(3), "delete")
+        assert result.rc == 1, result.stdout
+        assert parse_summaries(result.stdout) == []
+        assert "API server" in result.stderr
+    finally:
+        pi.exec("systemctl", "start", "k3s")
+    assert run(pi, "k3s-node.sh", node_values(30), "delete").ok("k3s-node").changed
+
+
+def test_kubeconfig_stdout_is_the_kubeconfig_only(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    pi = cluster.server
+    result = run(pi, "k3s-kubeconfig.sh", {"READY_TIMEOUT": "30"}, timing="k3s-kubeconfig.sh")
+    assert result.rc == 0, result.stderr
+    assert result.stdout == pi.read(KUBECONFIG_FILE)
+    document: dict[str, Any] = yaml.safe_load(result.stdout)
+    assert document["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
+    assert "picluster k3s-kubeconfig: no changes" in result.stderr
+
+    url = f"https://{cluster.server_ip}:6443"
+    rewritten = yaml.safe_load(rewrite_kubeconfig(result.stdout, url, "picluster-test"))
+    assert rewritten["clusters"] == [
+        {"cluster": {**document["clusters"][0]["cluster"], "server": url}, "name": "picluster-test"}
+    ]
+    assert rewritten["contexts"][0]["context"] == {
+        "cluster": "picluster-test",
+        "user": "picluster-test",
+    }
+    assert rewritten["current-context"] == "picluster-test"
+
+
+def _run_double(pi: simpi.SimPi) -> simpi.subprocess.CompletedProcess[str]:
+    return pi.exec(
+        "env", f"INSTALL_K3S_VERSION={VERSION}", "INSTALL_K3S_EXEC=agent", "sh", DOUBLE_ON_PI,
+        check=False,
+    )  # fmt: skip
+
+
+def test_agent_delete_uninstalls_once(cluster: Cluster, agent_install: tuple[Run, Run]) -> None:
+    """Last on the agent: uninstalls it."""
+    pi = cluster.agent
+    values = cluster.values(cluster.agent_node)
+    result = run(pi, "k3s-install.sh", values, "delete", timing="k3s-install.sh delete")
+    assert result.ok("k3s-install").line == "picluster k3s-install: changed: uninstalled"
+    assert "uninstall k3s-agent" in double_log(pi)
+    for path in (
+        TOKEN_FILE,
+        CONFIG_FILE,
+        CONFIG_DIR,
+        "/usr/local/bin/k3s",
+        "/usr/local/bin/k3s-agent-uninstall.sh",
+        "/etc/systemd/system/k3s-agent.service",
+    ):
+        assert not pi.exists(path), path  # fmt: skip
+    assert is_active(pi, "k3s-agent") != "active"
+
+    again = run(pi, "k3s-install.sh", values, "delete")
+    assert again.ok("k3s-install").line.startswith("picluster k3s-install: no changes")
+
+    # The double refuses a missing or readable token file, so the runs above prove the order.
+    missing = _run_double(pi)
+    assert missing.returncode == 1
+    assert "names no token-file" in missing.stderr
+    config = {"token-file": TOKEN_FILE, "server": f"https://{cluster.server_ip}:6443"}
+    pi.put(CONFIG_FILE, yaml.safe_dump(config).encode(), mode="0600")
+    pi.put(TOKEN_FILE, b"x\n", mode="0644")
+    readable = _run_double(pi)
+    assert readable.returncode == 1
+    assert f"token-file {TOKEN_FILE} is 644 root:root, not 600 root:root" in readable.stderr
+    assert not pi.exists("/usr/local/bin/k3s")
+
+    # What a failed first install leaves (token and config, no K3s): the delete removes it too.
+    leftover = run(pi, "k3s-install.sh", values, "delete")
+    assert leftover.ok("k3s-install").changed == ("removed picluster-token", "removed config.yaml")
+    assert not pi.exists(TOKEN_FILE)
+    assert not pi.exists(CONFIG_FILE)
