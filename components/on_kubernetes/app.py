@@ -16,14 +16,12 @@ import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel, Role, SecretKey, Workload
 from components.nginx import nginx_conf
-from components.on_kubernetes import policies
+from components.on_kubernetes import pods, policies
 from components.on_kubernetes.backup import render_backup
 from components.on_kubernetes.platform import KubernetesPlatform, labels, selector
 from components.on_kubernetes.workloads import (
     container_port,
     file_key,
-    files_checksum,
-    namespace,
     pod_spec,
     workload_container,
 )
@@ -96,7 +94,7 @@ def render_app(
     """Declare the app's Kubernetes objects as children of `parent`."""
     opts = pulumi.ResourceOptions(parent=parent)
     # Retained: deleting a namespace deletes its volumes, and the database's must survive.
-    ns_resource = namespace(
+    ns_resource = pods.namespace(
         parent, f"{name}-namespace", platform.app_namespace, "restricted", retain=True
     )
     ns = ns_resource.metadata.name
@@ -167,19 +165,14 @@ def _database(
     claim = f"{db.name}-data"
     # The claim is its own resource, retained on destroy: a replaced StatefulSet or a
     # `pulumi destroy` leaves the game's data where it is.
-    k8s.core.v1.PersistentVolumeClaim(
+    pods.persistent_volume_claim(
         f"{name}-db-data",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=claim, namespace=ns, labels=labels(claim, "storage")
-        ),
-        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
-            access_modes=["ReadWriteOnce"],
-            storage_class_name=platform.storage_class,
-            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
-                requests={"storage": db.storage or "5Gi"}
-            ),
-        ),
-        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=True),
+        ns,
+        claim,
+        "storage",
+        db.storage or "5Gi",
+        platform.storage_class,
+        pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=True),
     )
     container = workload_container(db, APP_SECRET, data_volume="data")
     k8s.apps.v1.StatefulSet(
@@ -252,7 +245,7 @@ def _deployment(
                 metadata=k8s.meta.v1.ObjectMetaArgs(
                     labels=labels(workload.name, workload.role.value),
                     # subPath-mounted files do not update in place: a change rolls the pods.
-                    annotations={"picluster.dev/files-checksum": files_checksum(files)}
+                    annotations={pods.CHECKSUM_ANNOTATION: pods.checksum(sorted(files.values()))}
                     if files
                     else None,
                 ),

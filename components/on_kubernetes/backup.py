@@ -7,13 +7,16 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.app_model import AppModel, BackupInfo
+from components.app_model import AppModel, BackupInfo, Resources
+from components.on_kubernetes import pods
 from components.on_kubernetes.platform import KubernetesPlatform, labels
 from components.on_kubernetes.policies import BACKUP_COMPONENT
-from components.on_kubernetes.workloads import restricted_security_context
 
 BACKUP_SCRIPT = Path(__file__).resolve().parents[1] / "assets" / "backup" / "pg-backup.sh"
 BACKUP_CLAIM = "postgres-backups"
+BACKUP_RESOURCES = Resources(
+    cpu_request="50m", memory_request="64Mi", cpu_limit="500m", memory_limit="256Mi"
+)
 
 
 def render_backup(
@@ -27,19 +30,14 @@ def render_backup(
     """Declare the backup volume, its script and the CronJob."""
     db = app.database
     opts = pulumi.ResourceOptions(parent=parent)
-    k8s.core.v1.PersistentVolumeClaim(
+    pods.persistent_volume_claim(
         f"{name}-backups",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=BACKUP_CLAIM, namespace=ns, labels=labels(BACKUP_CLAIM, "storage")
-        ),
-        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
-            access_modes=["ReadWriteOnce"],
-            storage_class_name=platform.storage_class,
-            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
-                requests={"storage": backup.storage}
-            ),
-        ),
-        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True),
+        ns,
+        BACKUP_CLAIM,
+        "storage",
+        backup.storage,
+        platform.storage_class,
+        pulumi.ResourceOptions(parent=parent, retain_on_delete=True),
     )
     script = k8s.core.v1.ConfigMap(
         f"{name}-backup-script",
@@ -75,11 +73,8 @@ def render_backup(
             k8s.core.v1.VolumeMountArgs(name="script", mount_path="/scripts", read_only=True),
             k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
         ],
-        resources=k8s.core.v1.ResourceRequirementsArgs(
-            requests={"cpu": "50m", "memory": "64Mi"},
-            limits={"cpu": "500m", "memory": "256Mi"},
-        ),
-        security_context=restricted_security_context(),
+        resources=pods.resources(BACKUP_RESOURCES),
+        security_context=pods.restricted_container_security(),
     )
     uid = db.run_as_user or 70
     pod_labels = labels("postgres-backup", BACKUP_COMPONENT)
@@ -102,15 +97,7 @@ def render_backup(
                         spec=k8s.core.v1.PodSpecArgs(
                             restart_policy="OnFailure",
                             automount_service_account_token=False,
-                            security_context=k8s.core.v1.PodSecurityContextArgs(
-                                run_as_non_root=True,
-                                run_as_user=uid,
-                                run_as_group=uid,
-                                fs_group=uid,
-                                seccomp_profile=k8s.core.v1.SeccompProfileArgs(
-                                    type="RuntimeDefault"
-                                ),
-                            ),
+                            security_context=pods.restricted_pod_security(uid, fs_group=uid),
                             containers=[container],
                             volumes=[
                                 k8s.core.v1.VolumeArgs(
@@ -125,9 +112,7 @@ def render_backup(
                                         name="postgres-backup"
                                     ),
                                 ),
-                                k8s.core.v1.VolumeArgs(
-                                    name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs()
-                                ),
+                                pods.scratch_volume("tmp"),
                             ],
                         ),
                     ),

@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel
 from components.config import MonitoringConfig
 from components.on_kubernetes import exporters, pods
 from components.on_kubernetes.grafana import SUB_PATH, render_grafana
-from components.on_kubernetes.platform import KubernetesPlatform, labels
+from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.prometheus import PROMETHEUS, PROMETHEUS_PORT, render_prometheus
 from components.secrets import StackSecrets
 
@@ -31,18 +30,6 @@ class KubernetesMonitoring:
     """Grafana through the ingress."""
     prometheus_url: pulumi.Output[str]
     """Prometheus inside the cluster (it has no ingress: reach it with `kubectl port-forward`)."""
-
-
-def _namespace(
-    parent: pulumi.Resource, resource_name: str, name: str, level: str
-) -> k8s.core.v1.Namespace:
-    return k8s.core.v1.Namespace(
-        resource_name,
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=name, labels={**labels(name, "monitoring"), **pods.pod_security_labels(level)}
-        ),
-        opts=pulumi.ResourceOptions(parent=parent),
-    )
 
 
 def render_monitoring(
@@ -59,8 +46,8 @@ def render_monitoring(
     server's address): it makes Grafana's own links and the returned URL absolute.
     """
     monitoring_ns = platform.monitoring_namespace
-    monitoring = _namespace(parent, f"{name}-namespace", monitoring_ns, "restricted")
-    node_ns = _namespace(
+    monitoring = pods.namespace(parent, f"{name}-namespace", monitoring_ns, "restricted")
+    node_ns = pods.namespace(
         parent, f"{name}-node-namespace", platform.node_exporter_namespace, "privileged"
     )
     in_monitoring = pulumi.ResourceOptions(parent=parent, depends_on=[monitoring])

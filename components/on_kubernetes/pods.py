@@ -30,6 +30,19 @@ def pod_security_labels(level: str) -> dict[str, str]:
     }
 
 
+def namespace(
+    parent: pulumi.Resource, resource_name: str, name: str, level: str, *, retain: bool = False
+) -> k8s.core.v1.Namespace:
+    """A namespace whose Pod Security admission enforces, audits and warns at `level`."""
+    return k8s.core.v1.Namespace(
+        resource_name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=name, labels={**labels(name, "namespace"), **pod_security_labels(level)}
+        ),
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=retain),
+    )
+
+
 def metadata(
     name: str,
     namespace: pulumi.Input[str] | None,

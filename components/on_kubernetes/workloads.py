@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 
-import pulumi
 import pulumi_kubernetes as k8s
 
 from components.app_model import ProbeKind, Role, Workload
-from components.on_kubernetes.platform import labels
+from components.on_kubernetes import pods
 
 UNPRIVILEGED_PORT = 8080
 """Where a workload that would listen below 1024 listens instead (it runs as non-root)."""
-
-
-def namespace(
-    parent: pulumi.Resource, resource_name: str, name: str, level: str, *, retain: bool = False
-) -> k8s.core.v1.Namespace:
-    """A namespace whose Pod Security admission enforces, audits and warns at `level`."""
-    pod_security = {
-        f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "audit", "warn")
-    }
-    return k8s.core.v1.Namespace(
-        resource_name,
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=name,
-            labels={
-                **labels(name, "namespace"),
-                **pod_security,
-                "pod-security.kubernetes.io/enforce-version": "latest",
-            },
-        ),
-        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=retain),
-    )
 
 
 def container_port(workload: Workload) -> int:
@@ -45,11 +21,6 @@ def container_port(workload: Workload) -> int:
 def file_key(path: str) -> str:
     """A ConfigMap key for a file path (`/etc/nginx/nginx.conf` -> `etc_nginx_nginx.conf`)."""
     return path.strip("/").replace("/", "_")
-
-
-def files_checksum(files: Mapping[str, str]) -> str:
-    """Annotated on the pod template, so changed files roll the pods."""
-    return hashlib.sha256(json.dumps(dict(sorted(files.items()))).encode()).hexdigest()
 
 
 def _probe(workload: Workload, *, liveness: bool) -> k8s.core.v1.ProbeArgs:
@@ -71,17 +42,6 @@ def _probe(workload: Workload, *, liveness: bool) -> k8s.core.v1.ProbeArgs:
         timeout_seconds=5,
         failure_threshold=6 if liveness else 3,
         initial_delay_seconds=30 if liveness else 5,
-    )
-
-
-def restricted_security_context(*, read_only_root: bool = True) -> k8s.core.v1.SecurityContextArgs:
-    """The container security context Pod Security `restricted` asks for."""
-    return k8s.core.v1.SecurityContextArgs(
-        allow_privilege_escalation=False,
-        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-        read_only_root_filesystem=read_only_root,
-        run_as_non_root=True,
-        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
     )
 
 
@@ -128,7 +88,6 @@ def workload_container(
     ]
     if data_volume is not None and workload.data_path is not None:
         mounts.append(k8s.core.v1.VolumeMountArgs(name=data_volume, mount_path=workload.data_path))
-    r = workload.resources
     return k8s.core.v1.ContainerArgs(
         name=workload.name,
         image=workload.image,
@@ -139,11 +98,8 @@ def workload_container(
         volume_mounts=mounts,
         readiness_probe=_probe(workload, liveness=False),
         liveness_probe=_probe(workload, liveness=True),
-        resources=k8s.core.v1.ResourceRequirementsArgs(
-            requests={"cpu": r.cpu_request, "memory": r.memory_request},
-            limits={"cpu": r.cpu_limit, "memory": r.memory_limit},
-        ),
-        security_context=restricted_security_context(),
+        resources=pods.resources(workload.resources),
+        security_context=pods.restricted_container_security(),
     )
 
 
@@ -157,12 +113,7 @@ def pod_spec(
     topology_spread: Sequence[k8s.core.v1.TopologySpreadConstraintArgs] | None = None,
 ) -> k8s.core.v1.PodSpecArgs:
     """A restricted pod running `containers` as the workload's non-root user."""
-    volumes = [
-        k8s.core.v1.VolumeArgs(
-            name=f"scratch-{i}", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")
-        )
-        for i, _ in enumerate(workload.writable_paths)
-    ]
+    volumes = [pods.scratch_volume(f"scratch-{i}") for i, _ in enumerate(workload.writable_paths)]
     if config_map is not None:
         volumes.append(
             k8s.core.v1.VolumeArgs(
@@ -182,13 +133,7 @@ def pod_spec(
     return k8s.core.v1.PodSpecArgs(
         automount_service_account_token=False,
         enable_service_links=False,
-        security_context=k8s.core.v1.PodSecurityContextArgs(
-            run_as_non_root=True,
-            run_as_user=user,
-            run_as_group=user,
-            fs_group=user,
-            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-        ),
+        security_context=pods.restricted_pod_security(user, fs_group=user),
         containers=list(containers),
         volumes=[*volumes, *extra_volumes],
         topology_spread_constraints=list(topology_spread) if topology_spread else None,

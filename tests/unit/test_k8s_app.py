@@ -192,7 +192,7 @@ def test_frontend_runs_nginx_unprivileged_with_the_placeholder(demo: Run) -> Non
     files = of_kind(demo, "ConfigMap")["frontend-files"]["data"]
     assert "listen 8080;" in files["etc_nginx_conf.d_default.conf"]
     assert "pid /tmp/nginx.pid;" in files["etc_nginx_nginx.conf"]
-    assert "picluster.dev/files-checksum" in frontend["metadata"]["annotations"]
+    assert "checksum/config" in frontend["metadata"]["annotations"]
     service = of_kind(demo, "Service")["frontend"]
     assert service["spec"]["ports"][0]["port"] == 80
     assert service["spec"]["ports"][0]["targetPort"] == 8080
