@@ -153,18 +153,14 @@ def render_kube_state_metrics(
         ],
         opts=opts,
     )
-    k8s.rbac.v1.ClusterRoleBinding(
+    pods.bind_cluster_role(
         f"{name}-kube-state-metrics",
-        metadata=pods.metadata(f"{PART_OF}-{KUBE_STATE_METRICS}", None, "metrics"),
-        role_ref=k8s.rbac.v1.RoleRefArgs(
-            api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role.metadata.name
-        ),
-        subjects=[
-            k8s.rbac.v1.SubjectArgs(
-                kind="ServiceAccount", name=account.metadata.name, namespace=namespace
-            )
-        ],
-        opts=opts,
+        f"{PART_OF}-{KUBE_STATE_METRICS}",
+        "metrics",
+        role,
+        account,
+        namespace,
+        opts,
     )
     watched = sorted(r for _, resources in KUBE_STATE_METRICS_RULES for r in resources)
     spec = k8s.core.v1.PodSpecArgs(

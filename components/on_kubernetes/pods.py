@@ -221,3 +221,28 @@ def persistent_volume_claim(
         ),
         opts=opts,
     )
+
+
+def bind_cluster_role(
+    resource_name: str,
+    name: str,
+    component: str,
+    role: k8s.rbac.v1.ClusterRole,
+    account: k8s.core.v1.ServiceAccount,
+    namespace: pulumi.Input[str],
+    opts: pulumi.ResourceOptions,
+) -> k8s.rbac.v1.ClusterRoleBinding:
+    """Grant `role` cluster-wide to the service account `account` of `namespace`."""
+    return k8s.rbac.v1.ClusterRoleBinding(
+        resource_name,
+        metadata=metadata(name, None, component),
+        role_ref=k8s.rbac.v1.RoleRefArgs(
+            api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role.metadata.name
+        ),
+        subjects=[
+            k8s.rbac.v1.SubjectArgs(
+                kind="ServiceAccount", name=account.metadata.name, namespace=namespace
+            )
+        ],
+        opts=opts,
+    )

@@ -234,18 +234,14 @@ def _rbac(name: str, namespace: str, opts: pulumi.ResourceOptions) -> k8s.core.v
         ],
         opts=opts,
     )
-    k8s.rbac.v1.ClusterRoleBinding(
+    pods.bind_cluster_role(
         f"{name}-prometheus",
-        metadata=pods.metadata(f"{PART_OF}-{PROMETHEUS}", None, "monitoring"),
-        role_ref=k8s.rbac.v1.RoleRefArgs(
-            api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role.metadata.name
-        ),
-        subjects=[
-            k8s.rbac.v1.SubjectArgs(
-                kind="ServiceAccount", name=account.metadata.name, namespace=namespace
-            )
-        ],
-        opts=opts,
+        f"{PART_OF}-{PROMETHEUS}",
+        "monitoring",
+        role,
+        account,
+        namespace,
+        opts,
     )
     return account
 
