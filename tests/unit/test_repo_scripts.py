@@ -1,4 +1,4 @@
-"""The repository's own shell entry points (`bin/`, `.ci/run`) pass shellcheck."""
+"""The repository's own entry points: shell scripts pass shellcheck, the project file is sound."""
 
 from __future__ import annotations
 
@@ -28,3 +28,15 @@ def test_up_local_never_puts_the_passphrase_on_a_command_line() -> None:
     assert "PULUMI_CONFIG_PASSPHRASE_FILE" in text
     assert "--passphrase" not in text
     assert "umask 077" in text
+
+
+def test_project_disables_default_providers_and_keeps_state_local() -> None:
+    import yaml
+
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == "picluster"
+    assert project["runtime"]["options"] == {"toolchain": "pip", "virtualenv": ".venv"}
+    assert project["backend"]["url"] == "file://./.pulumi-state"
+    disabled = project["config"]["pulumi:disable-default-providers"]["value"]
+    assert set(disabled) >= {"docker", "kubernetes", "command"}
+    assert project["config"]["target"]["type"] == "string"
