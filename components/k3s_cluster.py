@@ -230,9 +230,9 @@ class K3sCluster(pulumi.ComponentResource):
         depends_on: Sequence[pulumi.Resource],
     ) -> remote.Command:
         config_yaml = yaml.safe_dump(node_config(node, args, first), sort_keys=True)
-        values = pulumi.Output.all(args.token).apply(
+        values = pulumi.Output.from_input(args.token).apply(
             lambda token: steps_payload(
-                ["k3s-install.sh"], install_values(node, args, first, str(token[0]))
+                ["k3s-install.sh"], install_values(node, args, first, token)
             )
         )
         protect = node.role is NodeRole.SERVER and args.protect_servers
