@@ -8,6 +8,7 @@ its sdist downloads the binary from GitHub, which a machine without that access 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -159,6 +160,7 @@ def test_up_is_manual_from_the_default_branch_and_prod_waits_for_production() ->
     assert pulumi["with"]["policyPacks"] == "policy"
 
 
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_run_steps_pass_shellcheck(path: Path, tmp_path: Path) -> None:
     for index, (job_id, step) in enumerate(steps(load(path.name))):
