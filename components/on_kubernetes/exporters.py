@@ -12,7 +12,7 @@ import pulumi_kubernetes as k8s
 from components import monitoring_config, versions
 from components.app_model import AppModel, Resources
 from components.on_kubernetes import pods
-from components.on_kubernetes.platform import PART_OF, KubernetesPlatform, selector
+from components.on_kubernetes.platform import KubernetesPlatform, selector
 from components.secrets import StackSecrets
 
 NODE_EXPORTER: Final = "node-exporter"
@@ -136,30 +136,17 @@ def render_kube_state_metrics(
     name: str, namespace: str, opts: pulumi.ResourceOptions
 ) -> k8s.apps.v1.Deployment:
     """kube-state-metrics: nodes, pods and workloads as metrics, read from the API server."""
-    account = k8s.core.v1.ServiceAccount(
+    account = pods.service_account_with_cluster_role(
         f"{name}-kube-state-metrics",
-        metadata=pods.metadata(KUBE_STATE_METRICS, namespace, "metrics"),
-        automount_service_account_token=False,
-        opts=opts,
-    )
-    role = k8s.rbac.v1.ClusterRole(
-        f"{name}-kube-state-metrics",
-        metadata=pods.metadata(f"{PART_OF}-{KUBE_STATE_METRICS}", None, "metrics"),
-        rules=[
+        KUBE_STATE_METRICS,
+        namespace,
+        "metrics",
+        [
             k8s.rbac.v1.PolicyRuleArgs(
                 api_groups=[group], resources=list(resources), verbs=["list", "watch"]
             )
             for group, resources in KUBE_STATE_METRICS_RULES
         ],
-        opts=opts,
-    )
-    pods.bind_cluster_role(
-        f"{name}-kube-state-metrics",
-        f"{PART_OF}-{KUBE_STATE_METRICS}",
-        "metrics",
-        role,
-        account,
-        namespace,
         opts,
     )
     watched = sorted(r for _, resources in KUBE_STATE_METRICS_RULES for r in resources)

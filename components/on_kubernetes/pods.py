@@ -13,7 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.app_model import Resources
-from components.on_kubernetes.platform import labels, selector
+from components.on_kubernetes.platform import PART_OF, labels, selector
 
 POD_SECURITY_VERSION = "latest"
 CHECKSUM_ANNOTATION = "checksum/config"
@@ -223,19 +223,35 @@ def persistent_volume_claim(
     )
 
 
-def bind_cluster_role(
+def service_account_with_cluster_role(
     resource_name: str,
-    name: str,
-    component: str,
-    role: k8s.rbac.v1.ClusterRole,
-    account: k8s.core.v1.ServiceAccount,
+    account_name: str,
     namespace: pulumi.Input[str],
+    component: str,
+    rules: Sequence[k8s.rbac.v1.PolicyRuleArgs],
     opts: pulumi.ResourceOptions,
-) -> k8s.rbac.v1.ClusterRoleBinding:
-    """Grant `role` cluster-wide to the service account `account` of `namespace`."""
-    return k8s.rbac.v1.ClusterRoleBinding(
+) -> k8s.core.v1.ServiceAccount:
+    """A service account of `namespace` granted `rules` cluster-wide.
+
+    The ClusterRole and its binding are named `picluster-<account>`. The token is not mounted by
+    default: a pod that talks to the API server opts in.
+    """
+    account = k8s.core.v1.ServiceAccount(
         resource_name,
-        metadata=metadata(name, None, component),
+        metadata=metadata(account_name, namespace, component),
+        automount_service_account_token=False,
+        opts=opts,
+    )
+    cluster_name = f"{PART_OF}-{account_name}"
+    role = k8s.rbac.v1.ClusterRole(
+        resource_name,
+        metadata=metadata(cluster_name, None, component),
+        rules=list(rules),
+        opts=opts,
+    )
+    k8s.rbac.v1.ClusterRoleBinding(
+        resource_name,
+        metadata=metadata(cluster_name, None, component),
         role_ref=k8s.rbac.v1.RoleRefArgs(
             api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role.metadata.name
         ),
@@ -246,3 +262,4 @@ def bind_cluster_role(
         ],
         opts=opts,
     )
+    return account

@@ -26,7 +26,7 @@ from components.on_kubernetes.exporters import (
     POSTGRES_EXPORTER,
     POSTGRES_EXPORTER_PORT,
 )
-from components.on_kubernetes.platform import PART_OF, KubernetesPlatform
+from components.on_kubernetes.platform import KubernetesPlatform
 
 PROMETHEUS: Final = "prometheus"
 PROMETHEUS_PORT: Final = 9090
@@ -210,16 +210,12 @@ def prometheus_config(
 
 
 def _rbac(name: str, namespace: str, opts: pulumi.ResourceOptions) -> k8s.core.v1.ServiceAccount:
-    account = k8s.core.v1.ServiceAccount(
+    return pods.service_account_with_cluster_role(
         f"{name}-prometheus",
-        metadata=pods.metadata(PROMETHEUS, namespace, "monitoring"),
-        automount_service_account_token=False,
-        opts=opts,
-    )
-    role = k8s.rbac.v1.ClusterRole(
-        f"{name}-prometheus",
-        metadata=pods.metadata(f"{PART_OF}-{PROMETHEUS}", None, "monitoring"),
-        rules=[
+        PROMETHEUS,
+        namespace,
+        "monitoring",
+        [
             k8s.rbac.v1.PolicyRuleArgs(
                 api_groups=[""],
                 resources=["nodes", "nodes/metrics", "services", "endpoints", "pods"],
@@ -232,18 +228,8 @@ def _rbac(name: str, namespace: str, opts: pulumi.ResourceOptions) -> k8s.core.v
             ),
             k8s.rbac.v1.PolicyRuleArgs(non_resource_urls=["/metrics"], verbs=["get"]),
         ],
-        opts=opts,
-    )
-    pods.bind_cluster_role(
-        f"{name}-prometheus",
-        f"{PART_OF}-{PROMETHEUS}",
-        "monitoring",
-        role,
-        account,
-        namespace,
         opts,
     )
-    return account
 
 
 def render_prometheus(
