@@ -5,6 +5,7 @@ provisioning. The Docker and Kubernetes renderers read the same files from
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +81,29 @@ def alert_rules() -> str:
     return (MONITORING_ASSETS / "alerts.yml").read_text()
 
 
-def blackbox_config() -> str:
-    """blackbox-exporter's modules."""
-    return (MONITORING_ASSETS / "blackbox.yml").read_text()
+INGRESS_MODULE = "http_2xx_ingress"
+"""The blackbox module that probes the ingress controller with the game's Host header."""
+
+
+def blackbox_config(ingress_host: str | None = None) -> str:
+    """blackbox-exporter's modules; with `ingress_host`, also one that sends that Host header."""
+    text = (MONITORING_ASSETS / "blackbox.yml").read_text()
+    if ingress_host is None:
+        return text
+    document = yaml.safe_load(text)
+    module = copy.deepcopy(document["modules"]["http_2xx"])
+    module["http"]["headers"] = {"Host": ingress_host}
+    document["modules"][INGRESS_MODULE] = module
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def ingress_probe(ingress_url: str, ingress_host: str | None) -> ProbeTarget:
+    """Probe the frontend through the ingress controller, as a player's request goes."""
+    return ProbeTarget(
+        service="ingress",
+        target=ingress_url,
+        module=INGRESS_MODULE if ingress_host is not None else "http_2xx",
+    )
 
 
 def dashboards() -> dict[str, str]:

@@ -201,10 +201,10 @@ def render_kube_state_metrics(
 
 
 def render_blackbox_exporter(
-    name: str, namespace: str, opts: pulumi.ResourceOptions
+    name: str, namespace: str, ingress_host: str | None, opts: pulumi.ResourceOptions
 ) -> k8s.apps.v1.Deployment:
-    """blackbox-exporter, which Prometheus asks to probe each app endpoint."""
-    config = monitoring_config.blackbox_config()
+    """blackbox-exporter, which Prometheus asks to probe each app endpoint and the ingress."""
+    config = monitoring_config.blackbox_config(ingress_host)
     k8s.core.v1.ConfigMap(
         f"{name}-blackbox-exporter",
         metadata=pods.metadata(BLACKBOX, namespace, "config"),

@@ -58,7 +58,7 @@ def render_monitoring(
         pulumi.ResourceOptions(parent=parent, depends_on=[node_ns]),
     )
     exporters.render_kube_state_metrics(name, monitoring_ns, in_monitoring)
-    exporters.render_blackbox_exporter(name, monitoring_ns, in_monitoring)
+    exporters.render_blackbox_exporter(name, monitoring_ns, platform.domain, in_monitoring)
     exporters.render_postgres_exporter(name, monitoring_ns, app, secrets, platform, in_monitoring)
     render_prometheus(name, monitoring_ns, app, settings, platform, in_monitoring)
 

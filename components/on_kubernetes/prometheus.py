@@ -140,13 +140,20 @@ def _services_job(app: AppModel, app_namespace: str) -> dict[str, Any] | None:
     }
 
 
+# K3s's packaged Traefik; the frontend answers /healthz behind the ingress rule for "/".
+INGRESS_HEALTH_URL = "http://traefik.kube-system.svc/healthz"
+
+
 def prometheus_config(
     app: AppModel, settings: MonitoringConfig, platform: KubernetesPlatform
 ) -> str:
     """prometheus.yml for K3s: Kubernetes discovery where targets come and go, Service names
     where there is one target. Job names and the `service` label are those of the Docker target,
     which the alert rules and dashboards rely on."""
-    probes = monitoring_config.probe_targets(app, host_suffix=f".{platform.app_namespace}.svc")
+    probes = [
+        *monitoring_config.probe_targets(app, host_suffix=f".{platform.app_namespace}.svc"),
+        monitoring_config.ingress_probe(INGRESS_HEALTH_URL, platform.domain),
+    ]
     jobs: list[dict[str, Any]] = [
         {
             "job_name": "prometheus",

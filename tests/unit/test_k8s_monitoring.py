@@ -203,7 +203,9 @@ def test_probe_job_covers_every_app_service_by_its_cluster_dns_name(result: Run)
     jobs = {job["job_name"]: job for job in prometheus_yml(result)["scrape_configs"]}
     probe = jobs["probe"]
     targets = {c["labels"]["service"]: c for c in probe["static_configs"]}
-    assert set(targets) == {"frontend", "match", "chat"}
+    assert set(targets) == {"frontend", "match", "chat", "ingress"}
+    assert targets["ingress"]["targets"] == ["http://traefik.kube-system.svc/healthz"]
+    assert targets["ingress"]["labels"]["__param_module"] == "http_2xx_ingress"
     assert targets["match"]["targets"] == ["http://match.game.svc:4000/match/health"]
     assert targets["match"]["labels"]["__param_module"] == "http_2xx"
     assert targets["chat"]["targets"] == ["chat.game.svc:4100"]
@@ -402,3 +404,19 @@ def test_every_object_validates_against_kubernetes_1_31(result: Run) -> None:
     objects = manifests(result)
     assert len(objects) > 20
     assert validate_manifests(objects, "1.31.0") == []
+
+
+def test_ingress_probe_sends_the_game_host_or_none_without_a_domain(result: Run) -> None:
+    modules = yaml.safe_load(named(result, "ConfigMap", "blackbox-exporter")["data"]["config.yml"])
+    ingress = modules["modules"]["http_2xx_ingress"]
+    assert ingress["http"]["headers"] == {"Host": "game.example.com"}
+    assert ingress["prober"] == "http"
+
+    bare = program(platform=KubernetesPlatform(public_address="192.168.1.10"))
+    probe = next(j for j in prometheus_yml(bare)["scrape_configs"] if j["job_name"] == "probe")
+    ingress_target = next(c for c in probe["static_configs"] if c["labels"]["service"] == "ingress")
+    assert ingress_target["labels"]["__param_module"] == "http_2xx"
+    bare_modules = yaml.safe_load(
+        named(bare, "ConfigMap", "blackbox-exporter")["data"]["config.yml"]
+    )
+    assert "http_2xx_ingress" not in bare_modules["modules"]
