@@ -122,7 +122,7 @@ class PiNode(pulumi.ComponentResource):
             update="sudo bash -s",
             stdin=steps_payload(gate_scripts, gate_values),
             # Runs again after every prepare, which may have rebooted the node.
-            triggers=[prepare.id, prepare.stdout],
+            triggers=[prepare.stdout],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[prepare])),
         )

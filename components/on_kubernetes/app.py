@@ -50,7 +50,7 @@ def _config_map(
 ) -> k8s.core.v1.ConfigMap:
     return k8s.core.v1.ConfigMap(
         name,
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=ns, labels=labels(name, "config")),
+        metadata=pods.metadata(name, ns, "config"),
         data=files,
         opts=pulumi.ResourceOptions(parent=parent),
     )
@@ -66,9 +66,7 @@ def _service(
 ) -> k8s.core.v1.Service:
     return k8s.core.v1.Service(
         f"{name}-{workload.name}",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=workload.name, namespace=ns, labels=labels(workload.name, workload.role.value)
-        ),
+        metadata=pods.metadata(workload.name, ns, workload.role.value),
         spec=k8s.core.v1.ServiceSpecArgs(
             cluster_ip="None" if headless else None,
             selector=selector(workload.name),
@@ -102,9 +100,7 @@ def render_app(
     keys = _secret_keys(app)
     k8s.core.v1.Secret(
         f"{name}-secrets",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=APP_SECRET, namespace=ns, labels=labels(APP_SECRET, "secrets")
-        ),
+        metadata=pods.metadata(APP_SECRET, ns, "secrets"),
         type="Opaque",
         string_data={entry: secrets.get(key) for key, entry in keys.items()},
         opts=opts,
@@ -133,9 +129,7 @@ def render_app(
     ]
     k8s.networking.v1.Ingress(
         f"{name}-ingress",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name="game", namespace=ns, labels=labels("game", "ingress")
-        ),
+        metadata=pods.metadata("game", ns, "ingress"),
         spec=k8s.networking.v1.IngressSpecArgs(
             ingress_class_name=platform.ingress_class,
             rules=[
@@ -177,9 +171,7 @@ def _database(
     container = workload_container(db, APP_SECRET, data_volume="data")
     k8s.apps.v1.StatefulSet(
         f"{name}-{db.name}",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=db.name, namespace=ns, labels=labels(db.name, db.role.value)
-        ),
+        metadata=pods.metadata(db.name, ns, db.role.value),
         spec=k8s.apps.v1.StatefulSetSpecArgs(
             service_name=db.name,
             replicas=1,
@@ -235,9 +227,7 @@ def _deployment(
     ]
     k8s.apps.v1.Deployment(
         f"{name}-{workload.name}",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=workload.name, namespace=ns, labels=labels(workload.name, workload.role.value)
-        ),
+        metadata=pods.metadata(workload.name, ns, workload.role.value),
         spec=k8s.apps.v1.DeploymentSpecArgs(
             replicas=workload.replicas,
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(workload.name)),
@@ -263,9 +253,7 @@ def _deployment(
     if workload.replicas > 1:
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-{workload.name}-pdb",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=workload.name, namespace=ns, labels=labels(workload.name, "availability")
-            ),
+            metadata=pods.metadata(workload.name, ns, "availability"),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
                 min_available=1,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(workload.name)),

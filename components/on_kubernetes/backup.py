@@ -41,9 +41,7 @@ def render_backup(
     )
     script = k8s.core.v1.ConfigMap(
         f"{name}-backup-script",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name="postgres-backup", namespace=ns, labels=labels("postgres-backup", "config")
-        ),
+        metadata=pods.metadata("postgres-backup", ns, "config"),
         data={"pg-backup.sh": BACKUP_SCRIPT.read_text()},
         opts=opts,
     )

@@ -13,7 +13,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel, Role
-from components.on_kubernetes.platform import KubernetesPlatform, labels
+from components.on_kubernetes import pods
+from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.workloads import container_port
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -50,9 +51,7 @@ def _policy(
 ) -> None:
     k8s.networking.v1.NetworkPolicy(
         resource_name,
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=policy_name, namespace=ns, labels=labels(policy_name, "network-policy")
-        ),
+        metadata=pods.metadata(policy_name, ns, "network-policy"),
         spec=k8s.networking.v1.NetworkPolicySpecArgs(
             # An empty selector (no matchLabels) selects every pod in the namespace.
             pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=pod_labels or None),
