@@ -9,7 +9,7 @@ from components.config import Target
 from components.k3s_cluster import K3sCluster
 from components.monitoring import Monitoring, MonitoringArgs
 from components.pi_node import PiNode
-from components.providers import docker_provider, kubernetes_provider
+from components.providers import command_provider, docker_provider, kubernetes_provider
 from components.secrets import cluster_token, stack_secrets
 from components.stack_args import (
     docker_platform,
@@ -22,10 +22,12 @@ config = stack_config.load()  # one ConfigError naming every bad key, before any
 settings = config.settings
 app = build_app(settings.app)
 secrets = stack_secrets(config, app)
-pis = [(node, PiNode(node.name, args)) for node, args in pi_node_args(config)]
+node_args = pi_node_args(config)
+over_ssh = pulumi.ResourceOptions(providers=[command_provider()] if node_args else [])
+pis = [(node, PiNode(node.name, args, over_ssh)) for node, args in node_args]
 
 if settings.target is Target.K3S:
-    cluster = K3sCluster("cluster", k3s_cluster_args(config, pis, cluster_token(config)))
+    cluster = K3sCluster("cluster", k3s_cluster_args(config, pis, cluster_token(config)), over_ssh)
     stack_id = f"picluster-{pulumi.get_stack()}"
     provider = kubernetes_provider(cluster.kubeconfig, stack_id, cluster.ready)
     platform = kubernetes_platform(settings)

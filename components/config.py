@@ -101,7 +101,7 @@ _DURATION = re.compile(r"^[0-9]+(ms|s|m|h|d|w|y)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _K3S_VERSION = re.compile(r"^v[0-9]+\.[0-9]+\.[0-9]+\+k3s[0-9]+$")
 _HOST_KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) "
+    r"^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) "
     r"[A-Za-z0-9+/]+={0,3}$"
 )
 _TAINT = re.compile(
@@ -200,6 +200,16 @@ def _docker_host(value: str) -> str:
 
 
 def _host_key(value: str) -> str:
+    if value.strip().startswith("ssh-rsa "):
+        # pulumi-command pins the key's own algorithm (HostKeyAlgorithms = ["ssh-rsa"], SHA-1
+        # signatures: provider/pkg/provider/remote/connection.go), which OpenSSH 8.8+ refuses.
+        raise ValueError(
+            "is an ssh-rsa key, which cannot be pinned: the SSH client then asks only for SHA-1 "
+            "'ssh-rsa' signatures, which OpenSSH 8.8 and later (Raspberry Pi OS Bookworm) refuse, "
+            "and every connection would retry for minutes; pin the Pi's ed25519 key instead, the "
+            "line `ssh-keyscan -t ed25519 <host>` prints without the host name "
+            "('ssh-ed25519 AAAAC3Nza...')"
+        )
     if not _HOST_KEY.match(value.strip()):
         raise ValueError(
             "is not an OpenSSH public host key; give the key line as `ssh-keyscan` prints it "

@@ -8,9 +8,14 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
   after another (embedded etcd); agents join in parallel once the servers are up. A version
   change re-runs the step in that same order: servers one at a time, then agents.
 - `<node>-join` on the first server for every other node (`k3s-node.sh`): waits until the node is
-  Ready; on destroy it drains and removes the node before the node's K3s is uninstalled.
+  Ready, again after each run of the node's install; on destroy it drains and removes the node
+  before the node's K3s is uninstalled.
 - `kubeconfig` on the first server (`k3s-kubeconfig.sh`): stdout is the admin kubeconfig, kept
   secret and never logged; its server address is rewritten (as YAML) to the first server.
+
+No step carries `triggers`: pulumi-command's SDK adds `replaceOnChanges: ["triggers[*]"]` to every
+Command, and a replaced install would run its `delete` (uninstall K3s) after the new one ran. What
+must re-run a step goes into its stdin instead, which the provider diffs as an in-place update.
 
 The token only ever travels as a secret on stdin; it never appears in a command line or a log.
 """
@@ -18,7 +23,6 @@ The token only ever travels as a secret on stdin; it never appears in a command 
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +35,7 @@ from pulumi_command import remote
 from components.config import NodeRole
 from components.kubeconfig import rewrite_kubeconfig
 from components.pi_node import SshTarget
-from components.remote_script import steps_payload
+from components.remote_script import run_marker, steps_payload
 
 K3S_DIR = "/etc/rancher/k3s"
 TOKEN_FILE = f"{K3S_DIR}/picluster-token"
@@ -176,9 +180,16 @@ class K3sCluster(pulumi.ComponentResource):
                 create="sudo bash -s",
                 update="sudo bash -s",
                 delete="sudo bash -s -- delete",
-                stdin=steps_payload(
-                    ["k3s-node.sh"],
-                    {"NODE_NAME": node.name, "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS)},
+                # A re-run of the node's install (an upgrade, a new config) re-runs this wait.
+                stdin=step.stdout.apply(
+                    lambda out, node_name=node.name: steps_payload(
+                        ["k3s-node.sh"],
+                        {
+                            "NODE_NAME": node_name,
+                            "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
+                            "AFTER_RUN": run_marker(out),
+                        },
+                    )
                 ),
                 add_previous_output_in_env=False,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[step]),
@@ -193,12 +204,16 @@ class K3sCluster(pulumi.ComponentResource):
             connection=first_connection,
             create="sudo bash -s",
             update="sudo bash -s",
-            stdin=steps_payload(["k3s-kubeconfig.sh"], {"READY_TIMEOUT": "300"}),
+            # Read again after every run of the first server's install (new certificates).
+            stdin=server_steps[0].stdout.apply(
+                lambda out: steps_payload(
+                    ["k3s-kubeconfig.sh"], {"READY_TIMEOUT": "300", "AFTER_RUN": run_marker(out)}
+                )
+            ),
             # The kubeconfig holds the cluster's admin credentials: never logged, stored secret,
             # and not handed back to the next run's environment.
             logging=remote.Logging.STDERR,
             add_previous_output_in_env=False,
-            triggers=[server_steps[0].stdout],
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[server_steps[0]],
@@ -229,7 +244,6 @@ class K3sCluster(pulumi.ComponentResource):
         *,
         depends_on: Sequence[pulumi.Resource],
     ) -> remote.Command:
-        config_yaml = yaml.safe_dump(node_config(node, args, first), sort_keys=True)
         values = pulumi.Output.from_input(args.token).apply(
             lambda token: steps_payload(
                 ["k3s-install.sh"], install_values(node, args, first, token)
@@ -240,11 +254,12 @@ class K3sCluster(pulumi.ComponentResource):
             f"{name}-{node.name}-k3s",
             connection=node.ssh.connection(),
             create="sudo bash -s",
-            # An update re-runs the install (upgrade, new config); it never uninstalls first.
+            # A new version or config.yaml changes stdin, and a stdin change is an in-place update
+            # that re-runs the install. Never `triggers`: pulumi-command makes them replace the
+            # command, and a replaced install runs its `delete` (the uninstall) on the old stdin.
             update="sudo bash -s",
             delete="sudo bash -s -- delete",
             stdin=pulumi.Output.secret(values),
-            triggers=[args.version, hashlib.sha256(config_yaml.encode()).hexdigest()],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,

@@ -13,11 +13,33 @@ from typing import Any
 import yaml
 
 
+class KubeconfigError(ValueError):
+    """The kubeconfig read from the first server is unusable; the message never quotes it."""
+
+
 def rewrite_kubeconfig(raw: str, server_url: str, name: str) -> str:
-    """`raw` with every cluster's server set to `server_url` and its entries renamed to `name`."""
+    """`raw` with every cluster's server set to `server_url` and its entries renamed to `name`.
+
+    Raises KubeconfigError, without any of the content (it holds the admin credentials, and a
+    YAML error would quote the offending line), when `raw` is not a kubeconfig.
+    """
+    try:
+        return _rewrite(raw, server_url, name)
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError):
+        pass
+    raise KubeconfigError(
+        f"the kubeconfig read from the first server ({len(raw)} bytes, content withheld: it "
+        "holds the cluster's admin credentials) is not a K3s kubeconfig with clusters, users and "
+        "contexts; on that server check /etc/rancher/k3s/k3s.yaml and `journalctl -u k3s`"
+    )
+
+
+def _rewrite(raw: str, server_url: str, name: str) -> str:
     document: dict[str, Any] = yaml.safe_load(raw)
-    if not isinstance(document, dict) or not document.get("clusters"):
-        raise ValueError("the K3s kubeconfig has no clusters")
+    if not isinstance(document, dict) or not all(
+        document.get(section) for section in ("clusters", "users", "contexts")
+    ):
+        raise ValueError("not a kubeconfig")
     renames: dict[str, str] = {}
     for section, key in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
         for entry in document.get(section) or []:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
-from components.remote_script import steps_payload
+from components.remote_script import run_marker, steps_payload
 
 # A rebooting Pi refuses connections for about a minute. The provider waits between failed dials
 # (growing to a few seconds), so 120 dials wait several minutes without hammering the Pi.
@@ -120,9 +120,13 @@ class PiNode(pulumi.ComponentResource):
             connection=connection,
             create="sudo bash -s",
             update="sudo bash -s",
-            stdin=steps_payload(gate_scripts, gate_values),
-            # Runs again after every prepare, which may have rebooted the node.
-            triggers=[prepare.stdout],
+            # Runs again after every prepare, which may have rebooted the node: each run of
+            # prepare changes this stdin, an in-place update (never `triggers`, which replace).
+            stdin=prepare.stdout.apply(
+                lambda out: steps_payload(
+                    gate_scripts, {**gate_values, "AFTER_RUN": run_marker(out)}
+                )
+            ),
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[prepare])),
         )

@@ -1,7 +1,8 @@
-"""Provider construction: the one place a Docker or Kubernetes provider is built.
+"""Provider construction: the one place a Docker, Kubernetes or command provider is built.
 
-Default providers are disabled in `Pulumi.yaml`, so every resource reaches its daemon or cluster
-through a provider made here and nothing falls back to an ambient socket or kubeconfig.
+Default providers are disabled in `Pulumi.yaml` (docker, kubernetes, command), so the engine
+refuses any resource of those packages that does not name a provider made here: nothing falls back
+to an ambient socket or kubeconfig, and no remote command runs through an implicit provider.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_docker as docker
 import pulumi_kubernetes as k8s
+from pulumi_command import Provider as CommandProvider
 
 from components.config import DockerConfig
 
@@ -45,3 +47,12 @@ def kubernetes_provider(
         cluster_identifier=cluster_identifier,
         opts=pulumi.ResourceOptions(depends_on=list(depends_on)),
     )
+
+
+def command_provider() -> CommandProvider:
+    """The provider of every remote command on the Pis (PiNode's bootstrap, K3sCluster's steps).
+
+    It has no settings of its own: each command carries its SSH connection. It exists because the
+    default `command` provider is disabled, and the engine refuses a command without a provider.
+    """
+    return CommandProvider("command")

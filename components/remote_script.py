@@ -10,6 +10,7 @@ Everything here is a pure function of strings, so it can run inside `Output.appl
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -110,3 +111,15 @@ def parse_summaries(stdout: str) -> list[Summary]:
         if _SUMMARY.match(line.strip()):
             summaries.append(parse_summary(line))
     return summaries
+
+
+def run_marker(stdout: str) -> str:
+    """A short digest of a step's stdout, for the stdin of the step that must follow each run.
+
+    A step that has to run again whenever another one ran (the gate after prepare, the kubeconfig
+    read after the first server's install) gets `AFTER_RUN=<marker>` in its stdin header: a new
+    run prints new output, so the follower's stdin changes and the provider updates it in place.
+    (`triggers` would do the same by replacing the command, and a replaced command runs its
+    `delete`.)
+    """
+    return hashlib.sha256(stdout.encode()).hexdigest()[:16]

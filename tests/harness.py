@@ -6,6 +6,10 @@ parent, dependencies, provider, `protect`, `retainOnDelete`, `additionalSecretOu
 inputs with their secret markers intact. Like the engine, it marks a resource's
 `additionalSecretOutputs` secret in the state it returns. No Pulumi CLI, plugin or network is
 involved: the mocks answer for the providers.
+
+The engine's rules the mocks skip are applied from `tests/engine_rules.py`: every run is refused,
+as the engine would, when a resource falls back to a disabled default provider, and two runs
+compared with `engine_rules.plan` give what the engine would create, update, replace or delete.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
+
+from tests.engine_rules import (
+    EngineRefusalError,
+    default_provider_refusals,
+    disabled_default_providers,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "__main__.py"
@@ -140,10 +150,13 @@ class ProgramMocks(pulumi_mocks.Mocks):
             state["result"] = f"generated-{args.name}-{int(state.get('length', 16))}"
         elif args.typ == "command:remote:Command":
             # What the Pi would print: K3s's own kubeconfig for the read step, a summary otherwise.
+            # A step that runs with other stdin prints something else (a re-run reports what it
+            # did), so steps that follow another one see it ran, as they would on real Pis.
+            run_id = hashlib.sha256(str(args.inputs.get("stdin", "")).encode()).hexdigest()[:12]
             state["stdout"] = (
                 K3S_KUBECONFIG
                 if args.name.endswith("-kubeconfig")
-                else "picluster step: no changes"
+                else f"picluster step: no changes (run {run_id})"
             )
             state["stderr"] = ""
         elif args.typ == "docker:index/remoteImage:RemoteImage":
@@ -307,6 +320,10 @@ def run(
         return collect_outputs()
 
     _sync_await(run_pulumi_func(body))
+    # What the engine refuses before it runs anything.
+    refusals = default_provider_refusals(result.registrations, disabled_default_providers())
+    if refusals:
+        raise EngineRefusalError("\n".join(refusals))
     return result
 
 

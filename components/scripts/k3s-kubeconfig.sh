@@ -22,8 +22,15 @@ main() {
     done
     [[ "$(stat -c %a "$KUBECONFIG_FILE")" == 600 ]] ||
         log "warning: $KUBECONFIG_FILE is not mode 0600 (write-kubeconfig-mode)"
-    cat "$KUBECONFIG_FILE"
+    # A failed command's error text carries its whole stdout, so every check comes before the
+    # kubeconfig is printed, and printing it is the last thing this script does: nothing can
+    # fail after the credentials are on stdout.
+    local kubeconfig
+    kubeconfig=$(<"$KUBECONFIG_FILE") || die "could not read $KUBECONFIG_FILE"
+    [[ "$kubeconfig" == *"clusters:"* ]] || die "$KUBECONFIG_FILE holds no clusters"
     log "no changes (kubeconfig read)"
+    printf '%s\n' "$kubeconfig" || true
+    exit 0
 }
 
 main "$@"

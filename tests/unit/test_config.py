@@ -210,6 +210,20 @@ def test_k3s_base_is_valid() -> None:
             "OpenSSH public host key",
         ),
         (
+            {
+                "nodes": [
+                    {
+                        "name": "pi-1",
+                        "host": "10.0.0.1",
+                        "role": "server",
+                        "hostKey": "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7",
+                    }
+                ]
+            },
+            "picluster:nodes[0].hostKey",
+            "pin the Pi's ed25519 key instead",
+        ),
+        (
             {"nodes": [{"name": "pi-1", "host": "10.0.0.1", "role": "server", "taints": ["x"]}]},
             "picluster:nodes[0].taints[0]",
             "NoSchedule",

@@ -260,11 +260,34 @@ def test_config_yaml_is_built_as_data_for_each_role(unseen: Run) -> None:
     assert (values["ROLE"], values["K3S_VERSION"]) == ("agent", "v1.30.6+k3s1")
 
 
-def test_version_and_config_hash_trigger_the_install_step(unseen: Run) -> None:
-    triggers = unseen.named("cluster-worker-2-k3s").value("triggers")
-    assert triggers[0] == "v1.30.6+k3s1"
-    assert re.fullmatch(r"[0-9a-f]{64}", triggers[1])
-    assert triggers[1] != unseen.named("cluster-worker-1-k3s").value("triggers")[1]
+def test_version_and_config_reach_the_install_step_on_stdin_never_as_triggers(
+    unseen: Run,
+) -> None:
+    # pulumi-command's SDK adds replaceOnChanges ["triggers[*]"] to every Command: a trigger
+    # would make a version bump replace the install, and the replaced one uninstall K3s.
+    for command in unseen.of_type(COMMAND):
+        assert command.value("triggers") is None, command.name
+        assert command.replace_on_changes == ["triggers[*]"], command.name
+    values = stdin_values(unseen.named("cluster-worker-2-k3s"))
+    assert values["K3S_VERSION"] == "v1.30.6+k3s1"
+    assert yaml.safe_load(base64.b64decode(values["CONFIG_YAML_B64"]))["node-name"] == "worker-2"
+
+
+def test_followers_rerun_after_the_step_they_follow(unseen: Run) -> None:
+    # The gate after prepare, the Ready wait after the node's install, the kubeconfig read after
+    # the first server's install: each carries a marker of the other step's output in its stdin.
+    for follower, leader in (
+        ("worker-1-gate", "worker-1-prepare"),
+        ("cluster-worker-1-join", "cluster-worker-1-k3s"),
+        ("cluster-kubeconfig", "cluster-cp-a-k3s"),
+    ):
+        marker = stdin_values(unseen.named(follower))["AFTER_RUN"]
+        assert re.fullmatch(r"[0-9a-f]{16}", marker), follower
+        assert leader in depends_on(unseen, unseen.named(follower))
+    assert (
+        stdin_values(unseen.named("cluster-worker-1-join"))["AFTER_RUN"]
+        != stdin_values(unseen.named("cluster-worker-2-join"))["AFTER_RUN"]
+    )
 
 
 def test_single_server_uses_no_cluster_init(committed: Run) -> None:
@@ -351,8 +374,37 @@ def test_kubeconfig_rewrite_parses_yaml_and_renames_every_entry() -> None:
     }
     assert rewritten["users"][0]["name"] == "picluster-qa"
     assert rewritten["current-context"] == "picluster-qa"
-    with pytest.raises(ValueError, match="no clusters"):
+    with pytest.raises(ValueError, match="not a K3s kubeconfig with clusters"):
         rewrite_kubeconfig("kind: Config\n", "https://x:6443", "y")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "clusters:\n- cluster: {client-key-data: S0VZ-SECRET-KEY\n",  # broken YAML
+        "clusters: S0VZ-SECRET-KEY\n",  # wrong shape
+        K3S_KUBECONFIG.replace("Q0EtREFUQQ==", "S0VZ-SECRET-KEY")[: K3S_KUBECONFIG.index("users")],
+    ],
+)
+def test_a_broken_kubeconfig_fails_without_quoting_it(raw: str) -> None:
+    # A YAML error quotes the offending line; the kubeconfig holds the admin credentials.
+    with pytest.raises(ValueError) as failure:
+        rewrite_kubeconfig(raw, "https://x:6443", "y")
+    assert "S0VZ-SECRET-KEY" not in str(failure.value)
+    assert failure.value.__cause__ is None and failure.value.__context__ is None
+
+
+def test_kubeconfig_read_prints_the_credentials_last_so_nothing_fails_after() -> None:
+    # pulumi-command puts a failed command's whole stdout into its error text.
+    script = (Path(__file__).parents[2] / "components/scripts/k3s-kubeconfig.sh").read_text()
+    body = script[script.index("main() {") :].splitlines()
+    printed = next(i for i, line in enumerate(body) if '"$kubeconfig"' in line and "printf" in line)
+    assert body[printed].strip() == "printf '%s\\n' \"$kubeconfig\" || true"
+    assert [line.strip() for line in body[printed + 1 :] if line.strip()] == [
+        "exit 0",
+        "}",
+        'main "$@"',
+    ]
 
 
 def test_app_and_monitoring_land_on_the_cluster_provider(unseen: Run) -> None:
