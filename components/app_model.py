@@ -22,6 +22,9 @@ ASSETS = Path(__file__).parent / "assets"
 DEMO_SERVICE_NAME = "api"
 DEMO_SERVICE_PORT = 3000
 POSTGRES_PORT = 5432
+POSTGRES_SCRIPTS_DIR = "/opt/picluster"
+"""Where the database container finds picluster's start scripts."""
+POSTGRES_START = f"{POSTGRES_SCRIPTS_DIR}/postgres-start.sh"
 
 
 class Role(StrEnum):
@@ -221,11 +224,21 @@ def _service(config: ServiceConfig, *, demo: bool) -> Workload:
 
 def _database(config: AppConfig) -> Workload:
     db = config.database
+    scripts = ASSETS / "postgres"
     return Workload(
         name="postgres",
         role=Role.DATABASE,
         image=db.image,
         port=POSTGRES_PORT,
+        # The image's entrypoint sets the password only when it creates the database: this
+        # wrapper also makes an existing database's password the current one (rotation).
+        command=("bash", POSTGRES_START, "postgres"),
+        files=_frozen(
+            {
+                f"{POSTGRES_SCRIPTS_DIR}/{name}": (scripts / name).read_text()
+                for name in ("postgres-start.sh", "pg-password.sh")
+            }
+        ),
         env=_frozen(
             {
                 "POSTGRES_DB": db.name,

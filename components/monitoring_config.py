@@ -19,6 +19,14 @@ DATASOURCE_UID = "prometheus"
 """Every dashboard panel names this datasource uid."""
 
 GRAFANA_DASHBOARDS_DIR = "/etc/grafana/dashboards"
+GRAFANA_START_PATH = "/opt/picluster/grafana-start.sh"
+"""Where Grafana's start script is put; the container runs `sh` on it instead of /run.sh."""
+
+
+def grafana_start_script() -> str:
+    """Grafana's start: reset an existing database's admin password from the secret file, so a
+    rotated password takes effect, then run the image's /run.sh."""
+    return (MONITORING_ASSETS / "grafana-start.sh").read_text()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -71,6 +71,8 @@ class ContainerSpec:
     files: Mapping[str, str] = field(default_factory=dict)
     secret_files: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
     command: Sequence[str] | None = None
+    entrypoint: Sequence[str] | None = None
+    """Replaces the image's ENTRYPOINT when set (`command` then gives its arguments)."""
     health: Sequence[str] | None = None
     """Health check command (exec form) run inside the container."""
     ports: Sequence[docker.ContainerPortArgs] = ()
@@ -106,6 +108,7 @@ def run_container(
         envs=env,
         uploads=uploads,
         command=list(spec.command) if spec.command is not None else None,
+        entrypoints=list(spec.entrypoint) if spec.entrypoint is not None else None,
         healthcheck=healthcheck,
         networks_advanced=[
             docker.ContainerNetworksAdvancedArgs(

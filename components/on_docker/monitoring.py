@@ -216,6 +216,8 @@ def render_monitoring(
             name="grafana",
             image=versions.GRAFANA,
             aliases=("grafana",),
+            # Resets an existing database's admin password from the secret file, then /run.sh.
+            entrypoint=["sh", monitoring_config.GRAFANA_START_PATH],
             env={
                 "GF_SECURITY_ADMIN_USER": "admin",
                 "GF_SECURITY_ADMIN_PASSWORD__FILE": "/run/secrets/grafana-admin-password",
@@ -224,6 +226,7 @@ def render_monitoring(
                 "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
             },
             files={
+                monitoring_config.GRAFANA_START_PATH: monitoring_config.grafana_start_script(),
                 "/etc/grafana/provisioning/datasources/picluster.yml": (
                     monitoring_config.grafana_datasource(f"http://prometheus:{PROMETHEUS_PORT}")
                 ),

@@ -16,7 +16,7 @@ import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel, Role, SecretKey, Workload
 from components.nginx import nginx_conf
-from components.on_kubernetes import pods, policies
+from components.on_kubernetes import pods, policies, volumes
 from components.on_kubernetes.backup import render_backup
 from components.on_kubernetes.platform import KubernetesPlatform, labels, selector
 from components.on_kubernetes.workloads import (
@@ -43,6 +43,12 @@ def _secret_keys(app: AppModel) -> dict[SecretKey, str]:
     """Secret key -> key inside the app Secret."""
     used = {s for w in app.workloads for s in (*w.secret_env.values(), *w.secret_files.values())}
     return {key: key.value for key in SecretKey if key in used}
+
+
+def _secrets_read(workload: Workload, secrets: StackSecrets) -> list[pulumi.Output[str]]:
+    """The secret values `workload` reads at start, in a stable order."""
+    keys = sorted({*workload.secret_env.values(), *workload.secret_files.values()})
+    return [secrets.get(key) for key in keys]
 
 
 def _config_map(
@@ -107,13 +113,13 @@ def render_app(
     )
 
     policies.render_app_policies(parent, name, ns, app, platform)
-    _database(parent, name, ns, app, platform)
+    _database(parent, name, ns, app, secrets, platform)
     for service in app.services:
-        _deployment(parent, name, ns, service, app)
+        _deployment(parent, name, ns, service, secrets)
         _service(parent, name, ns, service)
-    _frontend(parent, name, ns, app)
+    _frontend(parent, name, ns, app, secrets)
     if app.backup is not None:
-        render_backup(parent, name, ns, app, app.backup, platform)
+        render_backup(parent, name, ns, app, app.backup, secrets, platform)
 
     paths = [
         k8s.networking.v1.HTTPIngressPathArgs(
@@ -153,22 +159,35 @@ def _database(
     name: str,
     ns: pulumi.Input[str],
     app: AppModel,
+    secrets: StackSecrets,
     platform: KubernetesPlatform,
 ) -> None:
     db = app.database
     claim = f"{db.name}-data"
     # The claim is its own resource, retained on destroy: a replaced StatefulSet or a
     # `pulumi destroy` leaves the game's data where it is.
-    pods.persistent_volume_claim(
+    volumes.persistent_volume_claim(
         f"{name}-db-data",
         ns,
         claim,
         "storage",
         db.storage or "5Gi",
-        platform.storage_class,
-        pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=True),
+        config_key="picluster:app.database.storage",
+        platform=platform,
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=True),
     )
-    container = workload_container(db, APP_SECRET, data_volume="data")
+    files = dict(db.files)
+    config_name = f"{db.name}-files" if files else None
+    if config_name is not None:
+        _config_map(
+            parent,
+            config_name,
+            ns,
+            {file_key(path): content for path, content in files.items()},
+        )
+    container = workload_container(
+        db, APP_SECRET, config_map=config_name, files=files, data_volume="data"
+    )
     k8s.apps.v1.StatefulSet(
         f"{name}-{db.name}",
         metadata=pods.metadata(db.name, ns, db.role.value),
@@ -177,10 +196,18 @@ def _database(
             replicas=1,
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(db.name)),
             template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(db.name, db.role.value)),
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    labels=labels(db.name, db.role.value),
+                    # The start script sets the role's password from the Secret: a new password
+                    # restarts the database, which then refuses the old one.
+                    annotations=pods.template_annotations(
+                        config=sorted(files.values()), secrets=_secrets_read(db, secrets)
+                    ),
+                ),
                 spec=pod_spec(
                     db,
                     [container],
+                    config_map=config_name,
                     extra_volumes=[
                         k8s.core.v1.VolumeArgs(
                             name="data",
@@ -203,7 +230,7 @@ def _deployment(
     name: str,
     ns: pulumi.Input[str],
     workload: Workload,
-    app: AppModel,
+    secrets: StackSecrets,
     *,
     extra_files: dict[str, str] | None = None,
 ) -> None:
@@ -234,10 +261,11 @@ def _deployment(
             template=k8s.core.v1.PodTemplateSpecArgs(
                 metadata=k8s.meta.v1.ObjectMetaArgs(
                     labels=labels(workload.name, workload.role.value),
-                    # subPath-mounted files do not update in place: a change rolls the pods.
-                    annotations={pods.CHECKSUM_ANNOTATION: pods.checksum(sorted(files.values()))}
-                    if files
-                    else None,
+                    # subPath-mounted files and secrets in env do not update in place, and the
+                    # services read DATABASE_URL at start: a change to either rolls the pods.
+                    annotations=pods.template_annotations(
+                        config=sorted(files.values()), secrets=_secrets_read(workload, secrets)
+                    ),
                 ),
                 spec=pod_spec(
                     workload,
@@ -262,7 +290,13 @@ def _deployment(
         )
 
 
-def _frontend(parent: pulumi.Resource, name: str, ns: pulumi.Input[str], app: AppModel) -> None:
+def _frontend(
+    parent: pulumi.Resource,
+    name: str,
+    ns: pulumi.Input[str],
+    app: AppModel,
+    secrets: StackSecrets,
+) -> None:
     frontend = app.frontend
     # Traefik routes the service paths itself: nginx only serves the game, listening on an
     # unprivileged port as the non-root nginx user.
@@ -271,7 +305,7 @@ def _frontend(parent: pulumi.Resource, name: str, ns: pulumi.Input[str], app: Ap
         name,
         ns,
         frontend,
-        app,
+        secrets,
         extra_files={
             "/etc/nginx/conf.d/default.conf": nginx_conf(
                 app, resolver=None, listen_port=container_port(frontend)

@@ -8,9 +8,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel, BackupInfo, Resources
-from components.on_kubernetes import pods
+from components.on_kubernetes import pods, volumes
 from components.on_kubernetes.platform import KubernetesPlatform, labels
 from components.on_kubernetes.policies import BACKUP_COMPONENT
+from components.secrets import StackSecrets
 
 BACKUP_SCRIPT = Path(__file__).resolve().parents[1] / "assets" / "backup" / "pg-backup.sh"
 BACKUP_CLAIM = "postgres-backups"
@@ -25,19 +26,21 @@ def render_backup(
     ns: pulumi.Input[str],
     app: AppModel,
     backup: BackupInfo,
+    secrets: StackSecrets,
     platform: KubernetesPlatform,
 ) -> None:
     """Declare the backup volume, its script and the CronJob."""
     db = app.database
     opts = pulumi.ResourceOptions(parent=parent)
-    pods.persistent_volume_claim(
+    volumes.persistent_volume_claim(
         f"{name}-backups",
         ns,
         BACKUP_CLAIM,
         "storage",
         backup.storage,
-        platform.storage_class,
-        pulumi.ResourceOptions(parent=parent, retain_on_delete=True),
+        config_key="picluster:app.database.backup.storage",
+        platform=platform,
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True),
     )
     script = k8s.core.v1.ConfigMap(
         f"{name}-backup-script",
@@ -91,7 +94,12 @@ def render_backup(
                     backoff_limit=2,
                     ttl_seconds_after_finished=86400,
                     template=k8s.core.v1.PodTemplateSpecArgs(
-                        metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod_labels),
+                        # Each run reads the current password anyway; the checksum makes a
+                        # rotation visible in the CronJob too, like every other reader's.
+                        metadata=k8s.meta.v1.ObjectMetaArgs(
+                            labels=pod_labels,
+                            annotations=pods.template_annotations(secrets=[secrets.db_password]),
+                        ),
                         spec=k8s.core.v1.PodSpecArgs(
                             restart_policy="OnFailure",
                             automount_service_account_token=False,

@@ -300,7 +300,14 @@ def render_postgres_exporter(
         ],
     )
     workload = pods.deployment(
-        f"{name}-postgres-exporter", namespace, POSTGRES_EXPORTER, "metrics", spec, opts
+        f"{name}-postgres-exporter",
+        namespace,
+        POSTGRES_EXPORTER,
+        "metrics",
+        spec,
+        opts,
+        # The exporter reads the password at start: a rotated one restarts it.
+        secrets=[secrets.db_password],
     )
     pods.service(
         f"{name}-postgres-exporter",

@@ -12,7 +12,7 @@ import pulumi_kubernetes as k8s
 from components import monitoring_config, versions
 from components.app_model import Resources
 from components.config import MonitoringConfig
-from components.on_kubernetes import pods
+from components.on_kubernetes import pods, volumes
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.secrets import StackSecrets
 
@@ -73,14 +73,22 @@ def render_grafana(
         data=dashboards,
         opts=opts,
     )
-    data = pods.persistent_volume_claim(
+    start_script = monitoring_config.grafana_start_script()
+    k8s.core.v1.ConfigMap(
+        f"{name}-grafana-start",
+        metadata=pods.metadata(f"{GRAFANA}-start", namespace, "config"),
+        data={"grafana-start.sh": start_script},
+        opts=opts,
+    )
+    data = volumes.persistent_volume_claim(
         f"{name}-grafana-data",
         namespace,
         f"{GRAFANA}-data",
         "dashboards",
         settings.grafana_storage,
-        platform.storage_class,
-        opts,
+        config_key="picluster:monitoring.grafanaStorage",
+        platform=platform,
+        opts=opts,
     )
     env: dict[str, pulumi.Input[str]] = {
         "GF_SECURITY_ADMIN_USER": "admin",
@@ -103,6 +111,7 @@ def render_grafana(
             k8s.core.v1.ContainerArgs(
                 name=GRAFANA,
                 image=versions.GRAFANA,
+                command=["sh", monitoring_config.GRAFANA_START_PATH],
                 env=[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in env.items()],
                 ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=GRAFANA_PORT)],
                 # Database migrations on first start take minutes on an SD card.
@@ -130,6 +139,12 @@ def render_grafana(
                         "dashboards", monitoring_config.GRAFANA_DASHBOARDS_DIR, read_only=True
                     ),
                     pods.mount("admin-password", SECRET_DIR, read_only=True),
+                    k8s.core.v1.VolumeMountArgs(
+                        name="start",
+                        mount_path=monitoring_config.GRAFANA_START_PATH,
+                        sub_path="grafana-start.sh",
+                        read_only=True,
+                    ),
                 ],
             )
         ],
@@ -153,6 +168,10 @@ def render_grafana(
                 name="admin-password",
                 secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=GRAFANA, default_mode=0o440),
             ),
+            k8s.core.v1.VolumeArgs(
+                name="start",
+                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=f"{GRAFANA}-start"),
+            ),
         ],
     )
     pods.deployment(
@@ -163,7 +182,9 @@ def render_grafana(
         spec,
         pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[data])),
         # Datasources are read at start only; dashboards are re-read, but a restart is cheap.
-        config=[*provisioning.values(), *dashboards.values()],
+        config=[start_script, *provisioning.values(), *dashboards.values()],
+        # The admin password is set at start only (grafana-start.sh): a new one restarts Grafana.
+        secrets=[secrets.grafana_admin_password],
         recreate=True,
     )
     pods.service(f"{name}-grafana", namespace, GRAFANA, "dashboards", {"http": GRAFANA_PORT}, opts)

@@ -26,6 +26,10 @@ class KubernetesPlatform:
     """K3s's packaged ingress controller."""
     storage_class: str = "local-path"
     """K3s's packaged local-path provisioner."""
+    storage_class_expands: bool = False
+    """Whether `storage_class` has `allowVolumeExpansion` (local-path has not): only then does a
+    bigger configured size grow a claim in place; otherwise the claim keeps its size and the
+    program warns (components/on_kubernetes/volumes.py)."""
 
 
 def labels(name: str, component: str) -> dict[str, str]:

@@ -18,6 +18,11 @@ from components.on_kubernetes.platform import PART_OF, labels, selector
 POD_SECURITY_VERSION = "latest"
 CHECKSUM_ANNOTATION = "checksum/config"
 """Pod-template annotation carrying `checksum` of the configuration the pod reads."""
+SECRET_CHECKSUM_ANNOTATION = "checksum/secrets"  # noqa: S105 - an annotation's name
+"""Pod-template annotation carrying `secret_checksum` of the secrets the pod reads."""
+# scrypt's cost: 16 MiB and some tens of milliseconds per digest, once per secret set and run.
+_SCRYPT_N = 2**14
+_SCRYPT_R = 8
 
 
 def pod_security_labels(level: str) -> dict[str, str]:
@@ -134,18 +139,49 @@ def checksum(contents: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def secret_checksum(secrets: Sequence[pulumi.Input[str]]) -> pulumi.Output[str]:
+    """A digest of secret values that changes when any of them does, itself a secret Output.
+
+    For a pod-template annotation: a changed Secret reaches neither environment variables nor
+    subPath mounts, and PostgreSQL, Grafana and the services read their passwords at start
+    only, so the pods must roll. The digest is salted per stack and deliberately slow (scrypt):
+    whoever can read a Deployment, but not the Secret, cannot cheaply test guesses against it.
+    """
+    salt = f"picluster/{pulumi.get_project()}/{pulumi.get_stack()}/pod-secrets".encode()
+
+    def digest(values: list[str]) -> str:
+        material = b"".join(hashlib.sha256(value.encode()).digest() for value in values)
+        return hashlib.scrypt(material, salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=1, dklen=16).hex()
+
+    return pulumi.Output.secret(pulumi.Output.all(*secrets).apply(digest))
+
+
+def template_annotations(
+    *, config: Sequence[str] = (), secrets: Sequence[pulumi.Input[str]] = ()
+) -> dict[str, pulumi.Input[str]] | None:
+    """The checksum annotations that roll a pod when its `config` or `secrets` change."""
+    annotations: dict[str, pulumi.Input[str]] = {}
+    if config:
+        annotations[CHECKSUM_ANNOTATION] = checksum(config)
+    if secrets:
+        annotations[SECRET_CHECKSUM_ANNOTATION] = secret_checksum(secrets)
+    return annotations or None
+
+
 def pod_template(
     name: str,
     component: str,
     spec: k8s.core.v1.PodSpecArgs,
     *,
     config: Sequence[str] = (),
+    secrets: Sequence[pulumi.Input[str]] = (),
 ) -> k8s.core.v1.PodTemplateSpecArgs:
-    """A pod template labelled for `selector(name)`; `config` is checksummed into an annotation."""
+    """A pod template labelled for `selector(name)`; `config` and `secrets` are checksummed
+    into annotations, so a change to either rolls the pods."""
     return k8s.core.v1.PodTemplateSpecArgs(
         metadata=k8s.meta.v1.ObjectMetaArgs(
             labels=labels(name, component),
-            annotations={CHECKSUM_ANNOTATION: checksum(config)} if config else None,
+            annotations=template_annotations(config=config, secrets=secrets),
         ),
         spec=spec,
     )
@@ -160,10 +196,13 @@ def deployment(
     opts: pulumi.ResourceOptions,
     *,
     config: Sequence[str] = (),
+    secrets: Sequence[pulumi.Input[str]] = (),
     replicas: int = 1,
     recreate: bool = False,
 ) -> k8s.apps.v1.Deployment:
-    """A Deployment of `spec`; `recreate` stops the old pod first, for a ReadWriteOnce volume."""
+    """A Deployment of `spec`; `recreate` stops the old pod first, for a ReadWriteOnce volume.
+
+    `config` and `secrets` are what the pods read at start: a change to either rolls them."""
     return k8s.apps.v1.Deployment(
         resource_name,
         metadata=metadata(name, namespace, component),
@@ -171,7 +210,7 @@ def deployment(
             replicas=replicas,
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(name)),
             strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate") if recreate else None,
-            template=pod_template(name, component, spec, config=config),
+            template=pod_template(name, component, spec, config=config, secrets=secrets),
         ),
         opts=opts,
     )
@@ -196,28 +235,6 @@ def service(
                 k8s.core.v1.ServicePortArgs(name=port_name, port=port, target_port=port)
                 for port_name, port in ports.items()
             ],
-        ),
-        opts=opts,
-    )
-
-
-def persistent_volume_claim(
-    resource_name: str,
-    namespace: pulumi.Input[str],
-    name: str,
-    component: str,
-    size: str,
-    storage_class: str,
-    opts: pulumi.ResourceOptions,
-) -> k8s.core.v1.PersistentVolumeClaim:
-    """A ReadWriteOnce claim of `size` on `storage_class`."""
-    return k8s.core.v1.PersistentVolumeClaim(
-        resource_name,
-        metadata=metadata(name, namespace, component),
-        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
-            access_modes=["ReadWriteOnce"],
-            storage_class_name=storage_class,
-            resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size}),
         ),
         opts=opts,
     )

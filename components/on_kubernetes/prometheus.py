@@ -14,7 +14,7 @@ import yaml
 from components import monitoring_config, versions
 from components.app_model import AppModel, Resources
 from components.config import MonitoringConfig
-from components.on_kubernetes import pods
+from components.on_kubernetes import pods, volumes
 from components.on_kubernetes.exporters import (
     BLACKBOX,
     BLACKBOX_PORT,
@@ -259,14 +259,17 @@ def render_prometheus(
         data=files,
         opts=opts,
     )
-    data = pods.persistent_volume_claim(
+    # On a class that cannot expand, a bigger `monitoring.storage` leaves the claim as it is,
+    # but still raises the retention size below, which is what bounds Prometheus's disk use.
+    data = volumes.persistent_volume_claim(
         f"{name}-prometheus-data",
         namespace,
         f"{PROMETHEUS}-data",
         "monitoring",
         settings.storage,
-        platform.storage_class,
-        opts,
+        config_key="picluster:monitoring.storage",
+        platform=platform,
+        opts=opts,
     )
     spec = k8s.core.v1.PodSpecArgs(
         service_account_name=PROMETHEUS,
