@@ -45,6 +45,12 @@ def kubernetes_provider(
         "k3s",
         kubeconfig=kubeconfig,
         cluster_identifier=cluster_identifier,
+        # A changed ConfigMap or Secret (a new service's scrape config, a rotated password) is
+        # patched in place rather than deleted and re-created under the same name, which would
+        # leave a window where a restarting pod finds no Secret. Pods that read them roll through
+        # their checksum annotations.
+        enable_config_map_mutable=True,
+        enable_secret_mutable=True,
         opts=pulumi.ResourceOptions(depends_on=list(depends_on)),
     )
 

@@ -155,6 +155,11 @@ class Step:
     reason: str = ""
     """Why a replace (the matching rule) or a rejected update."""
 
+    @property
+    def label(self) -> str:
+        """`Kind name`, unique where names are not (a Deployment and its Service share one)."""
+        return f"{self.type.rsplit(':', 1)[-1]} {self.name}"
+
 
 @dataclass(frozen=True)
 class DeleteCommand:
@@ -180,6 +185,10 @@ class Plan:
         """Names of the resources that get `action`."""
         return {s.name for s in self.steps if s.action is action}
 
+    def labels(self, action: Action) -> set[str]:
+        """`Kind name` of the resources that get `action`."""
+        return {s.label for s in self.steps if s.action is action}
+
     def step(self, name: str) -> Step:
         """The step of the resource called `name`."""
         found = [s for s in self.steps if s.name == name]
@@ -201,7 +210,24 @@ def _scripts(stdin: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(re.findall(r"^# picluster ([a-z0-9-]+):", stdin, re.M)))
 
 
-def _replace_reason(reg: Registration, paths: Sequence[PathTokens]) -> str:
+def _replace_paths(reg: Registration, providers: Mapping[str, Registration]) -> tuple[str, ...]:
+    """The provider's replace-forcing paths for `reg`, given how its provider is configured."""
+    from tests.harness import unwrap
+    from tests.provider_rules import rule_for
+
+    rule = rule_for(reg.type)
+    if rule.unless_provider is None:
+        return rule.replace_paths
+    flag, mutable = rule.unless_provider
+    provider = providers.get(reg.provider.rsplit("::", 1)[0])
+    if provider is None or unwrap(provider.inputs).get(flag) not in (True, "true"):
+        return rule.replace_paths
+    return tuple(p for p in rule.replace_paths if p not in mutable)
+
+
+def _replace_reason(
+    reg: Registration, paths: Sequence[PathTokens], providers: Mapping[str, Registration]
+) -> str:
     from tests.provider_rules import rule_for
 
     for pattern in reg.replace_on_changes:
@@ -209,7 +235,7 @@ def _replace_reason(reg: Registration, paths: Sequence[PathTokens]) -> str:
         if hit:
             return f"replaceOnChanges {pattern!r} ({_format(hit[0])})"
     rule = rule_for(reg.type)
-    for pattern in rule.replace_paths:
+    for pattern in _replace_paths(reg, providers):
         hit = [p for p in paths if _matches(p, _tokens(pattern))]
         if hit:
             return f"provider forces a replace on {pattern!r} ({rule.source})"
@@ -233,6 +259,7 @@ def plan(before: Sequence[Registration], after: Sequence[Registration]) -> Plan:
     rejected: list[str] = []
     delete_commands: list[DeleteCommand] = []
     replaced_providers: set[str] = set()
+    providers = {urn: r for urn, r in new.items() if r.type.startswith("pulumi:providers:")}
 
     # Providers first: a replaced provider replaces every resource it manages.
     ordered = sorted(new.values(), key=lambda r: not r.type.startswith("pulumi:providers:"))
@@ -245,7 +272,7 @@ def plan(before: Sequence[Registration], after: Sequence[Registration]) -> Plan:
         ignored = [_tokens(p) for p in reg.ignore_changes]
         paths = [p for p in paths if not any(_matches(p, i) and len(p) >= len(i) for i in ignored)]
         provider_urn = reg.provider.rsplit("::", 1)[0]
-        reason = _replace_reason(reg, paths) if paths else ""
+        reason = _replace_reason(reg, paths, providers) if paths else ""
         if provider_urn in replaced_providers:
             reason = reason or "its provider is replaced"
         if reason:

@@ -34,7 +34,7 @@ How each kind of provider decides:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +55,9 @@ class ProviderRule:
     api_rejects: tuple[str, ...] = ()
     """Paths the provider would patch in place but the Kubernetes API server rejects as immutable
     (the update fails)."""
+    unless_provider: tuple[str, tuple[str, ...]] | None = None
+    """(`flag`, paths): when the managing provider's input `flag` is true, these `replace_paths`
+    update in place instead (pulumi-kubernetes `enableConfigMapMutable` / `enableSecretMutable`)."""
 
 
 # Refs read (`git describe` of the snapshot where the pinned tag was not in it).
@@ -209,10 +212,11 @@ RULES: dict[str, ProviderRule] = {
             "spec.successPolicy",
         ),
     ),
-    # enableConfigMapMutable defaults to false (provider.go Configure) and the program's provider
-    # does not set it: data and binaryData force a replace.
-    "kubernetes:core/v1:ConfigMap": _k8s(
-        "forceNewProperties: ConfigMap without enableConfigMapMutable", "binaryData", "data"
+    # enableConfigMapMutable defaults to false (provider.go Configure): data and binaryData force
+    # a replace unless the provider sets it (diff.go forceNewProperties), as picluster's does.
+    "kubernetes:core/v1:ConfigMap": replace(
+        _k8s("forceNewProperties: ConfigMap without enableConfigMapMutable", "binaryData", "data"),
+        unless_provider=("enableConfigMapMutable", ("binaryData", "data")),
     ),
     "kubernetes:core/v1:Namespace": _k8s(_NOT_IN_TABLE, cluster_scoped=True),
     # The provider replaces on accessModes, selector, storageClassName and volumeName, and patches
@@ -234,9 +238,18 @@ RULES: dict[str, ProviderRule] = {
             "spec.volumeMode",
         ),
     ),
-    # enableSecretMutable defaults to false and is not set: type, data and stringData replace.
-    "kubernetes:core/v1:Secret": _k8s(
-        "forceNewProperties: Secret without enableSecretMutable", "data", "stringData", "type"
+    # enableSecretMutable defaults to false: type, data and stringData replace unless the provider
+    # sets it (diff.go forceNewProperties), as picluster's does; then a type change is patched and
+    # the API server rejects it (ValidateSecretUpdate: type is immutable).
+    "kubernetes:core/v1:Secret": replace(
+        _k8s(
+            "forceNewProperties: Secret without enableSecretMutable",
+            "data",
+            "stringData",
+            "type",
+            api_rejects=("type",),
+        ),
+        unless_provider=("enableSecretMutable", ("data", "stringData", "type")),
     ),
     # spec.clusterIP is force-new; the primary clusterIPs / ipFamilies entry may not change
     # once set (validateUpgradeDowngradeClusterIPs, validateUpgradeDowngradeIPFamilies).

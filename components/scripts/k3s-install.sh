@@ -26,6 +26,17 @@ service_name() {
     if [[ "$ROLE" == server ]]; then echo k3s; else echo k3s-agent; fi
 }
 
+# A node installed in the other role: K3s would run both services side by side (fighting over
+# ports and /var/lib/rancher/k3s), and its uninstall script then skips the cleanup. Refuse before
+# anything on the node changes.
+refuse_role_change() {
+    local other=k3s-agent other_role=agent
+    [[ "$ROLE" == agent ]] && other=k3s other_role=server
+    if [[ -e "/etc/systemd/system/$other.service" ]]; then
+        die "$NODE_NAME runs K3s as $other_role, not $ROLE; to change its role, remove the node from picluster:nodes and run pulumi up (drains it and uninstalls K3s), then add it back as $ROLE"
+    fi
+}
+
 # Install $2 (a temporary file) as $1 with mode 0600 when the content differs; 0 = replaced.
 # Called as an `if` condition, where `set -e` does not apply: every step checks for itself.
 install_private() {
@@ -73,7 +84,6 @@ write_files() {
 install_k3s() {
     local current
     current=$(installed_version)
-    # The unit check catches a node whose role changed: same binary, other service.
     if [[ "$current" == "$K3S_VERSION" && -e "/etc/systemd/system/$(service_name).service" ]]; then
         return 1
     fi
@@ -144,6 +154,17 @@ uninstall() {
     fi
 }
 
+# K3s binds the token to its datastore: a server restarted with another token fails ("bootstrap
+# data already found and encrypted with different token") and restarts in a loop, and an agent
+# with a token its servers do not know cannot rejoin. Refuse before anything on the node changes.
+refuse_token_change() {
+    [[ -e "$TOKEN_FILE" ]] || return 0
+    [[ -e /etc/systemd/system/k3s.service || -e /etc/systemd/system/k3s-agent.service ]] || return 0
+    if [[ "$(<"$TOKEN_FILE")" != "$K3S_TOKEN" ]]; then
+        die "picluster:k3sToken is not the token $NODE_NAME joined with; K3s keeps its datastore encrypted with that one and cannot switch by a restart; set picluster:k3sToken back to its earlier value (README: Rotate the K3s token)"
+    fi
+}
+
 main() {
     exec </dev/null
     : "${ROLE:?ROLE is required}" "${NODE_NAME:?NODE_NAME is required}"
@@ -157,6 +178,8 @@ main() {
     K3S_INSTALL_URL=${K3S_INSTALL_URL:-https://get.k3s.io}
     READY_TIMEOUT=${READY_TIMEOUT:-300}
 
+    refuse_role_change
+    refuse_token_change
     write_files
     local installed=0
     install_k3s && installed=1

@@ -259,6 +259,43 @@ def test_second_server_run_changes_nothing(server_install: ServerInstall) -> Non
     assert server_install.since_second == server_install.since_first  # not restarted
 
 
+def test_a_new_token_is_refused_before_the_node_changes(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    # K3s keeps its datastore encrypted with the token it started with: a restart with another
+    # one fails and loops. The install must stop before it writes or restarts anything.
+    pi = cluster.server
+    files, calls, since = pi.snapshot(*WATCHED), installer_calls(pi), active_since(pi, "k3s")
+    rotated = f"K10picluster-rotated-{secrets.token_hex(16)}"
+    values = {**cluster.values(cluster.server_node), "K3S_TOKEN": rotated}
+    result = run(pi, "k3s-install.sh", values)
+    assert result.rc != 0
+    assert "picluster:k3sToken is not the token" in result.stderr
+    assert "Rotate the K3s token" in result.stderr
+    assert rotated not in result.stdout + result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+    assert pi.snapshot(*WATCHED) == files
+    assert installer_calls(pi) == calls
+    assert active_since(pi, "k3s") == since
+
+
+def test_a_role_change_is_refused_before_the_node_changes(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    # K3s would run k3s and k3s-agent side by side; the node must be removed and added back.
+    pi = cluster.server
+    files, calls, since = pi.snapshot(*WATCHED), installer_calls(pi), active_since(pi, "k3s")
+    as_agent = replace(cluster.server_node, role=NodeRole.AGENT)
+    result = run(pi, "k3s-install.sh", cluster.values(as_agent))
+    assert result.rc != 0
+    assert f"{SERVER} runs K3s as server, not agent" in result.stderr
+    assert "remove the node from picluster:nodes" in result.stderr
+    assert pi.snapshot(*WATCHED) == files
+    assert installer_calls(pi) == calls
+    assert active_since(pi, "k3s") == since
+    assert pi.exec("test", "-e", "/etc/systemd/system/k3s-agent.service", check=False).returncode
+
+
 def test_config_change_restarts_and_version_change_reinstalls(
     cluster: Cluster, server_install: ServerInstall
 ) -> None:

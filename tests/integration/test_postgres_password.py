@@ -27,6 +27,8 @@ import pytest
 
 from components.app_model import ASSETS
 
+pytestmark = pytest.mark.integration
+
 SCRIPTS = ASSETS / "postgres"
 DOUBLE = Path(__file__).parent / "doubles" / "postgres-docker-entrypoint.sh"
 ROLE = "game"

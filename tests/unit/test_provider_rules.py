@@ -66,9 +66,14 @@ def test_rule_is_well_formed(type_: str) -> None:
         assert re.fullmatch(r"[a-z][A-Za-z0-9]*(\.[a-z][A-Za-z0-9]*|\[\*\])*", path), (
             f"{type_}: {path!r} is not a dotted camelCase input path"
         )
-    assert not set(rule.api_rejects) & set(rule.replace_paths), (
+    always_replaced = set(rule.replace_paths) - set(
+        rule.unless_provider[1] if rule.unless_provider else ()
+    )
+    assert not set(rule.api_rejects) & always_replaced, (
         f"{type_}: a path cannot both replace and be patched"
     )
+    if rule.unless_provider:
+        assert set(rule.unless_provider[1]) <= set(rule.replace_paths), type_
 
 
 def test_kubernetes_kinds_force_a_replace_on_their_name() -> None:

@@ -1,0 +1,177 @@
+"""A K3s version bump on a running cluster of simulated Pis, as the engine would run it.
+
+K3sCluster (the real component) is evaluated under mocks for the old and the new version; the
+engine's rules (`tests/engine_rules.py`) turn the two runs into a plan, and `replay.py` runs the
+plan's remote steps over SSH on three servers and an agent, in the engine's dependency order. The
+K3s installer download is the test double of `test_k3s_scripts.py`; everything else is real.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pulumi
+import pytest
+from pulumi_command import Provider as CommandProvider
+
+from components import k3s_cluster
+from components.config import NodeRole
+from components.k3s_cluster import ClusterNode, K3sCluster, K3sClusterArgs
+from components.pi_node import SshTarget
+from components.remote_script import parse_summaries
+from tests.engine_rules import Action, plan
+from tests.harness import Run, run
+from tests.integration import simpi
+from tests.integration.replay import Ran, depends_on, replay
+from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI, READY_NODES
+
+pytestmark = pytest.mark.integration
+
+OLD, NEW = "v1.31.4+k3s1", "v1.31.5+k3s1"
+TOKEN = f"K10picluster-replay-{secrets.token_hex(16)}"
+SERVERS = ("replay-server-1", "replay-server-2", "replay-server-3")
+AGENT = "replay-agent-1"
+AGENT_DATA = "/var/lib/rancher/k3s/agent/picluster-replay-marker"
+"""A file in the agent's K3s data directory, which its uninstall would delete."""
+
+
+@dataclass(frozen=True)
+class Lab:
+    pis: dict[str, simpi.SimPi]
+    addresses: dict[str, str]
+
+    def program(self, version: str) -> Callable[[], None]:
+        def body() -> None:
+            provider = CommandProvider("command")
+            nodes = [
+                ClusterNode(
+                    name=name,
+                    role=NodeRole.AGENT if name == AGENT else NodeRole.SERVER,
+                    ssh=SshTarget(host=pi.host, port=pi.port, user=pi.user, private_key="unused"),
+                    address=self.addresses[name],
+                    # PiNode's steps are proven in test_node_scripts; here the Pis come prepared.
+                    ready=pulumi.ComponentResource("test:index:PreparedPi", name),
+                )
+                for name, pi in self.pis.items()
+            ]
+            K3sCluster(
+                "cluster",
+                K3sClusterArgs(
+                    nodes=nodes,
+                    version=version,
+                    token=TOKEN,
+                    cluster_name="picluster-replay",
+                    install_url=f"file://{DOUBLE_ON_PI}",
+                ),
+                pulumi.ResourceOptions(providers=[provider]),
+            )
+
+        return body
+
+    def evaluate(self, version: str) -> Run:
+        with pytest.MonkeyPatch.context() as patch:
+            # The double is Ready within a second; 60 s bounds a hang.
+            patch.setattr(k3s_cluster, "READY_TIMEOUT_SECONDS", 60)
+            return run(self.program(version), {})
+
+
+@pytest.fixture(scope="module")
+def lab(sim_lab: simpi.SimPiLab) -> Iterator[Lab]:
+    pis = {name: sim_lab.start_pi(name) for name in (*SERVERS, AGENT)}
+    for pi in pis.values():
+        pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
+    addresses = {n: pi.exec("hostname", "-I").stdout.split()[0] for n, pi in pis.items()}
+    # The double has no network: the first server is told which nodes have joined.
+    pis[SERVERS[0]].put(READY_NODES, "\n".join(pis).encode() + b"\n", mode="0644")
+    yield Lab(pis, addresses)
+    for pi in pis.values():
+        sim_lab.remove(pi)
+
+
+@dataclass(frozen=True)
+class Bump:
+    before: Run
+    after: Run
+    installed: list[Ran]
+    upgraded: list[Ran]
+
+
+def _ok(ran: list[Ran]) -> None:
+    for step in ran:
+        assert step.rc == 0, f"{step.name} exit {step.rc}\n{step.stdout}\n{step.stderr}"
+
+
+@pytest.fixture(scope="module")
+def bump(lab: Lab) -> Bump:
+    empty = run(lambda: None, {})
+    before = lab.evaluate(OLD)
+    installed = replay(
+        plan(empty.registrations, before.registrations),
+        empty.registrations,
+        before.registrations,
+        list(lab.pis.values()),
+    )
+    _ok(installed)
+    lab.pis[AGENT].exec(
+        "sh", "-c", f"mkdir -p {AGENT_DATA.rsplit('/', 1)[0]} && date >{AGENT_DATA}"
+    )
+    after = lab.evaluate(NEW)
+    upgraded = replay(
+        plan(before.registrations, after.registrations),
+        before.registrations,
+        after.registrations,
+        list(lab.pis.values()),
+    )
+    return Bump(before, after, installed, upgraded)
+
+
+def _installs(ran: list[Ran]) -> list[str]:
+    return [r.name for r in ran if r.name.endswith("-k3s")]
+
+
+def test_the_first_up_installs_servers_in_order_then_the_agent(bump: Bump) -> None:
+    assert _installs(bump.installed) == [f"cluster-{n}-k3s" for n in (*SERVERS, AGENT)]
+    assert {r.action for r in bump.installed} == {Action.CREATE}
+
+
+def test_a_version_bump_is_an_in_place_update_of_every_install(bump: Bump) -> None:
+    changes = plan(bump.before.registrations, bump.after.registrations)
+    assert not changes.refusals and not changes.delete_commands, changes.summary()
+    assert not changes.names(Action.REPLACE) and not changes.names(Action.DELETE)
+    installs = {f"cluster-{n}-k3s" for n in (*SERVERS, AGENT)}
+    waits = {f"cluster-{n}-join" for n in (*SERVERS[1:], AGENT)}
+    assert changes.remote_steps == installs | waits | {"cluster-kubeconfig"}
+    assert changes.names(Action.UPDATE) == changes.remote_steps
+
+
+def test_servers_upgrade_one_at_a_time_then_the_agent(bump: Bump) -> None:
+    _ok(bump.upgraded)
+    order = [f"cluster-{n}-k3s" for n in (*SERVERS, AGENT)]
+    assert _installs(bump.upgraded) == order
+    # The order comes from the dependency graph the engine schedules by, not from replay's luck.
+    after = bump.after.registrations
+    for earlier, later in itertools.pairwise(order):
+        assert depends_on(after, later, earlier), f"{later} does not wait for {earlier}"
+    timed = {r.name: r for r in bump.upgraded}
+    for earlier, later in itertools.pairwise(order):
+        assert timed[earlier].ended <= timed[later].started
+
+
+def test_every_node_runs_the_new_version_and_keeps_its_data(bump: Bump, lab: Lab) -> None:
+    for name, pi in lab.pis.items():
+        assert pi.exec("k3s", "--version").stdout.startswith(f"k3s version {NEW} "), name
+        log = pi.read(DOUBLE_LOG).splitlines()
+        assert not [line for line in log if line.startswith("uninstall")], (name, log)
+        assert [line for line in log if f"version={NEW}" in line], (name, log)
+    step = next(r for r in bump.upgraded if r.name == f"cluster-{AGENT}-k3s")
+    assert parse_summaries(step.stdout)[-1].changed == (f"k3s {NEW}",)
+    assert lab.pis[AGENT].exists(AGENT_DATA)
+    assert lab.pis[AGENT].exec("systemctl", "is-active", "k3s-agent").stdout.strip() == "active"
+
+
+def test_a_second_up_runs_no_remote_step(bump: Bump, lab: Lab) -> None:
+    again = lab.evaluate(NEW)
+    assert not plan(bump.after.registrations, again.registrations).steps
