@@ -86,7 +86,9 @@ known=" all "
 for m in "${module_order[@]}"; do
   read_targets "$m"
   known+="$m "
-  for b in "${mod_binaries[@]}"; do known+="${b%% *} "; done
+  for b in "${mod_binaries[@]}"; do
+    [[ "$known" == *" ${b%% *} "* ]] || known+="${b%% *} "
+  done
 done
 for s in "${selected[@]}"; do
   [[ "$known" == *" $s "* ]] || { echo "build.sh: unknown target '$s' (known:$known)" >&2; exit 2; }
