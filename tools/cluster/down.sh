@@ -20,12 +20,16 @@ while (($#)); do
 done
 pids="$state/pids"
 
-# ours NAME PID: PID is alive and runs the binary NAME
-ours() { [[ -r "/proc/$2/cmdline" ]] && tr '\0' '\n' <"/proc/$2/cmdline" | head -n 1 | grep -q "/$1\$"; }
+# ours NAME PID: PID is alive and runs the program NAME (argv[0], or argv[1] of an interpreter)
+ours() {
+  local argv=()
+  [[ -r "/proc/$2/cmdline" ]] && mapfile -d '' -t argv <"/proc/$2/cmdline" 2>/dev/null || return 1
+  [[ "${argv[0]:-}" == */"$1" || "${argv[1]:-}" == */"$1" ]]
+}
 
 stopped=0
 # Clients first, etcd last.
-for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+for name in local-path-provisioner kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
   f="$pids/$name.pid"
   [[ -f "$f" ]] || continue
   pid="$(cat "$f")"

@@ -11,7 +11,7 @@ if [[ "${1:-}" == --state ]]; then state="${2:?--state needs a directory}"; fi
 
 total=0
 printf '%-24s %8s %10s\n' process pid rss_MiB
-for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+for name in etcd kube-apiserver kube-controller-manager kube-scheduler kwok local-path-provisioner; do
   f="$state/pids/$name.pid"
   pid="$(cat "$f" 2>/dev/null || echo -)"
   rss="$(ps -o rss= -p "$pid" 2>/dev/null | tr -d ' ' || true)"

@@ -4,7 +4,7 @@
 # as background processes of this machine. Binaries come from build.sh's cache.
 #
 #   tools/cluster/up.sh [--state DIR] [--port N] [--san ADDR]... [--bind ADDR]
-#                       [--bin DIR] [--timeout SECONDS] NODE[:server|:agent]...
+#                       [--bin DIR] [--timeout SECONDS] [--no-local-path] NODE[:server|:agent]...
 #
 #   --state DIR    where certificates, kubeconfigs, etcd data, logs and pids go
 #                  (default ${PICLUSTER_CLUSTER_STATE:-/tmp/picluster-cluster-$UID}); made 0700
@@ -16,6 +16,9 @@
 #                  SAN other than loopback is given, so that address can reach it)
 #   --bin DIR      where the binaries are (default: build.sh's cache bin/)
 #   --timeout S    upper bound of each wait (default 120)
+#   --no-local-path  leave out what K3s has for storage: the default StorageClass `local-path`
+#                  (rancher.io/local-path, WaitForFirstConsumer) and ./local-path-provisioner,
+#                  which makes a hostPath PersistentVolume on the node the scheduler picked
 #   NODE           a node for kwok to play; `name:server` gets the K3s server role labels,
 #                  `name:agent` none; with no suffix a name containing "server" is a server
 #
@@ -31,10 +34,11 @@ bin="$cache/bin"
 api_port=""
 bind=""
 timeout=120
+local_path=1
 sans=()
 nodes=()
 
-usage() { sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "up.sh: $*" >&2; exit 1; }
 
 while (($#)); do
@@ -45,6 +49,7 @@ while (($#)); do
     --bind) bind="${2:?--bind needs an address}"; shift 2 ;;
     --bin) bin="${2:?--bin needs a directory}"; shift 2 ;;
     --timeout) timeout="${2:?--timeout needs seconds}"; shift 2 ;;
+    --no-local-path) local_path=0; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) usage >&2; die "unknown option $1" ;;
     *) nodes+=("$1"); shift ;;
@@ -79,13 +84,16 @@ state="$(cd "$state" && pwd)"
 pki="$state/pki" logs="$state/logs" pids="$state/pids"
 mkdir -p "$pki" "$logs" "$pids"
 
-running() { # running NAME: its pidfile names a live process of that binary
-  local pid
-  [[ -f "$pids/$1.pid" ]] || return 1
-  pid="$(cat "$pids/$1.pid")"
-  [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$1"
+# ours NAME PID: PID is alive and runs the program NAME (argv[0], or argv[1] of an interpreter)
+ours() {
+  local argv=()
+  [[ -r "/proc/$2/cmdline" ]] && mapfile -d '' -t argv <"/proc/$2/cmdline" 2>/dev/null || return 1
+  [[ "${argv[0]:-}" == */"$1" || "${argv[1]:-}" == */"$1" ]]
 }
-for p in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+running() { # running NAME: its pidfile names a live process of that program
+  [[ -f "$pids/$1.pid" ]] && ours "$1" "$(cat "$pids/$1.pid")"
+}
+for p in etcd kube-apiserver kube-controller-manager kube-scheduler kwok local-path-provisioner; do
   running "$p" && die "$p is already running from $state (pid $(cat "$pids/$p.pid")): run down.sh --state $state first"
 done
 
@@ -141,6 +149,7 @@ sign apiserver "/CN=kube-apiserver" \
 [[ -f "$pki/scheduler.crt" ]] || sign scheduler "/CN=system:kube-scheduler" "$client_ext"
 # kwok writes node and pod status for every managed node: system:masters keeps it simple.
 [[ -f "$pki/kwok.crt" ]] || sign kwok "/O=system:masters/CN=kwok" "$client_ext"
+[[ -f "$pki/local-path.crt" ]] || sign local-path "/O=system:masters/CN=local-path-provisioner" "$client_ext"
 if [[ ! -f "$pki/sa.key" ]]; then
   new_key sa
   openssl ec -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -184,13 +193,15 @@ for s in "${sans[@]}"; do
 done
 
 # --- processes ------------------------------------------------------------------------
-# start NAME ARGS...: NAME in the background, in its own session, log and pid in the state dir
-start() {
+# start NAME ARGS...: $bin/NAME in the background, in its own session, log and pid in the
+# state dir (start_cmd NAME COMMAND ARGS... for a command from elsewhere)
+start_cmd() {
   local name="$1"; shift
-  echo "=== $(date -Is) $bin/$name $*" >>"$logs/$name.log"
-  setsid "$bin/$name" "$@" >>"$logs/$name.log" 2>&1 </dev/null &
+  echo "=== $(date -Is) $*" >>"$logs/$name.log"
+  setsid "$@" >>"$logs/$name.log" 2>&1 </dev/null &
   echo $! >"$pids/$name.pid"
 }
+start() { start_cmd "$1" "$bin/$1" "${@:2}"; }
 # wait_for WHAT LOG COMMAND...: run COMMAND each second until it succeeds, at most $timeout s
 wait_for() {
   local what="$1" log="$2" proc="$3" t0=$SECONDS; shift 3
@@ -263,6 +274,18 @@ wait_for kube-controller-manager "$logs/kube-controller-manager.log" kube-contro
   curl -skf --max-time 2 "https://127.0.0.1:$cm_port/healthz"
 wait_for kube-scheduler "$logs/kube-scheduler.log" kube-scheduler \
   curl -skf --max-time 2 "https://127.0.0.1:$sched_port/healthz"
+
+if ((local_path)); then
+  sc_json='{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+    "metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+    "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer", "reclaimPolicy": "Delete"}'
+  code="$(kcurl -o "$logs/storageclass.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+    -X POST "$api_url/apis/storage.k8s.io/v1/storageclasses" --data-binary "$sc_json" || true)"
+  [[ "$code" == 201 || "$code" == 409 ]] || { cat "$logs/storageclass.json" >&2; die "creating StorageClass local-path: HTTP $code"; }
+  start_cmd local-path-provisioner python3 "$here/local-path-provisioner" --api "$api_url" \
+    --ca "$pki/ca.crt" --cert "$pki/local-path.crt" --key "$pki/local-path.key"
+  echo "  StorageClass local-path (default) + local-path-provisioner"
+fi
 
 # --- nodes: Node objects as a K3s v1.31.4 node on a Raspberry Pi registers them ------------
 node_json() { # node_json NAME ROLE
