@@ -119,22 +119,27 @@ kwok_port="$(free_port)"
 
 # --- certificates (ECDSA P-256), made once per state directory -------------------------
 new_key() { [[ -f "$pki/$1.key" ]] || openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$1.key" 2>/dev/null; }
-# sign NAME SUBJECT EXTENSIONS: a certificate for NAME.key signed by the cluster CA
+# sign NAME SUBJECT EXTENSIONS [CA]: a certificate for NAME.key signed by CA (default: the cluster CA)
 sign() {
-  local name="$1" subj="$2" ext="$3"
+  local name="$1" subj="$2" ext="$3" ca="${4:-ca}"
   new_key "$name"
   printf '%s\n' "$ext" >"$pki/$name.ext"
   openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" -CAcreateserial \
     -days 365 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
   rm -f "$pki/$name.csr"
 }
-if [[ ! -f "$pki/ca.crt" ]]; then
-  new_key ca
-  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=picluster-cluster-ca" -days 3650 -sha256 \
+new_ca() { # new_ca NAME CN
+  [[ -f "$pki/$1.crt" ]] && return
+  new_key "$1"
+  openssl req -x509 -new -key "$pki/$1.key" -subj "/CN=$2" -days 3650 -sha256 \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -out "$pki/ca.crt" 2>/dev/null
-fi
+    -out "$pki/$1.crt" 2>/dev/null
+}
+new_ca ca picluster-cluster-ca
+# The aggregation layer's request-header CA, as K3s sets it up (kube-apiserver proxies to
+# extension API servers such as metrics-server with this client certificate).
+new_ca front-proxy-ca picluster-front-proxy-ca
 san_list="IP:127.0.0.1,IP:10.43.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
 san_list+=",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 for s in "${sans[@]}"; do
@@ -149,6 +154,7 @@ sign apiserver "/CN=kube-apiserver" \
 [[ -f "$pki/scheduler.crt" ]] || sign scheduler "/CN=system:kube-scheduler" "$client_ext"
 # kwok writes node and pod status for every managed node: system:masters keeps it simple.
 [[ -f "$pki/kwok.crt" ]] || sign kwok "/O=system:masters/CN=kwok" "$client_ext"
+[[ -f "$pki/front-proxy-client.crt" ]] || sign front-proxy-client "/CN=front-proxy-client" "$client_ext" front-proxy-ca
 [[ -f "$pki/local-path.crt" ]] || sign local-path "/O=system:masters/CN=local-path-provisioner" "$client_ext"
 if [[ ! -f "$pki/sa.key" ]]; then
   new_key sa
@@ -242,6 +248,11 @@ start kube-apiserver \
   --api-audiences https://kubernetes.default.svc.cluster.local,k3s \
   --service-account-key-file "$pki/sa.pub" \
   --service-account-signing-key-file "$pki/sa.key" \
+  --requestheader-client-ca-file "$pki/front-proxy-ca.crt" \
+  --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
   --cert-dir "$state/apiserver-certs" \
   --profiling=false --v 1
 wait_for "kube-apiserver /readyz" "$logs/kube-apiserver.log" kube-apiserver kcurl "$api_url/readyz"
