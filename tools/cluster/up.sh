@@ -98,6 +98,16 @@ for p in etcd kube-apiserver kube-controller-manager kube-scheduler kwok local-p
 done
 
 t_start=$SECONDS
+# A start that fails half-way stops what it started (logs stay in the state directory).
+started=0
+on_exit() {
+  local rc=$?
+  if ((rc != 0 && started)); then
+    echo "up.sh: failed; stopping what was started (logs in $logs)" >&2
+    "$here/down.sh" --state "$state" >&2 || true
+  fi
+}
+trap on_exit EXIT
 deadline_msg() { echo "up.sh: $1 not ready within ${timeout}s; last lines of $2:" >&2; tail -n 20 "$2" >&2 || true; }
 
 free_port() {
@@ -109,7 +119,9 @@ port_free() {
 if [[ -n "$api_port" ]]; then
   port_free "$bind" "$api_port" || die "port $api_port is taken on $bind"
 else
-  api_port="$(free_port)"
+  # A restart keeps the port of the last start while it is free, so kubeconfigs stay valid.
+  api_port="$(sed -n 's/^PICLUSTER_CLUSTER_API_PORT=//p' "$state/cluster.env" 2>/dev/null || true)"
+  if [[ -z "$api_port" ]] || ! port_free "$bind" "$api_port"; then api_port="$(free_port)"; fi
 fi
 etcd_port="$(free_port)"
 etcd_peer_port="$(free_port)"
@@ -206,6 +218,7 @@ start_cmd() {
   echo "=== $(date -Is) $*" >>"$logs/$name.log"
   setsid "$@" >>"$logs/$name.log" 2>&1 </dev/null &
   echo $! >"$pids/$name.pid"
+  started=1
 }
 start() { start_cmd "$1" "$bin/$1" "${@:2}"; }
 # wait_for WHAT LOG COMMAND...: run COMMAND each second until it succeeds, at most $timeout s
