@@ -97,9 +97,9 @@ build_pulumi() {
   local out="$1" src="$2"
   stage pulumi "$src/pulumi"
   stage language-python "$src/language-python"
-  go build -trimpath -C "$src/pulumi" -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v3.274.1" \
+  go build -C "$src/pulumi" -trimpath -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v3.274.1" \
     -o "$out/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
-  go build -trimpath -C "$src/language-python" -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v3.274.1" \
+  go build -C "$src/language-python" -trimpath -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v3.274.1" \
     -o "$out/pulumi-language-python" .
   local sdk
   sdk="$(cd "$src/pulumi" && module_dir github.com/pulumi/pulumi/sdk/v3@v3.274.1)"
@@ -112,28 +112,28 @@ build_kubernetes() {
   mod="$(cd "$src/k" && module_dir github.com/pulumi/pulumi-kubernetes/provider/v4@v4.0.0-20260115033456-f47bc2d6f199)"
   install -m 0644 "$mod/cmd/pulumi-resource-kubernetes/schema.json" \
     "$mod/cmd/pulumi-resource-kubernetes/terraform-mapping.json" "$src/k/"
-  go build -trimpath -C "$src/k" -ldflags "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=4.25.0" \
+  go build -C "$src/k" -trimpath -ldflags "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=4.25.0" \
     -o "$out/pulumi-resource-kubernetes" .
 }
 
 build_command() {
   local out="$1" src="$2"
   stage command "$src/c"
-  go build -trimpath -C "$src/c" -ldflags "-s -w -X github.com/pulumi/pulumi-command/provider/pkg/version.Version=1.2.1" \
+  go build -C "$src/c" -trimpath -ldflags "-s -w -X github.com/pulumi/pulumi-command/provider/pkg/version.Version=1.2.1" \
     -o "$out/pulumi-resource-command" github.com/pulumi/pulumi-command/provider/cmd/pulumi-resource-command
 }
 
 build_random() {
   local out="$1" src="$2"
   stage random "$src/r"
-  go build -trimpath -C "$src/r" -ldflags "-s -w -X github.com/pulumi/pulumi-random/provider/v4/pkg/version.Version=4.21.1" \
+  go build -C "$src/r" -trimpath -ldflags "-s -w -X github.com/pulumi/pulumi-random/provider/v4/pkg/version.Version=4.21.1" \
     -o "$out/pulumi-resource-random" github.com/pulumi/pulumi-random/provider/v4/cmd/pulumi-resource-random
 }
 
 build_docker() {
   local out="$1" src="$2"
   stage docker "$src/d"
-  go build -trimpath -C "$src/d" -ldflags "-s -w -X github.com/pulumi/pulumi-docker/provider/v5/pkg/version.Version=5.1.0" \
+  go build -C "$src/d" -trimpath -ldflags "-s -w -X github.com/pulumi/pulumi-docker/provider/v5/pkg/version.Version=5.1.0" \
     -o "$out/pulumi-resource-docker" github.com/pulumi/pulumi-docker/provider/v5/cmd/pulumi-resource-docker
 }
 
@@ -171,8 +171,9 @@ for t in "${TARGETS[@]}"; do
   # Is the source module served at all? (seconds; a refusal is final, no point in budgeting for it)
   if ! (cd "$HERE/${DIRS[$t]%% *}" && go mod download -json "${PROBE[$t]}") >"$log" 2>&1; then
     STATUS[$t]=failed; SECS[$t]=$((SECONDS - t0))
-    NOTE[$t]="module not served: $(grep -o '"Error": ".*"' "$log" | head -1 | cut -c1-160)"
-    [[ -n "${NOTE[$t]#module not served: }" ]] || NOTE[$t]="module not served: $(tail -1 "$log" | cut -c1-160)"
+    why="$(grep -o -E '[0-9]{3} [A-Z][a-zA-Z ]+|server response: [^"\\]*|Could not resolve host[^"\\]*' "$log" \
+      | sort -u | paste -sd ' ' | cut -c1-120 || true)"
+    NOTE[$t]="not served: ${PROBE[$t]} (${why:-see $log})"
     continue
   fi
   if [[ -n "$BUDGET_MINUTES" ]]; then
