@@ -47,6 +47,13 @@ if [[ -f "$state/pids/local-path-provisioner.pid" ]]; then
   k -n proof get pod db-0 -o wide
   tail -n 3 "$state/logs/local-path-provisioner.log"
   [[ "$(k -n proof get pvc data-db-0 -o jsonpath='{.status.phase}')" == Bound ]] || fail "claim not Bound"
+
+  step "a bigger storage request on local-path is refused (the class has no allowVolumeExpansion, as on K3s)"
+  if out="$(k -n proof patch pvc data-db-0 -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}' 2>&1)"; then
+    echo "$out"; fail "the resize was accepted"
+  fi
+  echo "$out"
+  grep -q 'must support resize' <<<"$out" || fail "refused, but not for expansion"
 else
   step "StatefulSet with a local-path claim template, no StorageClass and no provisioner (up.sh --no-local-path)"
   k apply -f "$m/20-statefulset.yaml"
