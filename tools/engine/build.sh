@@ -63,7 +63,7 @@ declare -A VERSION=(
 declare -A DIRS=(
   [pulumi]="pulumi language-python" [kubernetes]=kubernetes [command]=command [random]=random
   [docker]=docker)
-declare -A ESTIMATE=([pulumi]=20 [kubernetes]=15 [command]=5 [random]=10 [docker]=12)
+declare -A ESTIMATE=([pulumi]=18 [kubernetes]=12 [command]=5 [random]=10 [docker]=12)
 declare -A PROBE=(
   [pulumi]="github.com/pulumi/pulumi/pkg/v3@v3.274.1"
   [kubernetes]="github.com/pulumi/pulumi-kubernetes/provider/v4@v4.0.0-20260115033456-f47bc2d6f199"
