@@ -3,7 +3,7 @@
 # kubectl, etcd, kwok) from their wrapper Go modules in tools/cluster/modules/, into a cache
 # outside the checkout. Only what is missing is built.
 #
-#   tools/cluster/build.sh [--budget-minutes N] [--list] [TARGET...]
+#   tools/cluster/build.sh [--budget-minutes N] [--list] [--prune] [TARGET...]
 #
 # TARGET: a binary name (kube-apiserver kube-controller-manager kube-scheduler kubectl etcd
 # kwok), a module name (controlplane etcd kwok) or `all` (the default).
@@ -19,6 +19,8 @@
 # --budget-minutes N: before each build, compare its estimated cold build time (the last
 # field of its `binary` line in modules/*/targets) with what is left of N minutes; a build that
 # would not fit is skipped and said so (exit status stays 0). A failed build exits 1.
+# --prune: afterwards, delete the cached builds of the selected binaries that bin/ no longer
+# points at (older versions or wrapper hashes).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,11 +29,12 @@ cache="${PICLUSTER_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/picluster/clus
 module_order=(etcd kwok controlplane)
 
 usage() {
-  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 budget=""
 list_only=0
+prune=0
 selected=()
 while (($#)); do
   case "$1" in
@@ -43,6 +46,7 @@ while (($#)); do
       [[ "$budget" =~ ^[0-9]+$ ]] || { echo "build.sh: --budget-minutes needs a whole number" >&2; exit 2; }
       shift ;;
     --list) list_only=1; shift ;;
+    --prune) prune=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "build.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     *) selected+=("$1"); shift ;;
@@ -147,6 +151,23 @@ for m in "${module_order[@]}"; do
   done
 done
 
+if ((prune)); then
+  for m in "${module_order[@]}"; do
+    read_targets "$m"
+    for entry in "${mod_binaries[@]}"; do
+      name="${entry%% *}"
+      wanted "$m" "$name" || continue
+      current="$(readlink "$cache/bin/$name" 2>/dev/null || true)"
+      for d in "$cache/$name"-v*-*/; do
+        [[ -d "$d" ]] || continue
+        d="${d%/}"
+        [[ "$current" == "../${d##*/}/$name" ]] && continue
+        rm -rf "$d"
+        echo "pruned   ${d##*/}"
+      done
+    done
+  done
+fi
 echo "total ${SECONDS}s"
 echo "bin: $cache/bin"
 exit "$failed"
