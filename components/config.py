@@ -59,7 +59,16 @@ RESERVED_NAMES = frozenset(
 K3sComponent = Literal[
     "coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"
 ]
-"""Packaged K3s components that `k3s.disable` may turn off."""
+"""Packaged K3s components that `k3s.disable` names."""
+
+APP_NEEDS: dict[str, str] = {
+    "traefik": "the game's Ingress (and Grafana's) is served by K3s's Traefik",
+    "local-storage": "the database, backup, Prometheus and Grafana volumes use its local-path "
+    "StorageClass",
+    "coredns": "the services find PostgreSQL and each other by name through it",
+}
+"""Packaged components the app and monitoring depend on: disabling one breaks them."""
+OPTIONAL_COMPONENTS = ("servicelb", "metrics-server", "runtimes")
 
 
 class ConfigError(pulumi.RunError):
@@ -218,6 +227,46 @@ def _host_key(value: str) -> str:
     return value.strip()
 
 
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_PREFIX = re.compile(
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+_KUBERNETES_DOMAINS = ("kubernetes.io", "k8s.io")
+NODE_ROLE_PREFIX = "node-role.kubernetes.io"
+"""The one Kubernetes-reserved label prefix a user may set on a node (picluster sets it through
+the API, where the kubelet's own restriction on it does not apply)."""
+
+
+def _node_labels(value: dict[str, str]) -> dict[str, str]:
+    problems: list[str] = []
+    for key, label in value.items():
+        prefix, _, name = key.rpartition("/")
+        if not _LABEL_NAME.match(name) or (
+            prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))
+        ):
+            problems.append(
+                f"{key!r} is not a label key: an optional DNS prefix and '/', then up to 63 "
+                "letters, digits, '-', '_' or '.', such as game.studio/tier"
+            )
+        elif prefix != NODE_ROLE_PREFIX and any(
+            prefix == domain or prefix.endswith(f".{domain}") for domain in _KUBERNETES_DOMAINS
+        ):
+            problems.append(
+                f"{key!r} uses a prefix Kubernetes reserves ({prefix}), which K3s and the "
+                f"kubelet manage themselves; use your own prefix (game.studio/...) or "
+                f"{NODE_ROLE_PREFIX}/<role>"
+            )
+        if not _LABEL_VALUE.match(label):
+            problems.append(
+                f"{label!r} (label {key}) is not a label value: up to 63 letters, digits, '-', "
+                "'_' or '.', starting and ending with a letter or digit"
+            )
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
 def _taint(value: str) -> str:
     if not _TAINT.match(value):
         raise ValueError(f"{value!r} is not a taint such as 'dedicated=db:NoSchedule'")
@@ -282,7 +331,7 @@ class NodeConfig(_Model):
     user: str | None = None
     port: Port | None = None
     host_key: Annotated[str, AfterValidator(_host_key)] | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Annotated[dict[str, str], AfterValidator(_node_labels)] = Field(default_factory=dict)
     taints: list[Annotated[str, AfterValidator(_taint)]] = Field(default_factory=list)
     docker: bool = False
     upgrade: bool = True
@@ -521,6 +570,14 @@ def _node_invariants(settings: Settings) -> list[str]:
                 f"picluster:nodes: has {servers} servers; embedded etcd needs an odd number "
                 "(1, 3 or 5) to keep quorum"
             )
+        k3s = settings.k3s
+        for i, component in enumerate(k3s.disable if k3s else []):
+            if component in APP_NEEDS:
+                problems.append(
+                    f"picluster:k3s.disable[{i}]: {component!r} cannot be disabled: "
+                    f"{APP_NEEDS[component]}; disabling it on a running cluster uninstalls it. "
+                    f"Components that may be disabled: {', '.join(sorted(OPTIONAL_COMPONENTS))}"
+                )
     return problems
 
 

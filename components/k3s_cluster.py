@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,10 +102,9 @@ def node_config(node: ClusterNode, args: K3sClusterArgs, first: ClusterNode) -> 
         config["node-ip"] = node_ip
     if node is not first:
         config["server"] = f"https://{first.address}:{API_PORT}"
-    if node.labels:
-        config["node-label"] = [f"{k}={v}" for k, v in sorted(node.labels.items())]
-    if node.taints:
-        config["node-taint"] = list(node.taints)
+    # No node-label / node-taint here: K3s reads them only when the node registers, and a change
+    # of config.yaml restarts K3s. Taints go to the registration drop-in (registration_config),
+    # and both are kept up to date through the API by the node's `-join` step.
     if node.role is NodeRole.SERVER:
         servers = [n for n in args.nodes if n.role is NodeRole.SERVER]
         config["tls-san"] = sorted({n.address for n in servers})
@@ -121,19 +121,60 @@ def node_config(node: ClusterNode, args: K3sClusterArgs, first: ClusterNode) -> 
     return config
 
 
+def registration_config(node: ClusterNode) -> dict[str, Any]:
+    """What K3s reads only when the node registers (`config.yaml.d` drop-in): its taints, so that
+    nothing is scheduled on it before the `-join` step applies them through the API."""
+    return {"node-taint": list(node.taints)} if node.taints else {}
+
+
+def _b64_yaml(document: dict[str, Any]) -> str:
+    if not document:
+        return ""
+    return base64.b64encode(yaml.safe_dump(document, sort_keys=True).encode()).decode()
+
+
 def install_values(
     node: ClusterNode, args: K3sClusterArgs, first: ClusterNode, token: str
 ) -> dict[str, str]:
-    """The values `k3s-install.sh` receives on stdin for `node` (`token` is the secret's value)."""
-    config_yaml = yaml.safe_dump(node_config(node, args, first), sort_keys=True)
+    """The values `k3s-install.sh` receives on stdin for `node` (`token` is the secret's value:
+    the plain token for the first server, the full `K10...` token for every other node)."""
     return {
         "ROLE": node.role.value,
         "NODE_NAME": node.name,
         "K3S_VERSION": args.version,
         "K3S_TOKEN": token,
-        "CONFIG_YAML_B64": base64.b64encode(config_yaml.encode()).decode(),
+        "CONFIG_YAML_B64": _b64_yaml(node_config(node, args, first)),
+        "REGISTRATION_YAML_B64": _b64_yaml(registration_config(node)),
         "K3S_INSTALL_URL": args.install_url,
         "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
+    }
+
+
+def ca_hash(first_install_stdout: str) -> str:
+    """The cluster CA's hash the first server's install printed (`picluster k3s-ca: sha256=`)."""
+    found = re.findall(r"^picluster k3s-ca: sha256=([0-9a-f]{64})$", first_install_stdout, re.M)
+    if not found:
+        raise ValueError(
+            "the first server's K3s install printed no CA hash (a 'picluster k3s-ca: "
+            "sha256=...' line), so the other nodes cannot pin the cluster's CA"
+        )
+    return found[-1]
+
+
+def join_token(token: str, cluster_ca_hash: str) -> str:
+    """K3s's full ("secure") token: joiners check the CA they download against its hash before
+    they send the secret (k3s-io/k3s pkg/clientaccess/token.go: `K10<hash>::server:<secret>`)."""
+    return f"K10{cluster_ca_hash}::server:{token}"
+
+
+def node_values(node: ClusterNode, *, first: bool) -> dict[str, str]:
+    """The values `k3s-node.sh` receives on stdin for `node`, on the first server."""
+    return {
+        "NODE_NAME": node.name,
+        "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
+        "LABELS": "\n".join(f"{k}={v}" for k, v in sorted(node.labels.items())),
+        "TAINTS": "\n".join(node.taints),
+        "FIRST_SERVER": "1" if first else "0",
     }
 
 
@@ -159,16 +200,25 @@ class K3sCluster(pulumi.ComponentResource):
             raise ValueError("K3sCluster needs at least one server")
         first = servers[0]
 
-        previous: list[pulumi.Resource] = []
-        server_steps: list[remote.Command] = []
-        for node in servers:
+        # The first server starts with the plain token; every other node gets the full token,
+        # with the hash of the CA that server created, so it checks the cluster before joining.
+        initial = self._install(name, first, args, first, args.token, depends_on=[first.ready])
+        full_token = pulumi.Output.all(args.token, initial.stdout).apply(
+            lambda parts: join_token(parts[0], ca_hash(parts[1]))
+        )
+        server_steps: list[remote.Command] = [initial]
+        for node in servers[1:]:
             # Servers join one after another: etcd admits one new member at a time.
-            step = self._install(name, node, args, first, depends_on=[node.ready, *previous])
-            server_steps.append(step)
-            previous = [step]
+            server_steps.append(
+                self._install(
+                    name, node, args, first, full_token, depends_on=[node.ready, server_steps[-1]]
+                )
+            )
 
         agent_steps = [
-            self._install(name, node, args, first, depends_on=[node.ready, server_steps[-1]])
+            self._install(
+                name, node, args, first, full_token, depends_on=[node.ready, server_steps[-1]]
+            )
             for node in agents
         ]
 
@@ -182,21 +232,15 @@ class K3sCluster(pulumi.ComponentResource):
                 delete="sudo bash -s -- delete",
                 # A re-run of the node's install (an upgrade, a new config) re-runs this wait.
                 stdin=step.stdout.apply(
-                    lambda out, node_name=node.name: steps_payload(
+                    lambda out, node=node: steps_payload(
                         ["k3s-node.sh"],
-                        {
-                            "NODE_NAME": node_name,
-                            "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
-                            "AFTER_RUN": run_marker(out),
-                        },
+                        {**node_values(node, first=node is first), "AFTER_RUN": run_marker(out)},
                     )
                 ),
                 add_previous_output_in_env=False,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[step]),
             )
-            for node, step in zip(
-                [*servers[1:], *agents], [*server_steps[1:], *agent_steps], strict=True
-            )
+            for node, step in zip([*servers, *agents], [*server_steps, *agent_steps], strict=True)
         ]
 
         read = remote.Command(
@@ -230,7 +274,7 @@ class K3sCluster(pulumi.ComponentResource):
             )
         )
         self.node_names = [n.name for n in [*servers, *agents]]
-        self.ready = [server_steps[0], *joins]
+        self.ready = list(joins)
         self.register_outputs(
             {"kubeconfig": self.kubeconfig, "api_server_url": self.api_server_url}
         )
@@ -241,10 +285,11 @@ class K3sCluster(pulumi.ComponentResource):
         node: ClusterNode,
         args: K3sClusterArgs,
         first: ClusterNode,
+        token: pulumi.Input[str],
         *,
         depends_on: Sequence[pulumi.Resource],
     ) -> remote.Command:
-        values = pulumi.Output.from_input(args.token).apply(
+        values = pulumi.Output.from_input(token).apply(
             lambda token: steps_payload(
                 ["k3s-install.sh"], install_values(node, args, first, token)
             )

@@ -13,6 +13,7 @@ here:
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,17 +251,30 @@ def _install_waves(result: Outcome, nodes: set[str]) -> list[list[str]]:
     return [sorted(waves[d]) for d in sorted(waves)]
 
 
+RESTARTING_VALUES = ("K3S_VERSION", "CONFIG_YAML_B64", "K3S_TOKEN")
+"""Install inputs whose change makes k3s-install.sh restart K3s (a new binary, config or token);
+the registration drop-in, labels and taints restart nothing."""
+
+
+def _values(reg: Registration) -> dict[str, str]:
+    stdin = str(unwrap(reg.inputs.get("stdin")) or "")
+    return dict(re.findall(r"^([A-Z_][A-Z0-9_]*)=(.*)$", stdin, re.M))
+
+
 def restarts(result: Outcome) -> list[str]:
     """What restarts on the cluster or the Docker host, read from the plan."""
     found: list[str] = []
     registrations = {r.urn: r for r in result.after.registrations}
+    previous = {r.urn: r for r in result.before.registrations}
     k3s: set[str] = set()
     for step in result.plan.steps:
         reg = registrations.get(step.urn)
         if reg is None or step.action in (Action.CREATE, Action.DELETE):
             continue
         if step.type == COMMAND and step.name.endswith("-k3s"):
-            k3s.add(step.name.removeprefix("cluster-").removesuffix("-k3s"))
+            old, new = _values(previous[step.urn]), _values(reg)
+            if any(old.get(k) != new.get(k) for k in RESTARTING_VALUES):
+                k3s.add(step.name.removeprefix("cluster-").removesuffix("-k3s"))
         elif step.type == COMMAND and step.name.endswith("-prepare"):
             found.append(f"{step.name.removesuffix('-prepare')} reboots if cmdline.txt changed")
         elif step.type.startswith("kubernetes:apps/v1:") and any(
@@ -282,7 +296,7 @@ _STEP_KINDS = (
     ("-prepare", "prepare"),
     ("-gate", "gate"),
     ("-k3s", "K3s install"),
-    ("-join", "Ready wait"),
+    ("-join", "node check (Ready, labels, taints)"),
     ("-kubeconfig", "kubeconfig read"),
 )
 

@@ -136,28 +136,49 @@ users:
 """What K3s writes to /etc/rancher/k3s/k3s.yaml (certificates shortened)."""
 
 
+MOCK_CA_HASH = hashlib.sha256(b"the mocked cluster CA").hexdigest()
+"""The CA hash a server's install prints under the mocks."""
+
+
 def mock_image_id(ref: str) -> str:
     """The image id the mocks give the pulled image `ref`."""
     return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
 
 
 class ProgramMocks(pulumi_mocks.Mocks):
-    """Answers for the providers: echo the inputs and add what the real provider computes."""
+    """Answers for the providers: echo the inputs and add what the real provider computes.
+
+    `stdouts` gives the stdout a remote command really printed, by resource name (a replay on
+    simulated Pis feeds each step's real output back, as the engine does); any other command gets
+    a made-up summary.
+    """
+
+    def __init__(self, stdouts: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.stdouts = dict(stdouts or {})
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
+        if args.typ == "command:remote:Command" and args.name in self.stdouts:
+            state["stdout"] = self.stdouts[args.name]
+            state["stderr"] = ""
+            return f"{args.name}-id", state
         if args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = f"generated-{args.name}-{int(state.get('length', 16))}"
         elif args.typ == "command:remote:Command":
             # What the Pi would print: K3s's own kubeconfig for the read step, a summary otherwise.
             # A step that runs with other stdin prints something else (a re-run reports what it
             # did), so steps that follow another one see it ran, as they would on real Pis.
-            run_id = hashlib.sha256(str(args.inputs.get("stdin", "")).encode()).hexdigest()[:12]
-            state["stdout"] = (
-                K3S_KUBECONFIG
-                if args.name.endswith("-kubeconfig")
-                else f"picluster step: no changes (run {run_id})"
-            )
+            stdin = str(unwrap(args.inputs.get("stdin")) or "")
+            run_id = hashlib.sha256(stdin.encode()).hexdigest()[:12]
+            summary = f"picluster step: no changes (run {run_id})"
+            if args.name.endswith("-kubeconfig"):
+                state["stdout"] = K3S_KUBECONFIG
+            elif args.name.endswith("-k3s") and "\nROLE=server\n" in stdin:
+                # A server's install also prints the hash of the cluster CA it holds.
+                state["stdout"] = f"picluster k3s-ca: sha256={MOCK_CA_HASH}\n{summary}"
+            else:
+                state["stdout"] = summary
             state["stderr"] = ""
         elif args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = mock_image_id(args.inputs["name"])
@@ -288,10 +309,11 @@ def run(
     *,
     stack: str = "test",
     secret_keys: tuple[str, ...] = (),
+    stdouts: Mapping[str, str] | None = None,
 ) -> Run:
     """Run `program` under mocks with the given `picluster:` config (unprefixed keys)."""
     pulumi_settings.ROOT.set(None)
-    mocks = ProgramMocks()
+    mocks = ProgramMocks(stdouts)
     monitor = RecordingMonitor(mocks)
     logger = _WarningLogger()
     pulumi.runtime.set_mocks(

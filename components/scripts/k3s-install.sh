@@ -9,16 +9,29 @@
 #   K3S_VERSION      pinned release, e.g. v1.31.4+k3s1
 #   K3S_TOKEN        the cluster token (secret: written to TOKEN_FILE, never printed or in argv)
 #   CONFIG_YAML_B64  base64 of the config.yaml picluster built for this node
+#   REGISTRATION_YAML_B64  base64 of the keys K3s reads only when the node registers (node-taint),
+#                    written to a config.yaml.d drop-in; a change there does not restart K3s
 #   K3S_INSTALL_URL  the installer (default https://get.k3s.io; tests point it at a double)
-#   READY_TIMEOUT    seconds to wait for the node to be Ready (server) or the agent to run
-# Output: progress on stderr; last line on stdout: picluster k3s-install: no changes | changed: ...
+#   READY_TIMEOUT    seconds to wait for the node to be Ready (server) or the agent to join
+#   CLOCK_TIMEOUT    seconds to wait for the clock to be synchronised (default 180)
+# Output: progress on stderr; on stdout, for a server, `picluster k3s-ca: sha256=<hash>` (the hash
+# of the cluster CA, which joiners pin through the full K10 token), then the last line:
+# picluster k3s-install: no changes | changed: ...
+#
+# K3s's unit is Type=notify with TimeoutStartSec=0: `systemctl restart` would block until K3s is
+# READY, forever for an agent with a wrong token or an unreachable server. So the installer never
+# starts it (INSTALL_K3S_SKIP_START=true), the start is non-blocking, and every wait is bounded
+# and says what to check when it times out.
 set -euo pipefail
 
 readonly CONFIG_DIR=/etc/rancher/k3s
 readonly CONFIG_FILE=$CONFIG_DIR/config.yaml
+readonly REGISTRATION_FILE=$CONFIG_DIR/config.yaml.d/50-picluster-registration.yaml
 readonly TOKEN_FILE=$CONFIG_DIR/picluster-token
+readonly SERVER_CA=/var/lib/rancher/k3s/server/tls/server-ca.crt
 
 CHANGED=()
+PREVIOUS_INVOCATION=""
 log() { printf 'picluster k3s-install: %s\n' "$*" >&2; }
 die() { printf 'picluster k3s-install: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -96,39 +109,69 @@ install_k3s() {
         die "could not download the K3s installer from $K3S_INSTALL_URL"
     # The token reaches K3s through token-file in config.yaml, never through the installer's
     # environment, which it would copy into a systemd .env file.
-    INSTALL_K3S_VERSION=$K3S_VERSION INSTALL_K3S_EXEC=$ROLE \
+    INSTALL_K3S_VERSION=$K3S_VERSION INSTALL_K3S_EXEC=$ROLE INSTALL_K3S_SKIP_START=true \
         sh "$installer" >&2 || die "the K3s installer failed"
     CHANGED+=("k3s $K3S_VERSION")
     return 0
 }
 
-ensure_running() {
+# The unit's current start (empty when it never started): wait_ready waits for a newer one.
+invocation() {
+    systemctl show -p InvocationID --value "$(service_name)" 2>/dev/null || true
+}
+
+# Start or restart without waiting for READY (see the header); wait_ready bounds the wait.
+start_service() {
     local service
     service=$(service_name)
+    PREVIOUS_INVOCATION=$(invocation)
     systemctl enable "$service" >/dev/null 2>&1 || true
-    if ! systemctl is-active --quiet "$service"; then
+    if [[ "$1" == restart ]]; then
+        log "restarting $service"
+        systemctl restart --no-block "$service" || die "could not restart $service"
+        # A new install reports `k3s <version>`; the restart is part of it.
+        [[ "${2:-}" == installed ]] || CHANGED+=(restarted)
+    elif ! systemctl is-active --quiet "$service"; then
         log "starting $service"
-        systemctl start "$service" || die "$service did not start: see journalctl -u $service"
+        systemctl start --no-block "$service" || die "could not start $service"
         CHANGED+=(started)
+    else
+        PREVIOUS_INVOCATION=""  # running and untouched: the current start is the one to check
     fi
 }
 
+# 0 once the unit runs a start newer than the one before start_service (a restart queued with
+# --no-block leaves the old process "active" for a moment) and has reported READY.
+started_and_ready() {
+    local current
+    [[ "$(systemctl is-active "$(service_name)" 2>/dev/null)" == active ]] || return 1
+    current=$(invocation)
+    [[ -n "$current" && "$current" != "$PREVIOUS_INVOCATION" ]] || [[ -z "$PREVIOUS_INVOCATION" ]]
+}
+
 wait_ready() {
-    local deadline=$((SECONDS + READY_TIMEOUT)) service
+    local deadline=$((SECONDS + READY_TIMEOUT)) service server
     service=$(service_name)
     while ((SECONDS < deadline)); do
-        if [[ "$ROLE" == server ]]; then
+        # READY (sd_notify) of the new start: the node has joined (an agent: its server accepted
+        # it; a server: its datastore took the token).
+        if started_and_ready; then
+            [[ "$ROLE" == agent ]] && return 0
             # A cordoned node (upgrades are often done drained) is `Ready,SchedulingDisabled`.
             if k3s kubectl get node "$NODE_NAME" --no-headers 2>/dev/null | awk '{ print $2 }' |
                 grep -Eqx 'Ready(,.*)?'; then
                 return 0
             fi
-        elif systemctl is-active --quiet "$service"; then
-            return 0
         fi
-        sleep 3
+        sleep 2
     done
-    die "$NODE_NAME was not ready after ${READY_TIMEOUT}s: see journalctl -u $service"
+    server=$(sed -n 's/^server: *//p' "$CONFIG_FILE" | tr -d "'\"")
+    log "last lines of journalctl -u $service:"
+    journalctl -u "$service" -n 15 --no-pager -o cat >&2 2>/dev/null || true
+    if [[ -n "$server" ]]; then
+        die "$NODE_NAME did not join within ${READY_TIMEOUT}s; check: the token (picluster:k3sToken, or K3s's own in /var/lib/rancher/k3s/server/token on the first server), that $server answers from this Pi (port 6443 open), and after a re-flash the node password: kubectl -n kube-system delete secret $NODE_NAME.node-password.k3s; details: journalctl -u $service"
+    fi
+    die "$NODE_NAME was not ready after ${READY_TIMEOUT}s; see journalctl -u $service (a token other than the datastore's makes K3s restart in a loop)"
 }
 
 uninstall() {
@@ -157,12 +200,81 @@ uninstall() {
 # K3s binds the token to its datastore: a server restarted with another token fails ("bootstrap
 # data already found and encrypted with different token") and restarts in a loop, and an agent
 # with a token its servers do not know cannot rejoin. Refuse before anything on the node changes.
+# The secret part of a token: a full `K10<ca hash>::<user>:<password>` token's password, or the
+# token itself (a short token).
+token_secret() {
+    local token=$1
+    if [[ "$token" == K10*::* ]]; then
+        token=${token#*::}
+        token=${token#*:}
+    fi
+    printf '%s' "$token"
+}
+
 refuse_token_change() {
     [[ -e "$TOKEN_FILE" ]] || return 0
-    [[ -e /etc/systemd/system/k3s.service || -e /etc/systemd/system/k3s-agent.service ]] || return 0
-    if [[ "$(<"$TOKEN_FILE")" != "$K3S_TOKEN" ]]; then
+    # Only once the node has joined (a datastore, or the kubelet's client certificate): before
+    # that, a corrected token is just what it needs.
+    [[ -e /var/lib/rancher/k3s/server/db || -e /var/lib/rancher/k3s/agent/client-kubelet.crt ]] ||
+        return 0
+    # A short token becoming the full one (the same secret with the CA hash) is no change of token.
+    if [[ "$(token_secret "$(<"$TOKEN_FILE")")" != "$(token_secret "$K3S_TOKEN")" ]]; then
         die "picluster:k3sToken is not the token $NODE_NAME joined with; K3s keeps its datastore encrypted with that one and cannot switch by a restart; set picluster:k3sToken back to its earlier value (README: Rotate the K3s token)"
     fi
+}
+
+# Secrets encrypted at rest cannot be read by a server started without secrets-encryption; turning
+# it off is `k3s secrets-encrypt disable`, a restart, then `reencrypt` (k3s-io/docs
+# security/secrets-encryption.md). Refuse before anything on the node changes.
+refuse_encryption_off() {
+    [[ "$ROLE" == server && -e /etc/systemd/system/k3s.service && -e "$CONFIG_FILE" ]] || return 0
+    grep -qx 'secrets-encryption: true' "$CONFIG_FILE" || return 0
+    if ! base64 -d <<<"$CONFIG_YAML_B64" | grep -qx 'secrets-encryption: true'; then
+        die "picluster:k3s.secretsEncryption cannot be turned off by a restart: the Secrets already in the datastore are encrypted and K3s could not read them; set it back to true (README: Secrets encryption)"
+    fi
+}
+
+# A Pi has no real-time clock: until NTP has set it, the time may be days behind (fake-hwclock)
+# or in 1970, and certificates K3s makes then break later. Wait (bounded) for the sync: the
+# kernel's flag (timedatectl), or the mark systemd-timesyncd leaves at its first sync of a boot.
+clock_synchronised() {
+    [[ -e /run/systemd/timesync/synchronized ]] ||
+        [[ "$(timedatectl show -p NTPSynchronized --value 2>/dev/null)" == yes ]]
+}
+
+wait_for_clock() {
+    local deadline=$((SECONDS + CLOCK_TIMEOUT))
+    until clock_synchronised; do
+        if ((SECONDS >= deadline)); then
+            die "the clock of $NODE_NAME is not synchronised after ${CLOCK_TIMEOUT}s (timedatectl: NTPSynchronized=no), and certificates made with a wrong clock break K3s later; check: systemctl status systemd-timesyncd, that the Pi reaches an NTP server (UDP 123), timedatectl timesync-status"
+        fi
+        sleep 2
+    done
+}
+
+# The keys K3s reads only at registration, in their own drop-in: a change is written for the next
+# registration but restarts nothing (picluster applies label and taint changes through the API).
+write_registration() {
+    local tmp
+    if [[ -z "${REGISTRATION_YAML_B64:-}" ]]; then
+        if [[ -e "$REGISTRATION_FILE" ]]; then
+            rm -f "$REGISTRATION_FILE"
+            CHANGED+=(registration)
+        fi
+        return 0
+    fi
+    mkdir -p "${REGISTRATION_FILE%/*}"
+    tmp=$(mktemp "${REGISTRATION_FILE%/*}/.registration.XXXXXX")
+    base64 -d <<<"$REGISTRATION_YAML_B64" >"$tmp" || die "REGISTRATION_YAML_B64 is not base64"
+    if install_private "$REGISTRATION_FILE" "$tmp"; then
+        CHANGED+=(registration)
+    fi
+}
+
+print_ca_hash() {
+    [[ "$ROLE" == server ]] || return 0
+    [[ -s "$SERVER_CA" ]] || die "K3s is ready but $SERVER_CA is missing"
+    echo "picluster k3s-ca: sha256=$(sha256sum <"$SERVER_CA" | cut -d' ' -f1)"
 }
 
 main() {
@@ -177,21 +289,31 @@ main() {
     : "${CONFIG_YAML_B64:?CONFIG_YAML_B64 is required}"
     K3S_INSTALL_URL=${K3S_INSTALL_URL:-https://get.k3s.io}
     READY_TIMEOUT=${READY_TIMEOUT:-300}
+    CLOCK_TIMEOUT=${CLOCK_TIMEOUT:-180}
 
+    # Everything that refuses does so before the node changes.
     refuse_role_change
     refuse_token_change
+    refuse_encryption_off
     write_files
+    write_registration
     local installed=0
-    install_k3s && installed=1
-    # A new config or token takes effect on restart; a fresh install has just started with it.
-    if ((installed == 0)) && [[ " ${CHANGED[*]-} " == *" config "* || " ${CHANGED[*]-} " == *" token "* ]] &&
-        systemctl is-active --quiet "$(service_name)"; then
-        log "restarting $(service_name) for the new configuration"
-        systemctl restart "$(service_name)"
-        CHANGED+=(restarted)
+    if [[ "$(installed_version)" != "$K3S_VERSION" ||
+        ! -e "/etc/systemd/system/$(service_name).service" ]] ||
+        [[ " ${CHANGED[*]-} " == *" config "* || " ${CHANGED[*]-} " == *" token "* ]]; then
+        wait_for_clock
     fi
-    ensure_running
+    install_k3s && installed=1
+    # A new binary, config or token takes effect on restart: the installer starts nothing.
+    if ((installed)); then
+        start_service restart installed
+    elif [[ " ${CHANGED[*]-} " == *" config "* || " ${CHANGED[*]-} " == *" token "* ]]; then
+        start_service restart
+    else
+        start_service start
+    fi
     wait_ready
+    print_ca_hash
 
     if ((${#CHANGED[@]} == 0)); then
         echo "picluster k3s-install: no changes"

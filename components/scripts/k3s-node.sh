@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# picluster k3s-node: on the first server, wait until a node has joined and is Ready.
+# picluster k3s-node: on the first server, wait until a node has joined and is Ready, then make its
+# labels and taints the configured ones through the API (K3s's node-label/node-taint act only when
+# a node registers, so a later change must go through the API).
 # `bash -s -- delete` drains the node and removes it from the cluster (before its K3s is
-# uninstalled), so its pods move elsewhere first.
+# uninstalled), so its pods move elsewhere first; it refuses while local-path volumes live on the
+# node, since their data goes with it.
 #
 # Inputs (NAME='value' lines on stdin before this script, run as `sudo bash -s`):
-#   NODE_NAME      the node to wait for or remove
+#   NODE_NAME      the node to wait for, label, taint or remove
 #   READY_TIMEOUT  seconds to wait for Ready (default 300)
+#   LABELS         the labels picluster manages on the node, `key=value` per line
+#   TAINTS         the taints picluster manages on the node, `key=value:Effect` per line
+#   FIRST_SERVER   1 for the first server itself: it leaves the cluster with its uninstall
 # Output: progress on stderr; last line on stdout: picluster k3s-node: no changes | changed: ...
 set -euo pipefail
 
+readonly LABELS_ANNOTATION=picluster.io/managed-labels
+readonly TAINTS_ANNOTATION=picluster.io/managed-taints
+
+CHANGED=()
 log() { printf 'picluster k3s-node: %s\n' "$*" >&2; }
 die() { printf 'picluster k3s-node: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -37,22 +47,111 @@ wait_ready() {
         status=$(node_status || true)
         # A cordoned node is `Ready,SchedulingDisabled`: joined and Ready all the same.
         if [[ "$status" == Ready || "$status" == Ready,* ]]; then
-            echo "picluster k3s-node: no changes ($NODE_NAME is Ready)"
             return 0
         fi
         sleep 3
     done
-    die "$NODE_NAME is not Ready after ${READY_TIMEOUT}s (status: ${status:-not registered}); on the node: journalctl -u k3s-agent"
+    die "$NODE_NAME is not Ready after ${READY_TIMEOUT}s (status: ${status:-not registered}); on the node: journalctl -u k3s-agent (or -u k3s on a server)"
+}
+
+annotation() {
+    local value
+    value=$(k3s kubectl get node "$NODE_NAME" \
+        -o "go-template={{index .metadata.annotations \"$1\"}}" 2>/dev/null) ||
+        die "could not read $1 of $NODE_NAME"
+    [[ "$value" == "<no value>" ]] && value=""
+    printf '%s' "$value"
+}
+
+# Lines of $1 that are not lines of $2.
+missing_from() {
+    comm -23 <(printf '%s\n' "$1" | sed '/^$/d' | sort -u) <(printf '%s\n' "$2" | sed '/^$/d' | sort -u)
+}
+
+reconcile_labels() {
+    local current managed wanted_keys add=() remove=() key
+    # shellcheck disable=SC2016 # a Go template's variables, not the shell's
+    current=$(k3s kubectl get node "$NODE_NAME" \
+        -o 'go-template={{range $k, $v := .metadata.labels}}{{$k}}={{$v}}{{"\n"}}{{end}}') ||
+        die "could not read the labels of $NODE_NAME"
+    managed=$(annotation "$LABELS_ANNOTATION" | tr ',' '\n')
+    wanted_keys=$(printf '%s\n' "$LABELS" | sed '/^$/d; s/=.*//')
+    mapfile -t add < <(missing_from "$LABELS" "$current")
+    while IFS= read -r key; do
+        [[ -n "$key" ]] && grep -q "^${key//./\\.}=" <<<"$current" && remove+=("$key-")
+    done < <(missing_from "$managed" "$wanted_keys")
+    if ((${#add[@]} + ${#remove[@]})); then
+        k3s kubectl label node "$NODE_NAME" "${add[@]}" "${remove[@]}" --overwrite >&2 ||
+            die "could not label $NODE_NAME"
+        CHANGED+=("labels")
+    fi
+    if [[ "$(printf '%s\n' "$wanted_keys" | sed '/^$/d' | sort -u | paste -sd, -)" != \
+        "$(printf '%s\n' "$managed" | sed '/^$/d' | sort -u | paste -sd, -)" ]]; then
+        k3s kubectl annotate node "$NODE_NAME" --overwrite \
+            "$LABELS_ANNOTATION=$(printf '%s\n' "$wanted_keys" | sed '/^$/d' | sort -u | paste -sd, -)" >&2 ||
+            die "could not annotate $NODE_NAME"
+    fi
+}
+
+# `key=value:Effect` for every taint, `key=:Effect` when it has no value.
+normalise_taints() {
+    sed '/^$/d; /=/!s/:/=:/' | sort -u
+}
+
+reconcile_taints() {
+    local current managed wanted add=() remove=() taint
+    current=$(k3s kubectl get node "$NODE_NAME" \
+        -o 'go-template={{range .spec.taints}}{{.key}}={{.value}}:{{.effect}}{{"\n"}}{{end}}' |
+        normalise_taints) || die "could not read the taints of $NODE_NAME"
+    managed=$(annotation "$TAINTS_ANNOTATION" | tr ',' '\n' | normalise_taints)
+    wanted=$(printf '%s\n' "$TAINTS" | normalise_taints)
+    mapfile -t add < <(missing_from "$wanted" "$current")
+    # A managed taint no longer wanted, unless only its value changed (the add overwrites it).
+    while IFS= read -r taint; do
+        [[ -n "$taint" ]] || continue
+        grep -qxF "$taint" <<<"$current" || continue
+        grep -q "^${taint%%=*}=.*:${taint##*:}\$" <<<"$wanted" && continue
+        remove+=("${taint%%=*}:${taint##*:}-")
+    done < <(missing_from "$managed" "$wanted")
+    if ((${#add[@]})); then
+        k3s kubectl taint node "$NODE_NAME" "${add[@]}" --overwrite >&2 || die "could not taint $NODE_NAME"
+    fi
+    if ((${#remove[@]})); then
+        k3s kubectl taint node "$NODE_NAME" "${remove[@]}" >&2 || die "could not untaint $NODE_NAME"
+    fi
+    ((${#add[@]} + ${#remove[@]} == 0)) || CHANGED+=("taints")
+    if [[ "$(paste -sd, - <<<"$wanted")" != "$(paste -sd, - <<<"$managed")" ]]; then
+        k3s kubectl annotate node "$NODE_NAME" --overwrite \
+            "$TAINTS_ANNOTATION=$(paste -sd, - <<<"$wanted")" >&2 || die "could not annotate $NODE_NAME"
+    fi
+}
+
+# local-path volumes (their PersistentVolumes are pinned to one node): NAME NAMESPACE/CLAIM lines.
+volumes_on_node() {
+    k3s kubectl get pv --no-headers -o \
+        'custom-columns=NAME:.metadata.name,NODE:.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0],NS:.spec.claimRef.namespace,CLAIM:.spec.claimRef.name' |
+        awk -v n="$NODE_NAME" '$2 == n { print $1, $3 "/" $4 }'
 }
 
 remove() {
+    if [[ "${FIRST_SERVER:-0}" == 1 ]]; then
+        echo "picluster k3s-node: no changes ($NODE_NAME is the first server: it leaves with its uninstall)"
+        return 0
+    fi
     if ! command -v k3s >/dev/null 2>&1 || ! node_registered; then
         echo "picluster k3s-node: no changes ($NODE_NAME is not in the cluster)"
         return 0
     fi
+    local volumes
+    volumes=$(volumes_on_node) || die "could not list the volumes on $NODE_NAME"
+    if [[ -n "$volumes" ]]; then
+        die "$NODE_NAME holds local-path volumes, whose data would go with it: $(paste -sd, - <<<"$volumes" | sed 's/,/, /g'); back them up (README: Backups and restore), delete those claims (or move their workloads: README: Remove a node), then run pulumi up again"
+    fi
     log "draining $NODE_NAME"
-    k3s kubectl drain "$NODE_NAME" --ignore-daemonsets --delete-emptydir-data --timeout=180s >&2 ||
-        log "drain did not finish cleanly; removing the node anyway"
+    # --force: pods without a controller would otherwise stop the drain (they are lost anyway
+    # once the node goes); PodDisruptionBudgets are still respected within the timeout.
+    k3s kubectl drain "$NODE_NAME" --ignore-daemonsets --delete-emptydir-data --force \
+        --timeout=180s >&2 || die "could not drain $NODE_NAME within 180s (a PodDisruptionBudget that cannot be met?); it stays cordoned; see kubectl get pods -A -o wide"
     k3s kubectl delete node "$NODE_NAME" --timeout=60s >&2 || die "could not delete node $NODE_NAME"
     echo "picluster k3s-node: changed: drained, removed $NODE_NAME"
 }
@@ -61,10 +160,21 @@ main() {
     exec </dev/null
     : "${NODE_NAME:?NODE_NAME is required}"
     READY_TIMEOUT=${READY_TIMEOUT:-300}
+    LABELS=${LABELS:-}
+    TAINTS=${TAINTS:-}
     if [[ "${1:-}" == delete ]]; then
         remove
+        return 0
+    fi
+    wait_ready
+    reconcile_labels
+    reconcile_taints
+    if ((${#CHANGED[@]} == 0)); then
+        echo "picluster k3s-node: no changes ($NODE_NAME is Ready)"
     else
-        wait_ready
+        log "$NODE_NAME is Ready"
+        local IFS=,
+        echo "picluster k3s-node: changed: ${CHANGED[*]}" | sed 's/,/, /g'
     fi
 }
 

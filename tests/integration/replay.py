@@ -1,25 +1,33 @@
 """Replay what the engine would run, on simulated Pis: each remote step of a plan, in the engine's
-dependency order, over real SSH.
+dependency order, over real SSH, each step's real output feeding the steps after it.
 
 The program runs under mocks (`tests/harness.py`); `tests/engine_rules.plan` decides which
-`Command`s are created, updated or deleted. `replay` then runs, for each of them, the command the
-provider would run (pulumi-command `remote/commandController.go`: `create` on create, `update` on
-update, `create` then the old one's `delete` on replace, `delete` with the OLD stdin on delete)
-with its stdin, on the Pi its connection names. The engine runs steps whose dependencies are done
-in parallel; replay runs them one at a time in a topological order of the same graph, so an order
-the graph does not impose is never relied on.
+`Command`s are created, updated, replaced or deleted. `replay` then runs, for each of them, the
+command the provider would run (pulumi-command `remote/commandController.go`: `create` on create,
+`update` on update, `create` then the old one's `delete` on replace, `delete` with the OLD stdin
+on delete) with its stdin, on the Pi its connection names.
+
+As the engine does, a step's outputs reach the steps that depend on it: after each step the
+program is evaluated again with the stdout every step really printed (the first server's CA
+hash goes into the joiners' token, an install's output into the Ready check's `AFTER_RUN`), so a
+step's stdin is what the engine would send at that point of the update. The engine runs steps
+whose dependencies are done in parallel; replay runs them one at a time in a topological order
+of the same graph, so an order the graph does not impose is never relied on.
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from tests.engine_rules import COMMAND, Action, Plan
-from tests.harness import Registration, unwrap
+from tests.engine_rules import COMMAND, Action, Plan, plan
+from tests.harness import Registration, Run, unwrap
 from tests.integration import simpi
+
+Evaluate = Callable[[Mapping[str, str]], Run]
+"""Runs the program under mocks, given the stdout each remote step really printed so far."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,30 @@ class Ran:
     stderr: str
     started: float
     ended: float
+
+
+@dataclass
+class State:
+    """What the engine's state holds after an update: the registrations and the real stdouts."""
+
+    registrations: list[Registration] = field(default_factory=list)
+    stdouts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Update:
+    """One replayed `pulumi up`."""
+
+    plan: Plan
+    """The plan before any step ran, with every output as the state holds it: the steps whose
+    own inputs changed (a preview also shows the steps that read their outputs, as unknown)."""
+    ran: list[Ran]
+    state: State
+    """The state afterwards (registrations evaluated with every real stdout)."""
+
+    def failed(self) -> Ran | None:
+        """The step that failed, if one did (the update stopped there)."""
+        return next((r for r in self.ran if r.rc != 0), None)
 
 
 def topological(registrations: Sequence[Registration]) -> list[Registration]:
@@ -74,11 +106,6 @@ def depends_on(registrations: Sequence[Registration], later: str, earlier: str) 
     return False
 
 
-def _pi_for(reg: Registration, pis: Mapping[int, simpi.SimPi]) -> simpi.SimPi:
-    connection = unwrap(reg.inputs["connection"])
-    return pis[int(connection["port"])]
-
-
 def _run(pi: simpi.SimPi, command: str, stdin: str, timeout: float) -> tuple[int, str, str]:
     argv = pi.ssh_argv(*command.split())
     result = subprocess.run(
@@ -88,43 +115,69 @@ def _run(pi: simpi.SimPi, command: str, stdin: str, timeout: float) -> tuple[int
 
 
 def replay(
-    plan: Plan,
-    before: Sequence[Registration],
-    after: Sequence[Registration],
+    evaluate: Evaluate,
+    state: State,
     pis: Sequence[simpi.SimPi],
     *,
     timeout: float = 300,
-) -> list[Ran]:
-    """Run the plan's remote steps on `pis` (matched by SSH port); stops at the first failure,
-    as the engine stops scheduling new steps once one failed."""
+) -> Update:
+    """One `pulumi up` from `state`: run the remote steps the engine would run on `pis` (matched
+    by SSH port); stops at the first failure, as the engine stops scheduling new steps."""
     by_port = {pi.port: pi for pi in pis}
-    actions = {s.urn: s.action for s in plan.steps if s.type == COMMAND}
+    stdouts = dict(state.stdouts)
+    preview = plan(state.registrations, evaluate(stdouts).registrations)
+    done: set[str] = set()
     ran: list[Ran] = []
-    for reg in topological([r for r in after if r.type == COMMAND]):
-        action = actions.get(reg.urn)
-        if action is None or action is Action.DELETE:
-            continue
-        # A replacement is created first (create-before-delete); the old one is deleted at the end.
+    replaced: list[Registration] = []
+    while True:
+        current = evaluate(stdouts)
+        actions = {
+            s.urn: s.action
+            for s in plan(state.registrations, current.registrations).steps
+            if s.type == COMMAND
+        }
+        pending = [
+            reg
+            for reg in topological([r for r in current.registrations if r.type == COMMAND])
+            if actions.get(reg.urn) not in (None, Action.DELETE) and reg.urn not in done
+        ]
+        if not pending:
+            break
+        reg = pending[0]
+        action = actions[reg.urn]
+        if action is Action.REPLACE:
+            replaced.append(next(r for r in state.registrations if r.urn == reg.urn))
+        # A replacement is created first (create-before-delete); the old one is deleted last.
         command = reg.value("update" if action is Action.UPDATE else "create")
-        ran.append(_step(reg, action, command, str(reg.value("stdin")), by_port, timeout))
-        if ran[-1].rc != 0:
-            return ran
+        step = _step(reg, action, command, str(reg.value("stdin")), by_port, timeout)
+        ran.append(step)
+        done.add(reg.urn)
+        if step.rc != 0:
+            return Update(preview, ran, state)
+        stdouts[reg.name] = step.stdout.removesuffix("\n")
     # Deletes (of removed and of replaced commands) come last, in reverse dependency order, each
     # with its old stdin.
-    gone = [
+    final = evaluate(stdouts)
+    gone = {s.urn for s in plan(state.registrations, final.registrations).steps}
+    removed = [
         r
-        for r in before
-        if r.type == COMMAND and actions.get(r.urn) in (Action.DELETE, Action.REPLACE)
+        for r in state.registrations
+        if r.type == COMMAND and r.urn in gone and r.urn not in {x.urn for x in final.registrations}
     ]
-    for reg in reversed(topological(gone)):
+    for reg in reversed(topological([*removed, *replaced])):
         if reg.value("delete"):
             step = _step(
                 reg, Action.DELETE, reg.value("delete"), str(reg.value("stdin")), by_port, timeout
             )
             ran.append(step)
             if step.rc != 0:
-                return ran
-    return ran
+                return Update(preview, ran, state)
+    live = {r.name for r in final.registrations if r.type == COMMAND}
+    return Update(
+        preview,
+        ran,
+        State(final.registrations, {k: v for k, v in stdouts.items() if k in live}),
+    )
 
 
 def _step(
@@ -135,6 +188,7 @@ def _step(
     pis: Mapping[int, simpi.SimPi],
     timeout: float,
 ) -> Ran:
+    connection = unwrap(reg.inputs["connection"])
     started = time.monotonic()
-    rc, out, err = _run(_pi_for(reg, pis), command, stdin, timeout)
+    rc, out, err = _run(pis[int(connection["port"])], command, stdin, timeout)
     return Ran(reg.name, action, rc, out, err, started, time.monotonic())

@@ -123,6 +123,11 @@ for m in kernel/net/bridge/br_netfilter.ko kernel/fs/overlayfs/overlay.ko; do
     grep -qxF "$m" "$kdir/modules.builtin" || echo "$m" >>"$kdir/modules.builtin"
 done
 depmod -a
+# A Pi's systemd-timesyncd marks the first NTP sync of each boot with this file; timesyncd does
+# not run in a container (and the kernel's sync flag is the host's), so the simulated Pi says its
+# clock is synchronised. A test removes the file to see a Pi whose clock is not.
+mkdir -p /run/systemd/timesync
+touch /run/systemd/timesync/synchronized
 cat /proc/sys/kernel/random/uuid >/run/picluster-sim-boot-id
 """
 

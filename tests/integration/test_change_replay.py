@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -22,11 +22,11 @@ from components.config import NodeRole
 from components.k3s_cluster import ClusterNode, K3sCluster, K3sClusterArgs
 from components.pi_node import SshTarget
 from components.remote_script import parse_summaries
-from tests.engine_rules import Action, plan
+from tests.engine_rules import Action
 from tests.harness import Run, run
 from tests.integration import simpi
-from tests.integration.replay import Ran, depends_on, replay
-from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI, READY_NODES
+from tests.integration.replay import Evaluate, State, Update, depends_on, replay
+from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI
 
 pytestmark = pytest.mark.integration
 
@@ -71,11 +71,14 @@ class Lab:
 
         return body
 
-    def evaluate(self, version: str) -> Run:
-        with pytest.MonkeyPatch.context() as patch:
-            # The double is Ready within a second; 60 s bounds a hang.
-            patch.setattr(k3s_cluster, "READY_TIMEOUT_SECONDS", 60)
-            return run(self.program(version), {})
+    def evaluate(self, version: str) -> Evaluate:
+        def evaluate(stdouts: Mapping[str, str]) -> Run:
+            with pytest.MonkeyPatch.context() as patch:
+                # The double is Ready within a second; 60 s bounds a hang.
+                patch.setattr(k3s_cluster, "READY_TIMEOUT_SECONDS", 60)
+                return run(self.program(version), {}, stdouts=stdouts)
+
+        return evaluate
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +87,6 @@ def lab(sim_lab: simpi.SimPiLab) -> Iterator[Lab]:
     for pi in pis.values():
         pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
     addresses = {n: pi.exec("hostname", "-I").stdout.split()[0] for n, pi in pis.items()}
-    # The double has no network: the first server is told which nodes have joined.
-    pis[SERVERS[0]].put(READY_NODES, "\n".join(pis).encode() + b"\n", mode="0644")
     yield Lab(pis, addresses)
     for pi in pis.values():
         sim_lab.remove(pi)
@@ -93,58 +94,47 @@ def lab(sim_lab: simpi.SimPiLab) -> Iterator[Lab]:
 
 @dataclass(frozen=True)
 class Bump:
-    before: Run
-    after: Run
-    installed: list[Ran]
-    upgraded: list[Ran]
+    installed: Update
+    upgraded: Update
 
 
-def _ok(ran: list[Ran]) -> None:
-    for step in ran:
-        assert step.rc == 0, f"{step.name} exit {step.rc}\n{step.stdout}\n{step.stderr}"
+def _ok(update: Update) -> None:
+    failed = update.failed()
+    assert failed is None, f"{failed.name} exit {failed.rc}\n{failed.stdout}\n{failed.stderr}"
 
 
 @pytest.fixture(scope="module")
 def bump(lab: Lab) -> Bump:
-    empty = run(lambda: None, {})
-    before = lab.evaluate(OLD)
-    installed = replay(
-        plan(empty.registrations, before.registrations),
-        empty.registrations,
-        before.registrations,
-        list(lab.pis.values()),
-    )
+    pis = list(lab.pis.values())
+    installed = replay(lab.evaluate(OLD), State(), pis)
     _ok(installed)
     lab.pis[AGENT].exec(
         "sh", "-c", f"mkdir -p {AGENT_DATA.rsplit('/', 1)[0]} && date >{AGENT_DATA}"
     )
-    after = lab.evaluate(NEW)
-    upgraded = replay(
-        plan(before.registrations, after.registrations),
-        before.registrations,
-        after.registrations,
-        list(lab.pis.values()),
-    )
-    return Bump(before, after, installed, upgraded)
+    upgraded = replay(lab.evaluate(NEW), installed.state, pis)
+    return Bump(installed, upgraded)
 
 
-def _installs(ran: list[Ran]) -> list[str]:
-    return [r.name for r in ran if r.name.endswith("-k3s")]
+def _installs(update: Update) -> list[str]:
+    return [r.name for r in update.ran if r.name.endswith("-k3s")]
 
 
 def test_the_first_up_installs_servers_in_order_then_the_agent(bump: Bump) -> None:
     assert _installs(bump.installed) == [f"cluster-{n}-k3s" for n in (*SERVERS, AGENT)]
-    assert {r.action for r in bump.installed} == {Action.CREATE}
+    assert {r.action for r in bump.installed.ran} == {Action.CREATE}
 
 
 def test_a_version_bump_is_an_in_place_update_of_every_install(bump: Bump) -> None:
-    changes = plan(bump.before.registrations, bump.after.registrations)
+    changes = bump.upgraded.plan
     assert not changes.refusals and not changes.delete_commands, changes.summary()
     assert not changes.names(Action.REPLACE) and not changes.names(Action.DELETE)
     installs = {f"cluster-{n}-k3s" for n in (*SERVERS, AGENT)}
-    waits = {f"cluster-{n}-join" for n in (*SERVERS[1:], AGENT)}
-    assert changes.remote_steps == installs | waits | {"cluster-kubeconfig"}
-    assert changes.names(Action.UPDATE) == changes.remote_steps
+    checks = {f"cluster-{n}-join" for n in (*SERVERS, AGENT)}
+    assert changes.names(Action.UPDATE) == installs  # what changed in the program's inputs
+    # What ran: the installs, then what follows their new output (each node's check, the
+    # kubeconfig read), every one an update.
+    assert {r.name for r in bump.upgraded.ran} == installs | checks | {"cluster-kubeconfig"}
+    assert {r.action for r in bump.upgraded.ran} == {Action.UPDATE}
 
 
 def test_servers_upgrade_one_at_a_time_then_the_agent(bump: Bump) -> None:
@@ -152,10 +142,10 @@ def test_servers_upgrade_one_at_a_time_then_the_agent(bump: Bump) -> None:
     order = [f"cluster-{n}-k3s" for n in (*SERVERS, AGENT)]
     assert _installs(bump.upgraded) == order
     # The order comes from the dependency graph the engine schedules by, not from replay's luck.
-    after = bump.after.registrations
+    after = bump.upgraded.state.registrations
     for earlier, later in itertools.pairwise(order):
         assert depends_on(after, later, earlier), f"{later} does not wait for {earlier}"
-    timed = {r.name: r for r in bump.upgraded}
+    timed = {r.name: r for r in bump.upgraded.ran}
     for earlier, later in itertools.pairwise(order):
         assert timed[earlier].ended <= timed[later].started
 
@@ -166,12 +156,20 @@ def test_every_node_runs_the_new_version_and_keeps_its_data(bump: Bump, lab: Lab
         log = pi.read(DOUBLE_LOG).splitlines()
         assert not [line for line in log if line.startswith("uninstall")], (name, log)
         assert [line for line in log if f"version={NEW}" in line], (name, log)
-    step = next(r for r in bump.upgraded if r.name == f"cluster-{AGENT}-k3s")
+    step = next(r for r in bump.upgraded.ran if r.name == f"cluster-{AGENT}-k3s")
     assert parse_summaries(step.stdout)[-1].changed == (f"k3s {NEW}",)
     assert lab.pis[AGENT].exists(AGENT_DATA)
     assert lab.pis[AGENT].exec("systemctl", "is-active", "k3s-agent").stdout.strip() == "active"
 
 
+def test_joiners_pinned_the_ca_the_first_server_created(bump: Bump, lab: Lab) -> None:
+    first = lab.pis[SERVERS[0]]
+    ca = first.exec("sha256sum", "/var/lib/rancher/k3s/server/tls/server-ca.crt").stdout.split()[0]
+    for name in (*SERVERS[1:], AGENT):
+        token = lab.pis[name].read("/etc/rancher/k3s/picluster-token")
+        assert token.startswith(f"K10{ca}::server:") and token.endswith(f"{TOKEN}\n"), name
+
+
 def test_a_second_up_runs_no_remote_step(bump: Bump, lab: Lab) -> None:
-    again = lab.evaluate(NEW)
-    assert not plan(bump.after.registrations, again.registrations).steps
+    again = replay(lab.evaluate(NEW), bump.upgraded.state, list(lab.pis.values()))
+    assert not again.plan.steps and not again.ran

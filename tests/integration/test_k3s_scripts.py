@@ -7,10 +7,11 @@ real: the token and config.yaml files, systemd units, restarts, waits and the un
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +25,9 @@ from components.k3s_cluster import (
     TOKEN_FILE,
     ClusterNode,
     K3sClusterArgs,
+    ca_hash,
     install_values,
+    join_token,
     node_config,
 )
 from components.kubeconfig import rewrite_kubeconfig
@@ -46,6 +49,11 @@ CONFIG_DIR = "/etc/rancher/k3s"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 KUBECONFIG_FILE = f"{CONFIG_DIR}/k3s.yaml"
 READY_NODES = f"{CONFIG_DIR}/double-ready-nodes"
+SERVER_CA = "/var/lib/rancher/k3s/server/tls/server-ca.crt"
+K3S_SERVER_TOKEN = "/var/lib/rancher/k3s/server/token"
+CA_LINE = "picluster k3s-ca: "
+INSTALLER_ENV = ["INSTALL_K3S_EXEC", "INSTALL_K3S_SKIP_START", "INSTALL_K3S_VERSION"]
+"""What the installer gets: never the token, and never the blocking start (Type=notify)."""
 SERVER, AGENT = "k3s-server", "k3s-agent"
 INSTALL_TIMEOUT = "60"
 """READY_TIMEOUT for the installs: the double is ready within a second, so 60 s bounds a hang."""
@@ -61,9 +69,11 @@ class Run:
     def ok(self, step: str) -> Summary:
         """The one summary line of a successful single-script session."""
         assert self.rc == 0, f"exit {self.rc}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
-        summaries = parse_summaries(self.stdout)
+        # A server's install also prints the cluster CA's hash (`picluster k3s-ca: sha256=`).
+        summaries = [s for s in parse_summaries(self.stdout) if s.step != "k3s-ca"]
         assert [s.step for s in summaries] == [step], self.stdout
-        assert len(self.stdout.splitlines()) == 1, self.stdout  # progress goes to stderr
+        lines = [line for line in self.stdout.splitlines() if not line.startswith(CA_LINE)]
+        assert len(lines) == 1, self.stdout  # progress goes to stderr
         return summaries[0]
 
 
@@ -90,9 +100,16 @@ class Cluster:
     server_ip: str
 
     def values(self, node: ClusterNode, args: K3sClusterArgs | None = None) -> dict[str, str]:
-        """What K3sCluster puts on the stdin of `<node>-k3s`, with a test-sized READY_TIMEOUT."""
-        values = install_values(node, args or self.args, self.server_node, TOKEN)
+        """What K3sCluster puts on the stdin of `<node>-k3s`, with a test-sized READY_TIMEOUT:
+        the plain token for the first server, the full one (its CA's hash) for the others."""
+        first = node.name == self.server_node.name
+        token = TOKEN if first else join_token(TOKEN, self.ca_hash())
+        values = install_values(node, args or self.args, self.server_node, token)
         return {**values, "READY_TIMEOUT": INSTALL_TIMEOUT}
+
+    def ca_hash(self) -> str:
+        """The hash of the CA the first server created, read on the server itself."""
+        return self.server.exec("sha256sum", SERVER_CA).stdout.split()[0]
 
     def config_yaml(self, node: ClusterNode, args: K3sClusterArgs | None = None) -> str:
         return yaml.safe_dump(node_config(node, args or self.args, self.server_node))
@@ -219,7 +236,7 @@ def test_first_server_run_installs_the_pinned_server(
     call = server_install.calls_after_first[0]
     assert (call["version"], call["exec"], call["args"]) == (VERSION, "server", "")
     # The token reaches K3s through token-file, never through the installer's environment.
-    assert call["env"].split() == ["INSTALL_K3S_EXEC", "INSTALL_K3S_VERSION"]
+    assert call["env"].split() == INSTALLER_ENV
     pi = cluster.server
     assert is_active(pi, "k3s") == "active"
     assert pi.exec("k3s", "--version").stdout.splitlines()[0] == f"k3s version {VERSION} (double)"
@@ -302,10 +319,11 @@ def test_config_change_restarts_and_version_change_reinstalls(
     pi, node = cluster.server, cluster.server_node
     before_config, calls = pi.read(CONFIG_FILE), installer_calls(pi)
     starts, since = service_starts(pi, "k3s"), active_since(pi, "k3s")
-    relabelled = replace(node, labels={**node.labels, "picluster.io/tier": "edge"})
-    args = replace(cluster.args, nodes=[relabelled, cluster.agent_node])
+    relabelled = node
+    args = replace(cluster.args, server_config={"etcd-snapshot-retention": 3})
 
-    # Another label: config.yaml rewritten (the old one backed up), K3s restarted, not reinstalled.
+    # Another server setting: config.yaml rewritten (the old one backed up), K3s restarted (not
+    # reinstalled), and the step waits until the server is READY again.
     result = run(
         pi,
         "k3s-install.sh",
@@ -314,7 +332,7 @@ def test_config_change_restarts_and_version_change_reinstalls(
     )
     assert result.ok("k3s-install").changed == ("config", "restarted")
     assert pi.read(CONFIG_FILE) == cluster.config_yaml(relabelled, args)
-    assert "picluster.io/tier=edge" in yaml.safe_load(pi.read(CONFIG_FILE))["node-label"]
+    assert yaml.safe_load(pi.read(CONFIG_FILE))["etcd-snapshot-retention"] == 3
     assert pi.read(f"{CONFIG_FILE}.picluster.bak") == before_config
     assert stat(pi, f"{CONFIG_FILE}.picluster.bak") == "600 root:root"
     assert installer_calls(pi) == calls
@@ -335,7 +353,7 @@ def test_config_change_restarts_and_version_change_reinstalls(
     new_calls = installer_calls(pi)[len(calls) :]
     assert [(c["version"], c["exec"]) for c in new_calls] == [(NEW_VERSION, "server")]
     assert pi.snapshot(*WATCHED[:3]) == files  # token, config and backup untouched
-    assert service_starts(pi, "k3s") == starts + 1  # the installer's restart only
+    assert service_starts(pi, "k3s") == starts + 1  # one restart, for the new binary
     assert pi.exec("k3s", "--version").stdout.startswith(f"k3s version {NEW_VERSION} ")
     assert is_active(pi, "k3s") == "active"
 
@@ -359,7 +377,7 @@ def test_agent_joins_the_first_server(cluster: Cluster, agent_install: tuple[Run
     pi = cluster.agent
     calls = installer_calls(pi)
     assert [(c["version"], c["exec"], c["env"]) for c in calls] == [
-        (VERSION, "agent", "INSTALL_K3S_EXEC INSTALL_K3S_VERSION")
+        (VERSION, "agent", " ".join(INSTALLER_ENV))
     ]
     config = yaml.safe_load(pi.read(CONFIG_FILE))
     assert config["server"] == f"https://{cluster.server_ip}:6443"
@@ -372,6 +390,226 @@ def test_agent_joins_the_first_server(cluster: Cluster, agent_install: tuple[Run
     assert not pi.exists(KUBECONFIG_FILE)  # only servers write one
     assert TOKEN not in pi.exec("sh", "-c", "cat /etc/systemd/system/*.env").stdout
     assert TOKEN not in first.stderr + second.stderr
+
+
+def test_the_server_prints_its_ca_hash_and_keeps_the_full_token(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    pi = cluster.server
+    lines = [line for line in server_install.first.stdout.splitlines() if line.startswith(CA_LINE)]
+    assert lines == [f"{CA_LINE}sha256={cluster.ca_hash()}"]
+    assert ca_hash(server_install.first.stdout) == cluster.ca_hash()
+    # What K3s keeps for joiners: the full token, root-only.
+    assert pi.read(K3S_SERVER_TOKEN) == f"{join_token(TOKEN, cluster.ca_hash())}\n"
+    assert stat(pi, K3S_SERVER_TOKEN) == "600 root:root"
+
+
+def test_the_agent_joined_with_the_full_token(
+    cluster: Cluster, agent_install: tuple[Run, Run]
+) -> None:
+    pi = cluster.agent
+    assert pi.read(TOKEN_FILE) == f"{join_token(TOKEN, cluster.ca_hash())}\n"
+    assert pi.exists("/var/lib/rancher/k3s/agent/client-kubelet.crt")
+    assert f"register {AGENT} role=agent" in double_log(cluster.server)
+
+
+def node_labels(server: simpi.SimPi, name: str) -> set[str]:
+    template = 'go-template={{range $k, $v := .metadata.labels}}{{$k}}={{$v}}{{"\\n"}}{{end}}'
+    return set(server.exec("k3s", "kubectl", "get", "node", name, "-o", template).stdout.split())
+
+
+def node_taints(server: simpi.SimPi, name: str) -> set[str]:
+    template = 'go-template={{range .spec.taints}}{{.key}}={{.value}}:{{.effect}}{{"\\n"}}{{end}}'
+    return set(server.exec("k3s", "kubectl", "get", "node", name, "-o", template).stdout.split())
+
+
+def test_k3s_applies_node_labels_only_at_registration(
+    cluster: Cluster, agent_install: tuple[Run, Run]
+) -> None:
+    """The double's fidelity: a label added to K3s's config and a restart change no Node."""
+    dropin = "/etc/rancher/k3s/config.yaml.d/90-test.yaml"
+    cluster.agent.put(dropin, b"node-label:\n- test.studio/late=1\n", mode="0600")
+    try:
+        cluster.agent.exec("systemctl", "restart", "k3s-agent", timeout=60)  # READY again
+        assert is_active(cluster.agent, "k3s-agent") == "active"
+        assert "test.studio/late=1" not in node_labels(cluster.server, AGENT)
+    finally:
+        cluster.agent.exec("rm", "-f", dropin)
+
+
+def test_labels_and_taints_follow_the_config_through_the_api(
+    cluster: Cluster, agent_install: tuple[Run, Run]
+) -> None:
+    server = cluster.server
+    values = {
+        "NODE_NAME": AGENT,
+        "READY_TIMEOUT": "30",
+        "LABELS": "game.studio/tier=frontend\nnode-role.kubernetes.io/game=true",
+        "TAINTS": "dedicated=game:NoSchedule",
+    }
+    first = run(server, "k3s-node.sh", values)
+    assert first.ok("k3s-node").changed == ("labels", "taints")
+    labels = node_labels(server, AGENT)
+    assert {"game.studio/tier=frontend", "node-role.kubernetes.io/game=true"} <= labels
+    assert f"kubernetes.io/hostname={AGENT}" in labels  # K3s's own labels stay
+    assert node_taints(server, AGENT) == {"dedicated=game:NoSchedule"}
+    again = run(server, "k3s-node.sh", values)
+    assert again.ok("k3s-node").line == f"picluster k3s-node: no changes ({AGENT} is Ready)"
+
+    # A changed value, a label and a taint no longer configured: changed and removed, not kept.
+    changed = {**values, "LABELS": "game.studio/tier=backend", "TAINTS": ""}
+    assert run(server, "k3s-node.sh", changed).ok("k3s-node").changed == ("labels", "taints")
+    labels = node_labels(server, AGENT)
+    assert "game.studio/tier=backend" in labels
+    assert not any(label.startswith("node-role.kubernetes.io/game") for label in labels)
+    assert f"kubernetes.io/hostname={AGENT}" in labels
+    assert node_taints(server, AGENT) == set()
+    assert run(server, "k3s-node.sh", changed).ok("k3s-node").changed == ()
+    # Back to no managed labels, as the tests after this one expect.
+    none = {**values, "LABELS": "", "TAINTS": ""}
+    assert run(server, "k3s-node.sh", none).ok("k3s-node").changed == ("labels",)
+    assert not any(label.startswith("game.studio/") for label in node_labels(server, AGENT))
+
+
+def test_k3s_refuses_a_restart_with_another_token(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    """The double's fidelity: the token is bound to the datastore; K3s restarts in a loop."""
+    pi = cluster.server
+    original = pi.read(TOKEN_FILE).encode()
+    pi.put(TOKEN_FILE, b"another-token-entirely\n", mode="0600")
+    try:
+        pi.exec("systemctl", "restart", "--no-block", "k3s")
+        deadline = time.monotonic() + 20
+        journal = ""
+        while time.monotonic() < deadline:
+            journal = pi.exec(
+                "journalctl", "-u", "k3s", "-n", "20", "--no-pager", "-o", "cat"
+            ).stdout
+            if "bootstrap data already found and encrypted with different token" in journal:
+                break
+            time.sleep(1)
+        assert "bootstrap data already found and encrypted with different token" in journal
+        assert is_active(pi, "k3s") != "active"
+    finally:
+        pi.put(TOKEN_FILE, original, mode="0600")
+        pi.exec("systemctl", "restart", "k3s", timeout=60)
+    assert is_active(pi, "k3s") == "active"
+
+
+def test_turning_secrets_encryption_off_is_refused_before_the_node_changes(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    pi = cluster.server
+    files, calls, since = pi.snapshot(*WATCHED), installer_calls(pi), active_since(pi, "k3s")
+    off = replace(cluster.args, secrets_encryption=False)
+    result = run(pi, "k3s-install.sh", cluster.values(cluster.server_node, off))
+    assert result.rc != 0
+    assert "picluster:k3s.secretsEncryption cannot be turned off by a restart" in result.stderr
+    assert pi.snapshot(*WATCHED) == files
+    assert installer_calls(pi) == calls
+    assert active_since(pi, "k3s") == since
+
+
+STRANGER = "k3s-stranger"
+JOIN_TIMEOUT = 8
+"""READY_TIMEOUT of the joins meant to fail: each must end within it, not hang."""
+
+
+@pytest.fixture(scope="module")
+def stranger(
+    sim_lab: simpi.SimPiLab, cluster: Cluster, server_install: ServerInstall
+) -> Iterator[simpi.SimPi]:
+    """A third Pi that tries to join the cluster in wrong ways, then the right one."""
+    pi = sim_lab.start_pi(STRANGER)
+    pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
+    yield pi
+    sim_lab.remove(pi)
+
+
+def stranger_values(
+    cluster: Cluster, pi: simpi.SimPi, token: str, *, server: str = "", name: str = STRANGER
+) -> dict[str, str]:
+    node = _cluster_node(pi, name, NodeRole.AGENT, _address(pi))
+    values = install_values(node, cluster.args, cluster.server_node, token)
+    if server:
+        config = node_config(node, cluster.args, cluster.server_node)
+        encoded = yaml.safe_dump({**config, "server": server}, sort_keys=True).encode()
+        values["CONFIG_YAML_B64"] = base64.b64encode(encoded).decode()
+    return {**values, "READY_TIMEOUT": str(JOIN_TIMEOUT), "CLOCK_TIMEOUT": "3"}
+
+
+def test_an_unsynchronised_clock_stops_the_first_install(
+    cluster: Cluster, stranger: simpi.SimPi
+) -> None:
+    marker = "/run/systemd/timesync/synchronized"
+    stranger.exec("rm", "-f", marker)
+    try:
+        result = run(stranger, "k3s-install.sh", stranger_values(cluster, stranger, "x" * 20))
+    finally:
+        stranger.exec("touch", marker)
+    assert result.rc == 1
+    assert f"the clock of {STRANGER} is not synchronised after 3s" in result.stderr
+    assert not stranger.exists("/usr/local/bin/k3s")
+
+
+def _failed_join(result: Run, *hints: str) -> None:
+    assert result.rc == 1, result.stdout
+    assert result.seconds < JOIN_TIMEOUT + 30, "the join hung past its timeout"
+    assert parse_summaries(result.stdout) == []
+    assert f"did not join within {JOIN_TIMEOUT}s; check: the token" in result.stderr
+    for hint in hints:
+        assert hint in result.stderr, result.stderr
+
+
+def test_a_wrong_token_fails_within_the_timeout_and_says_what_to_check(
+    cluster: Cluster, stranger: simpi.SimPi
+) -> None:
+    wrong = f"wrong-{secrets.token_hex(8)}"
+    result = run(stranger, "k3s-install.sh", stranger_values(cluster, stranger, wrong))
+    _failed_join(result, "token is not valid")
+    assert wrong not in result.stdout + result.stderr
+    assert f"register refused {STRANGER}: token" in double_log(cluster.server)
+
+
+def test_a_token_for_another_ca_never_sends_the_secret(
+    cluster: Cluster, stranger: simpi.SimPi
+) -> None:
+    stranger.exec("systemctl", "stop", "k3s-agent")  # still retrying with the wrong token
+    before = len(double_log(cluster.server))
+    forged = join_token(TOKEN, "0" * 64)
+    result = run(stranger, "k3s-install.sh", stranger_values(cluster, stranger, forged))
+    _failed_join(result, "token CA hash does not match the Cluster CA certificate hash")
+    assert not [line for line in double_log(cluster.server)[before:] if STRANGER in line]
+
+
+def test_an_unreachable_server_fails_within_the_timeout(
+    cluster: Cluster, stranger: simpi.SimPi
+) -> None:
+    token = join_token(TOKEN, cluster.ca_hash())
+    closed = f"https://{cluster.server_ip}:6444"  # the server's address, a port nobody serves
+    result = run(
+        stranger, "k3s-install.sh", stranger_values(cluster, stranger, token, server=closed)
+    )
+    _failed_join(result, f"that {closed} answers from this Pi", "failed to get CA certs")
+
+
+def test_the_right_token_then_joins(cluster: Cluster, stranger: simpi.SimPi) -> None:
+    # Not refused as a token change: the node never joined with the wrong ones.
+    token = join_token(TOKEN, cluster.ca_hash())
+    result = run(stranger, "k3s-install.sh", stranger_values(cluster, stranger, token))
+    assert "restarted" in result.ok("k3s-install").changed
+    assert is_active(stranger, "k3s-agent") == "active"
+    assert f"register {STRANGER} role=agent" in double_log(cluster.server)
+
+
+def test_a_reflashed_node_with_a_known_name_is_rejected(
+    cluster: Cluster, stranger: simpi.SimPi, agent_install: tuple[Run, Run]
+) -> None:
+    # Another Pi under the agent's name: its node password is not the one the server knows.
+    token = join_token(TOKEN, cluster.ca_hash())
+    result = run(stranger, "k3s-install.sh", stranger_values(cluster, stranger, token, name=AGENT))
+    _failed_join(result, "Node password rejected", f"delete secret {AGENT}.node-password.k3s")
 
 
 def node_values(timeout: int) -> dict[str, str]:
@@ -395,9 +633,9 @@ def test_join_waits_and_names_the_node_that_is_not_ready(
     assert result.seconds < 30
 
     register(pi)
-    result = run(pi, "k3s-node.sh", node_values(2))
+    result = run(pi, "k3s-node.sh", {**node_values(2), "NODE_NAME": "never-joined"})
     assert result.rc == 1
-    assert f"{AGENT} is not Ready after 2s (status: not registered)" in result.stderr
+    assert "never-joined is not Ready after 2s (status: not registered)" in result.stderr
 
 
 @pytest.mark.parametrize("status", ["", " Ready,SchedulingDisabled"], ids=["ready", "cordoned"])
@@ -409,16 +647,42 @@ def test_join_passes_once_the_node_is_ready(
     assert result.ok("k3s-node").line == f"picluster k3s-node: no changes ({AGENT} is Ready)"
 
 
+REGISTRY = "/var/lib/rancher/k3s/server/double-nodes"
+PVS = "/var/lib/rancher/k3s/server/double-pvs"
+
+
+def test_node_delete_refuses_while_local_volumes_live_on_the_node(
+    cluster: Cluster, server_install: ServerInstall
+) -> None:
+    # local-path volumes are directories on one node: removing the node loses their data.
+    pi = cluster.server
+    register(pi, AGENT)
+    pi.put(PVS, f"pvc-3f1 {AGENT} game postgres-data\npvc-9e2 other-node game x\n".encode())
+    try:
+        before = len(double_log(pi))
+        result = run(pi, "k3s-node.sh", node_values(30), "delete")
+        assert result.rc == 1
+        assert f"{AGENT} holds local-path volumes, whose data would go with it: " in result.stderr
+        assert "pvc-3f1 game/postgres-data" in result.stderr
+        assert "pvc-9e2" not in result.stderr
+        assert double_log(pi)[before:] == []  # neither drained nor deleted
+    finally:
+        pi.exec("rm", "-f", PVS)
+
+
 def test_node_delete_drains_then_removes_once(
     cluster: Cluster, server_install: ServerInstall
 ) -> None:
     pi = cluster.server
     register(pi, AGENT)
+    # A pod without a controller would stop a plain drain; it is lost with the node anyway.
+    pi.put(f"{REGISTRY}/{AGENT}/unmanaged-pods", b"default/debug-shell\n", mode="0644")
     before = len(double_log(pi))
     result = run(pi, "k3s-node.sh", node_values(30), "delete", timing="k3s-node.sh delete")
     assert result.ok("k3s-node").line == f"picluster k3s-node: changed: drained, removed {AGENT}"
     logged = [line.split(" --")[0] for line in double_log(pi)[before:]]
     assert logged == [f"kubectl drain {AGENT}", f"kubectl delete node {AGENT}"]
+    assert " --force" in double_log(pi)[before]
 
     again = run(pi, "k3s-node.sh", node_values(30), "delete")
     line = again.ok("k3s-node").line

@@ -26,12 +26,11 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
             "Command cluster-pi-agent-1-k3s",
             "Command cluster-pi-agent-2-join",
             "Command cluster-pi-agent-2-k3s",
+            "Command cluster-pi-server-1-join",
             "Command cluster-pi-server-1-k3s",
         ]
     },
-    ("prod", "a label on one node"): {
-        "update": ["Command cluster-pi-agent-1-join", "Command cluster-pi-agent-1-k3s"]
-    },
+    ("prod", "a label on one node"): {"update": ["Command cluster-pi-agent-1-join"]},
     ("prod", "a taint on one node"): {
         "update": ["Command cluster-pi-agent-2-join", "Command cluster-pi-agent-2-k3s"]
     },
@@ -46,7 +45,11 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
             "Command pi-server-3-gate",
             "Command pi-server-3-prepare",
         ],
-        "update": ["Command cluster-kubeconfig", "Command cluster-pi-server-1-k3s"],
+        "update": [
+            "Command cluster-kubeconfig",
+            "Command cluster-pi-server-1-join",
+            "Command cluster-pi-server-1-k3s",
+        ],
     },
     ("prod", "add an agent"): {
         "create": [
@@ -75,6 +78,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
             "Command cluster-kubeconfig",
             "Command cluster-pi-agent-1-join",
             "Command cluster-pi-agent-1-k3s",
+            "Command cluster-pi-server-1-join",
             "Command cluster-pi-server-1-k3s",
         ],
     },
@@ -99,6 +103,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
             "Command cluster-pi-agent-1-k3s",
             "Command cluster-pi-agent-2-join",
             "Command cluster-pi-agent-2-k3s",
+            "Command cluster-pi-server-1-join",
             "Command cluster-pi-server-1-k3s",
         ]
     },

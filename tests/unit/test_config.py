@@ -233,6 +233,58 @@ def test_k3s_base_is_valid() -> None:
             "picluster:k3s.disable[0]",
             "traefik",
         ),
+        (
+            {"k3s": {"version": "v1.31.4+k3s1", "disable": ["servicelb", "traefik"]}},
+            "picluster:k3s.disable[1]",
+            "the game's Ingress (and Grafana's) is served by K3s's Traefik",
+        ),
+        (
+            {"k3s": {"version": "v1.31.4+k3s1", "disable": ["local-storage"]}},
+            "picluster:k3s.disable[0]",
+            "local-path StorageClass",
+        ),
+        (
+            {
+                "nodes": [
+                    {
+                        "name": "pi-1",
+                        "host": "10.0.0.1",
+                        "role": "server",
+                        "labels": {"kubernetes.io/arch": "arm64"},
+                    }
+                ]
+            },
+            "picluster:nodes[0].labels",
+            "uses a prefix Kubernetes reserves (kubernetes.io)",
+        ),
+        (
+            {
+                "nodes": [
+                    {
+                        "name": "pi-1",
+                        "host": "10.0.0.1",
+                        "role": "server",
+                        "labels": {"game studio/tier": "x"},
+                    }
+                ]
+            },
+            "picluster:nodes[0].labels",
+            "is not a label key",
+        ),
+        (
+            {
+                "nodes": [
+                    {
+                        "name": "pi-1",
+                        "host": "10.0.0.1",
+                        "role": "server",
+                        "labels": {"tier": "front end"},
+                    }
+                ]
+            },
+            "picluster:nodes[0].labels",
+            "is not a label value",
+        ),
     ],
 )
 def test_bad_cluster_config_names_the_key(change: dict[str, Any], key: str, hint: str) -> None:
@@ -304,3 +356,16 @@ def test_plaintext_secret_in_stack_file_gets_a_warning() -> None:
         {"target": "docker", "dbPassword": "correct-horse-battery"}, secret_keys=("dbPassword",)
     )
     assert not any("dbPassword" in w for w in secret_run.warnings)
+
+
+def test_node_role_labels_and_own_prefixes_are_accepted() -> None:
+    nodes = [
+        {
+            "name": "pi-1",
+            "host": "10.0.0.1",
+            "role": "server",
+            "labels": {"node-role.kubernetes.io/game": "true", "game.studio/tier": "frontend"},
+        }
+    ]
+    settings = validate({**K3S_BASE, "nodes": nodes})
+    assert settings.nodes[0].labels["node-role.kubernetes.io/game"] == "true"

@@ -12,7 +12,15 @@ import yaml
 
 from components.config import ConfigError
 from components.kubeconfig import rewrite_kubeconfig
-from tests.harness import K3S_KUBECONFIG, Registration, Run, run_main, stack_file_config, unwrap
+from tests.harness import (
+    K3S_KUBECONFIG,
+    MOCK_CA_HASH,
+    Registration,
+    Run,
+    run_main,
+    stack_file_config,
+    unwrap,
+)
 from tests.k8s_manifests import kubernetes_minor, manifests, validate_manifests
 
 COMMAND = "command:remote:Command"
@@ -93,7 +101,7 @@ def test_every_node_gets_its_steps(unseen: Run) -> None:
         assert {f"{node}-prepare", f"{node}-gate", f"cluster-{node}-k3s"} <= names
     joins = {n for n in names if n.endswith("-join")}
     assert joins == {
-        f"cluster-{n}-join" for n in ("cp-b", "cp-c", "worker-1", "worker-2", "worker-3")
+        f"cluster-{n}-join" for n in ("cp-a", "cp-b", "cp-c", "worker-1", "worker-2", "worker-3")
     }
     assert "cluster-kubeconfig" in names
     assert unseen.names("picluster:index:PiNode") == {
@@ -252,12 +260,38 @@ def test_config_yaml_is_built_as_data_for_each_role(unseen: Run) -> None:
         "node-ip": "10.20.0.21",
         "token-file": "/etc/rancher/k3s/picluster-token",
         "server": "https://10.20.0.11:6443",
-        "node-label": ["game.studio/tier=frontend"],
-        "node-taint": ["dedicated=game:NoSchedule"],
         "kubelet-arg": ["max-pods=60"],
     }
     values = stdin_values(unseen.named("cluster-worker-1-k3s"))
     assert (values["ROLE"], values["K3S_VERSION"]) == ("agent", "v1.30.6+k3s1")
+
+
+def test_labels_and_taints_go_through_the_api_and_taints_also_to_registration(
+    unseen: Run,
+) -> None:
+    # K3s reads node-label/node-taint only when a node registers; in config.yaml a change would
+    # restart K3s and still not reach the Node. The join step applies both through the API.
+    values = stdin_values(unseen.named("cluster-worker-1-k3s"))
+    registration = yaml.safe_load(base64.b64decode(values["REGISTRATION_YAML_B64"]))
+    assert registration == {"node-taint": ["dedicated=game:NoSchedule"]}
+    assert stdin_values(unseen.named("cluster-worker-2-k3s"))["REGISTRATION_YAML_B64"] == ""
+    join = unseen.named("cluster-worker-1-join").value("stdin")
+    assert "LABELS=game.studio/tier=frontend\n" in join
+    assert "TAINTS=dedicated=game:NoSchedule\n" in join
+    assert "FIRST_SERVER=0\n" in join
+    assert "FIRST_SERVER=1\n" in unseen.named("cluster-cp-a-join").value("stdin")
+    assert unseen.named("cluster-cp-a-join").value("connection")["host"] == "10.20.0.11"
+
+
+def test_joiners_pin_the_cluster_ca_with_the_full_token(unseen: Run) -> None:
+    # The first server starts with the plain token and prints its CA's hash; every other node
+    # gets K3s's full token, K10<CA hash>::server:<token>, and checks the CA before joining.
+    assert stdin_values(unseen.named("cluster-cp-a-k3s"))["K3S_TOKEN"] == TOKEN
+    for node in ("cp-b", "cp-c", "worker-1", "worker-3"):
+        install = unseen.named(f"cluster-{node}-k3s")
+        assert stdin_values(install)["K3S_TOKEN"] == f"K10{MOCK_CA_HASH}::server:{TOKEN}", node
+        assert install.is_secret("stdin")
+        assert "cluster-cp-a-k3s" in depends_on(unseen, install)
 
 
 def test_version_and_config_reach_the_install_step_on_stdin_never_as_triggers(

@@ -1,33 +1,65 @@
 #!/bin/sh
-# TEST DOUBLE standing in for the K3s installer (https://get.k3s.io), which is not reachable from
-# the test machines. Used only by tests/integration/test_k3s_scripts.py: it installs no Kubernetes.
+# TEST DOUBLE standing in for the K3s installer (https://get.k3s.io) and the K3s binary, which are
+# not reachable from the test machines. Used only by the simulated-Pi tests: it installs no
+# Kubernetes, but it behaves like K3s where picluster's scripts depend on it, each behaviour
+# citing the K3s source (k3s-io/k3s) or documentation (k3s-io/docs) it mirrors.
 #
-# Like the real installer it honours INSTALL_K3S_VERSION and INSTALL_K3S_EXEC (server | agent),
-# copies K3S_* / CONTAINERD_* environment variables into the unit's .env file, and creates what the
-# real one creates: /usr/local/bin/k3s with kubectl/crictl/ctr symlinks, k3s-killall.sh,
-# k3s-uninstall.sh or k3s-agent-uninstall.sh, and k3s.service or k3s-agent.service (enabled, and
-# restarted only when the binary, unit or .env file changed). Each call is recorded in
-# /var/log/picluster-doubles/k3s-install.log: its arguments, the NAMES (never the values) of its
-# K3S_* / INSTALL_* environment variables, the version and the exec command.
+# The installer (install.sh):
+#   - honours INSTALL_K3S_VERSION, INSTALL_K3S_EXEC (server | agent), INSTALL_K3S_SKIP_START and
+#     copies K3S_* / CONTAINERD_* environment variables into the unit's .env file;
+#   - creates /usr/local/bin/k3s with kubectl/crictl/ctr symlinks, k3s-killall.sh,
+#     k3s-uninstall.sh or k3s-agent-uninstall.sh, and k3s.service or k3s-agent.service;
+#   - the unit is `Type=notify` with `TimeoutStartSec=0` (install.sh create_systemd_service_file),
+#     and unless INSTALL_K3S_SKIP_START=true the installer runs `systemctl restart`, which blocks
+#     until K3s reports READY - forever when it never does (install.sh systemd_start);
+#   - installing the other role next to an installed one creates a second service beside the
+#     first, and the uninstall script then skips the cleanup ("Additional k3s services installed",
+#     install.sh create_uninstall).
+# Each call is recorded in /var/log/picluster-doubles/k3s-install.log: its arguments, the NAMES
+# (never the values) of its K3S_* / INSTALL_* environment variables, the version and the exec.
 #
 # Stricter than the real one, on purpose: it fails unless /etc/rancher/k3s/config.yaml names a
 # `token-file` that exists, is owned by root and has mode 0600 - picluster must write both before
 # it installs K3s, and the tests prove that ordering with this check.
 #
-# One file, several commands (as k3s itself is one binary behind kubectl/crictl/ctr): the installed
-# copies are dispatched on their name.
-#   k3s --version                       `k3s version <version> (double)` on line 1, like K3s
-#   k3s server | agent                  the service: checks its token file, the server writes
-#                                       /etc/rancher/k3s/k3s.yaml (write-kubeconfig-mode), then
-#                                       both sleep forever
-#   k3s kubectl get node NAME           `NAME  Ready ...` for the server's own node-name and for
-#                                       names in /etc/rancher/k3s/double-ready-nodes (a line is
-#                                       `NAME` or `NAME STATUS`); NotFound otherwise
-#   k3s kubectl get --raw /readyz       `ok` once the server runs and k3s.yaml exists
-#   k3s kubectl drain NAME ...          logged; cordons NAME (Ready,SchedulingDisabled)
-#   k3s kubectl delete node NAME ...    logged; removes NAME
-#   k3s-killall.sh, k3s[-agent]-uninstall.sh   as the real scripts (the uninstall removes
-#                                       /etc/rancher/k3s entirely, the binary and the scripts)
+# The K3s binary (`k3s server | agent`), reading config.yaml and config.yaml.d/*.yaml:
+#   - READY (sd_notify) only once the node really joined: a server after its datastore accepted
+#     the token, an agent after the server accepted its token and node password; until then it
+#     retries, as K3s does (pkg/agent/run.go, "Waiting to retrieve agent configuration").
+#   - The token is bound to the datastore: a server restarted with another token fails with
+#     "bootstrap data already found and encrypted with different token" (pkg/cluster/storage.go)
+#     and systemd restarts it in a loop (Restart=always).
+#   - A full token `K10<sha256 of the CA>::server:<password>` makes a joiner check the CA it
+#     downloads from /cacerts before it sends credentials (pkg/clientaccess/token.go; k3s-io/docs
+#     cli/token.md "Secure" format); a short token skips that check.
+#   - Node passwords: an agent keeps /etc/rancher/node/password; the server rejects a known node
+#     name with another password ("Node password rejected", pkg/nodepassword).
+#   - node-label and node-taint apply only when a node registers; a restart with other values
+#     leaves the Node as it is (kubelet registers a Node once; k3s-io/docs advanced.md "Node
+#     Labels and Taints": "only add labels and/or taints at registration time").
+#   - Secrets encryption cannot simply be switched off: a server whose datastore holds encrypted
+#     Secrets and starts without secrets-encryption cannot read them (k3s-io/docs
+#     security/secrets-encryption.md: disabling is `k3s secrets-encrypt disable`, then a restart,
+#     then `reencrypt`); the double fails to start then.
+#   - The server writes /etc/rancher/k3s/k3s.yaml (write-kubeconfig-mode) whose CA is the server
+#     CA file, and /var/lib/rancher/k3s/server/token holding the full token.
+# Where the double has to differ from K3s, it says so: it speaks plain HTTP (not TLS) on port 6443
+# for /cacerts and node registration, served through systemd socket activation
+# (k3s-double-api.socket), since no TLS server can run in the simulated Pi; and its unit sets
+# NotifyAccess=all, since a shell cannot send READY from its main process.
+#
+# `k3s kubectl` on a server answers from the node registry the registrations above fill
+# (/var/lib/rancher/k3s/server/double-nodes), plus /etc/rancher/k3s/double-ready-nodes (`NAME` or
+# `NAME STATUS` per line) where a test sets a status by hand:
+#   get node NAME [--no-headers] [-o go-template=...]   status, labels, annotations or taints
+#   get --raw /readyz                                   `ok` once the server is READY
+#   get pv -o custom-columns=...                        the volumes a test lists in double-pvs
+#   label | annotate | taint node NAME ARGS [--overwrite]
+#   drain NAME [--force] ...    cordons; refuses pods without a controller unless --force
+#                               (a test lists them in the node's `unmanaged-pods` file)
+#   delete node NAME
+# k3s-killall.sh and the uninstall scripts behave as the real ones: the uninstall removes
+# /etc/rancher/k3s, /var/lib/rancher/k3s, the binary and the scripts.
 # shellcheck disable=SC2317 # functions are reached through the name dispatch at the bottom
 set -eu
 
@@ -39,12 +71,23 @@ BIN_DIR=/usr/local/bin
 SYSTEMD_DIR=/etc/systemd/system
 CONFIG_DIR=/etc/rancher/k3s
 CONFIG_FILE=$CONFIG_DIR/config.yaml
+DROPIN_DIR=$CONFIG_DIR/config.yaml.d
 KUBECONFIG_FILE=$CONFIG_DIR/k3s.yaml
 READY_NODES=$CONFIG_DIR/double-ready-nodes
+DATA_DIR=/var/lib/rancher/k3s
+SERVER_DIR=$DATA_DIR/server
+CA_FILE=$SERVER_DIR/tls/server-ca.crt
+BOOTSTRAP=$SERVER_DIR/cred/double-bootstrap
+ENCRYPTED=$SERVER_DIR/cred/double-encrypted-secrets
+SERVER_TOKEN=$SERVER_DIR/token
+REGISTRY=$SERVER_DIR/double-nodes
+PVS=$SERVER_DIR/double-pvs
+NODE_PASSWORD=/etc/rancher/node/password
+API_PORT=6443
 
-info() { echo "[INFO]  (k3s-install double) $*"; }
+info() { echo "[INFO]  (k3s double) $*"; }
 fatal() {
-    echo "[ERROR]  (k3s-install double) $*" >&2
+    echo "[ERROR]  (k3s double) $*" >&2
     exit 1
 }
 record() {
@@ -58,10 +101,25 @@ config_value() {
     sed -n "s/^$1: *//p" "$CONFIG_FILE" | head -n 1 | sed "s/^'\\(.*\\)'\$/\\1/; s/^\"\\(.*\\)\"\$/\\1/"
 }
 
+# The items of a top-level list, one per line, from config.yaml and its drop-ins (K3s merges
+# config.yaml.d/*.yaml after config.yaml).
+config_list() {
+    for file in "$CONFIG_FILE" "$DROPIN_DIR"/*.yaml; do
+        [ -f "$file" ] || continue
+        awk -v key="$1:" '
+            $0 == key { inside = 1; next }
+            inside && /^- / { sub(/^- /, ""); gsub(/^'\''|'\''$/, ""); print; next }
+            { inside = 0 }
+        ' "$file"
+    done
+}
+
 # Names (not values) of the K3S_* and INSTALL_* environment variables, space separated.
 env_names() {
     env | sed -n 's/^\(\(K3S\|INSTALL\)_[A-Za-z0-9_]*\)=.*/\1/p' | sort | tr '\n' ' ' | sed 's/ $//'
 }
+
+sha256() { sha256sum | cut -d' ' -f1; }
 
 check_token_file() {
     token_file=$(config_value token-file)
@@ -77,6 +135,29 @@ check_token_file() {
 
 installed_hashes() {
     sha256sum "$BIN_DIR/k3s" "$unit_file" "$env_file" 2>&1 || true
+}
+
+install_api_socket() {
+    # The double's stand-in for the server's supervisor port (see the header).
+    cat >"$SYSTEMD_DIR/k3s-double-api.socket" <<EOF
+[Unit]
+Description=K3s TEST DOUBLE: /cacerts and node registration on port $API_PORT (plain HTTP)
+
+[Socket]
+ListenStream=$API_PORT
+Accept=yes
+EOF
+    cat >"$SYSTEMD_DIR/k3s-double-api@.service" <<EOF
+[Unit]
+Description=K3s TEST DOUBLE: one API request
+
+[Service]
+ExecStart=$BIN_DIR/k3s-double-api
+StandardInput=socket
+StandardOutput=socket
+StandardError=journal
+EOF
+    ln -sf k3s "$BIN_DIR/k3s-double-api"
 }
 
 install_k3s() {
@@ -135,6 +216,7 @@ install_k3s() {
     info "Creating uninstall script $BIN_DIR/$system_name-uninstall.sh"
     cp "$0" "$BIN_DIR/$system_name-uninstall.sh"
     chmod 755 "$BIN_DIR/$system_name-uninstall.sh"
+    [ "$k3s_command" = server ] && install_api_socket
 
     systemctl disable "$system_name" >/dev/null 2>&1 || true
     rm -f "$unit_file" "$env_file"
@@ -155,8 +237,9 @@ After=network-online.target
 WantedBy=multi-user.target
 
 [Service]
-# The real unit is Type=notify; this fake k3s sends no readiness notification.
-Type=simple
+Type=notify
+# The double's deviation: its READY comes from systemd-notify, a child of the main process.
+NotifyAccess=all
 EnvironmentFile=-/etc/default/%N
 EnvironmentFile=-/etc/sysconfig/%N
 EnvironmentFile=-$env_file
@@ -171,11 +254,15 @@ EOF
     info "systemd: Enabling $system_name unit"
     systemctl enable "$unit_file" >/dev/null 2>&1
     systemctl daemon-reload >/dev/null
+    if [ "${INSTALL_K3S_SKIP_START:-}" = true ]; then
+        return 0
+    fi
     if [ "$pre_hashes" = "$(installed_hashes)" ]; then
         info "No change detected so skipping service start"
         return 0
     fi
     info "systemd: Starting $system_name"
+    # Blocks until READY, as the real installer's does (Type=notify, TimeoutStartSec=0).
     systemctl restart "$system_name"
 }
 
@@ -188,6 +275,7 @@ killall() {
             systemctl stop "${service##*/}"
         fi
     done
+    systemctl stop k3s-double-api.socket >/dev/null 2>&1 || true
     rm -rf /run/k3s
 }
 
@@ -206,33 +294,139 @@ uninstall() {
             exit 0
         fi
     done
-    for cmd in kubectl crictl ctr; do
+    for cmd in kubectl crictl ctr k3s-double-api; do
         if [ -L "$BIN_DIR/$cmd" ]; then
             rm -f "$BIN_DIR/$cmd"
         fi
     done
-    rm -rf /etc/rancher/k3s /run/k3s /run/flannel /var/lib/rancher/k3s /var/lib/kubelet
+    rm -f "$SYSTEMD_DIR/k3s-double-api.socket" "$SYSTEMD_DIR/k3s-double-api@.service"
+    systemctl daemon-reload
+    rm -rf /etc/rancher/k3s /run/k3s /run/flannel "$DATA_DIR" /var/lib/kubelet
     rm -f "$BIN_DIR/k3s" "$BIN_DIR/k3s-killall.sh"
 }
 
 # ---------------------------------------------------------------------------------------------
-# The fake k3s binary.
+# The node registry (what the API server knows about nodes), on servers.
 
 node_name() {
     name=$(config_value node-name)
     echo "${name:-$(hostname)}"
 }
 
+arch() {
+    case "$(uname -m)" in
+        aarch64 | arm64) echo arm64 ;;
+        x86_64 | amd64) echo amd64 ;;
+        *) uname -m ;;
+    esac
+}
+
+# register NAME PASSWORD ROLE LABELS TAINTS (LABELS and TAINTS comma separated): 0 registered or
+# already known with that password, 2 another password (K3s: "Node password rejected").
+register() {
+    dir=$REGISTRY/$1
+    if [ -d "$dir" ]; then
+        [ "$(cat "$dir/password")" = "$2" ] || return 2
+        # Known node: labels and taints stay as registered (kubelet registers a Node once).
+        echo Ready >"$dir/status"
+        return 0
+    fi
+    mkdir -p "$dir"
+    printf '%s\n' "$2" >"$dir/password"
+    {
+        echo "kubernetes.io/arch=$(arch)"
+        echo "kubernetes.io/hostname=$1"
+        echo "kubernetes.io/os=linux"
+        [ "$3" = server ] && echo "node-role.kubernetes.io/control-plane=true"
+        printf '%s' "$4" | tr ',' '\n' | sed '/^$/d'
+    } | sort >"$dir/labels"
+    printf '%s' "$5" | tr ',' '\n' | sed '/^$/d' | sed 's/^\([^=:]*\):/\1=:/' >"$dir/taints"
+    : >"$dir/annotations"
+    echo Ready >"$dir/status"
+    record "register $1 role=$3"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The double's API (one request per connection, on stdin and stdout; see the header).
+
+respond() {
+    code=$1 body_file=$2
+    printf 'HTTP/1.0 %s double\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' \
+        "$code" "$(wc -c <"$body_file")"
+    cat "$body_file"
+}
+
+respond_text() {
+    tmp=$(mktemp)
+    printf '%s\n' "$2" >"$tmp"
+    respond "$1" "$tmp"
+    rm -f "$tmp"
+}
+
+# 0 when the Basic credentials `node:<password>` carry the password the datastore was made with.
+authorized() {
+    encoded=${1#Basic }
+    [ "$encoded" != "$1" ] || return 1
+    credentials=$(printf '%s' "$encoded" | base64 -d 2>/dev/null) || return 1
+    secret=${credentials#node:}
+    [ -f "$BOOTSTRAP" ] && [ "$(printf '%s' "$secret" | sha256)" = "$(cat "$BOOTSTRAP")" ]
+}
+
+api() {
+    cr=$(printf '\r')
+    IFS=' ' read -r method path _ || exit 0
+    auth="" name="" node_password="" labels="" taints="" role=agent
+    while IFS= read -r line; do
+        line=${line%"$cr"}
+        [ -n "$line" ] || break
+        value=${line#*: }
+        case "$(printf '%s' "${line%%:*}" | tr '[:upper:]' '[:lower:]')" in
+            authorization) auth=$value ;;
+            k3s-node-name) name=$value ;;
+            k3s-node-password) node_password=$value ;;
+            k3s-node-labels) labels=$value ;;
+            k3s-node-taints) taints=$value ;;
+            k3s-node-role) role=$value ;;
+        esac
+    done
+    case "$method $path" in
+        "GET /cacerts")
+            [ -f "$CA_FILE" ] || { respond_text 503 "server is not ready"; exit 0; }
+            respond 200 "$CA_FILE"
+            ;;
+        "POST /v1-k3s/register")
+            if ! authorized "$auth"; then
+                record "register refused $name: token"
+                respond_text 401 "Unauthorized"
+                exit 0
+            fi
+            status=0
+            register "$name" "$node_password" "$role" "$labels" "$taints" || status=$?
+            if [ "$status" -eq 2 ]; then
+                record "register refused $name: node password"
+                respond_text 403 "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag"
+                exit 0
+            fi
+            respond_text 200 "registered $name"
+            ;;
+        *) respond_text 404 "the double serves /cacerts and /v1-k3s/register only" ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------------------------
+# The fake k3s binary.
+
 write_kubeconfig() {
     mode=$(config_value write-kubeconfig-mode)
     mode=${mode:-0600}
     echo "$mode" | grep -Eqx '0?[0-7]{3}' || fatal "invalid write-kubeconfig-mode $mode"
     tmp=$(mktemp "$CONFIG_DIR/.k3s.yaml.XXXXXX")
-    cat >"$tmp" <<'EOF'
+    ca_data=$(base64 -w0 <"$CA_FILE")
+    cat >"$tmp" <<EOF
 apiVersion: v1
 clusters:
 - cluster:
-    certificate-authority-data: VEVTVCBET1VCTEUgQ0EK
+    certificate-authority-data: $ca_data
     server: https://127.0.0.1:6443
   name: default
 contexts:
@@ -254,21 +448,123 @@ EOF
     echo "Wrote kubeconfig $KUBECONFIG_FILE (mode $mode)" >&2
 }
 
-run_service() {
-    role=$1
+# The token's parts: TOKEN_CA_HASH (empty for a short token) and TOKEN_PASSWORD.
+parse_token() {
     token_file=$(config_value token-file)
     if [ -n "$token_file" ] && [ ! -s "$token_file" ]; then
         fatal "failed to read token file $token_file"
     fi
+    token=$(cat "$token_file")
+    TOKEN_CA_HASH="" TOKEN_PASSWORD=$token
+    case "$token" in
+        K10*::*)
+            TOKEN_CA_HASH=${token#K10}
+            TOKEN_CA_HASH=${TOKEN_CA_HASH%%::*}
+            TOKEN_PASSWORD=${token#*::}
+            TOKEN_PASSWORD=${TOKEN_PASSWORD#*:}
+            ;;
+    esac
+}
+
+# join SERVER_URL ROLE: /cacerts (checked against the token's CA hash), then registration with
+# the token and the node password. Retries until it succeeds, as K3s does; never gives up.
+join() {
+    hostport=${1#https://}
+    hostport=${hostport%%/*}
+    url="http://$hostport"
+    mkdir -p /run/k3s "${NODE_PASSWORD%/*}"
+    if [ ! -s "$NODE_PASSWORD" ]; then
+        (umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$NODE_PASSWORD")
+    fi
+    headers=/run/k3s/double-join-headers
+    (
+        umask 077
+        printf 'Authorization: Basic %s\n' "$(printf 'node:%s' "$TOKEN_PASSWORD" | base64 -w0)"
+        printf 'K3s-Node-Name: %s\n' "$(node_name)"
+        printf 'K3s-Node-Password: %s\n' "$(cat "$NODE_PASSWORD")"
+        printf 'K3s-Node-Role: %s\n' "$2"
+        printf 'K3s-Node-Labels: %s\n' "$(config_list node-label | paste -sd, -)"
+        printf 'K3s-Node-Taints: %s\n' "$(config_list node-taint | paste -sd, -)"
+    ) >"$headers"
+    while true; do
+        if ! curl -sf --max-time 5 -o /run/k3s/double-cacerts "$url/cacerts"; then
+            echo "Waiting to retrieve agent configuration; server is not ready: failed to get CA certs from $1" >&2
+        elif [ -n "$TOKEN_CA_HASH" ] && [ "$(sha256 </run/k3s/double-cacerts)" != "$TOKEN_CA_HASH" ]; then
+            echo "failed to validate token: token CA hash does not match the Cluster CA certificate hash" >&2
+        else
+            code=$(curl -s --max-time 5 -o /run/k3s/double-register -w '%{http_code}' -X POST \
+                -H @"$headers" "$url/v1-k3s/register" || true)
+            case "$code" in
+                200)
+                    cp /run/k3s/double-cacerts /run/k3s/double-cluster-ca
+                    # What K3s keeps once the node joined (its kubelet's client certificate).
+                    mkdir -p "$DATA_DIR/agent"
+                    cp /run/k3s/double-cacerts "$DATA_DIR/agent/server-ca.crt"
+                    echo "client certificate of $(node_name) (double)" >"$DATA_DIR/agent/client-kubelet.crt"
+                    return 0
+                    ;;
+                401) echo "Failed to validate connection to cluster at $1: token is not valid (401 Unauthorized)" >&2 ;;
+                403) cat /run/k3s/double-register >&2 ;;
+                *) echo "Waiting to retrieve agent configuration; server is not ready: register returned ${code:-nothing}" >&2 ;;
+            esac
+        fi
+        sleep 2
+    done
+}
+
+run_server() {
+    parse_token
+    mkdir -p "$SERVER_DIR/tls" "$SERVER_DIR/cred" "$SERVER_DIR/db" "$REGISTRY"
+    password_hash=$(printf '%s' "$TOKEN_PASSWORD" | sha256)
+    server=$(config_value server)
+    if [ ! -f "$BOOTSTRAP" ]; then
+        if [ -n "$server" ]; then
+            # A joining server takes the cluster's CA and bootstrap data from the server it joins.
+            join "$server" server
+            cp /run/k3s/double-cluster-ca "$CA_FILE"
+        else
+            {
+                echo "-----BEGIN CERTIFICATE-----"
+                head -c 48 /dev/urandom | base64
+                echo "-----END CERTIFICATE-----"
+            } >"$CA_FILE"
+        fi
+        echo "$password_hash" >"$BOOTSTRAP"
+    elif [ "$(cat "$BOOTSTRAP")" != "$password_hash" ]; then
+        echo 'level=fatal msg="starting kubernetes: preparing server: failed to bootstrap cluster data: bootstrap data already found and encrypted with different token"' >&2
+        exit 1
+    fi
+    if [ "$(config_value secrets-encryption)" = true ]; then
+        : >"$ENCRYPTED"
+    elif [ -f "$ENCRYPTED" ]; then
+        echo 'level=fatal msg="the datastore holds Secrets encrypted at rest, and this server starts without secrets-encryption: they cannot be read (k3s secrets-encrypt disable, then reencrypt)"' >&2
+        exit 1
+    fi
+    (umask 077 && printf 'K10%s::server:%s\n' "$(sha256 <"$CA_FILE")" "$TOKEN_PASSWORD" >"$SERVER_TOKEN")
+    if [ ! -s "$NODE_PASSWORD" ]; then
+        mkdir -p "${NODE_PASSWORD%/*}"
+        (umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$NODE_PASSWORD")
+    fi
+    register "$(node_name)" "$(cat "$NODE_PASSWORD")" server \
+        "$(config_list node-label | paste -sd, -)" "$(config_list node-taint | paste -sd, -)" ||
+        fatal "Node password rejected for $(node_name)"
+    systemctl start --no-block k3s-double-api.socket
+    write_kubeconfig
+}
+
+run_service() {
+    role=$1
     echo "k3s $K3S_DOUBLE_VERSION (double) $role starting as node $(node_name)" >&2
     if [ "$role" = server ]; then
-        mkdir -p "$CONFIG_DIR"
-        write_kubeconfig
+        run_server
     else
+        parse_token
         server=$(config_value server)
         [ -n "${server:-${K3S_URL:-}}" ] || fatal "--server is required"
-        echo "agent (double) would connect to ${server:-$K3S_URL}" >&2
+        join "${server:-$K3S_URL}" agent
+        echo "agent (double) joined ${server:-$K3S_URL} as $(node_name)" >&2
     fi
+    systemd-notify --ready
     exec sleep infinity
 }
 
@@ -278,8 +574,8 @@ node_status() {
     if [ -f "$READY_NODES" ]; then
         status=$(awk -v n="$1" '$1 == n { print ($2 == "" ? "Ready" : $2); exit }' "$READY_NODES")
     fi
-    if [ -z "$status" ] && [ "$1" = "$(node_name)" ]; then
-        status=Ready
+    if [ -z "$status" ] && [ -f "$REGISTRY/$1/status" ]; then
+        status=$(cat "$REGISTRY/$1/status")
     fi
     echo "$status"
 }
@@ -287,6 +583,101 @@ node_status() {
 not_found() {
     echo "Error from server (NotFound): nodes \"$1\" not found" >&2
     exit 1
+}
+
+# The node's registry entry, made when a test registered it through double-ready-nodes.
+node_dir() {
+    [ -n "$(node_status "$1")" ] || not_found "$1"
+    dir=$REGISTRY/$1
+    if [ ! -d "$dir" ]; then
+        mkdir -p "$dir"
+        printf 'kubernetes.io/hostname=%s\n' "$1" >"$dir/labels"
+        : >"$dir/taints"
+        : >"$dir/annotations"
+    fi
+    echo "$dir"
+}
+
+# set_pairs FILE KEY=VALUE...|KEY-: labels or annotations, as `kubectl label|annotate --overwrite`.
+set_pairs() {
+    file=$1
+    shift
+    for pair in "$@"; do
+        case "$pair" in
+            --overwrite) continue ;;
+            *-) key=${pair%-} && awk -v k="$key" 'index($0, k "=") != 1' "$file" >"$file.tmp" ;;
+            *=*) key=${pair%%=*} && { awk -v k="$key" 'index($0, k "=") != 1' "$file"; echo "$pair"; } >"$file.tmp" ;;
+            *) fatal "kubectl (double): cannot parse $pair" ;;
+        esac
+        sort "$file.tmp" >"$file" && rm -f "$file.tmp"
+    done
+}
+
+# set_taints FILE KEY=VALUE:EFFECT|KEY:EFFECT-...: as `kubectl taint --overwrite`.
+set_taints() {
+    file=$1
+    shift
+    for taint in "$@"; do
+        case "$taint" in
+            --overwrite) continue ;;
+            *-)
+                taint=${taint%-}
+                key=${taint%%:*} && key=${key%%=*} && effect=${taint##*:}
+                awk -v k="$key" -v e="$effect" '!(index($0, k "=") == 1 && $0 ~ ":" e "$")' "$file" >"$file.tmp"
+                ;;
+            *:*)
+                key=${taint%%:*} && key=${key%%=*} && effect=${taint##*:}
+                case "$taint" in *=*) value=${taint#*=} && value=${value%:*} ;; *) value="" ;; esac
+                {
+                    awk -v k="$key" -v e="$effect" '!(index($0, k "=") == 1 && $0 ~ ":" e "$")' "$file"
+                    echo "$key=$value:$effect"
+                } >"$file.tmp"
+                ;;
+            *) fatal "kubectl (double): cannot parse taint $taint" ;;
+        esac
+        sort "$file.tmp" >"$file" && rm -f "$file.tmp"
+    done
+}
+
+get_node() {
+    name=${1:-}
+    [ -n "$name" ] || fatal "the double needs a node name"
+    shift
+    status=$(node_status "$name")
+    [ -n "$status" ] || not_found "$name"
+    case " $* " in
+        *" -o go-template="*".metadata.labels"*)
+            cat "$(node_dir "$name")/labels"
+            return 0
+            ;;
+        *" -o go-template="*".spec.taints"*)
+            cat "$(node_dir "$name")/taints"
+            return 0
+            ;;
+        *" -o go-template="*".metadata.annotations"*)
+            key=$(printf '%s' "$*" | sed -n 's/.*index \.metadata\.annotations "\([^"]*\)".*/\1/p')
+            value=$(sed -n "s|^$key=||p" "$(node_dir "$name")/annotations")
+            echo "${value:-<no value>}"
+            return 0
+            ;;
+        *" -o "*) fatal "the double does not implement that output: $*" ;;
+    esac
+    roles="<none>"
+    [ "$name" = "$(node_name)" ] && roles=control-plane,master
+    case " $* " in
+        *" --no-headers "*) ;;
+        *) printf '%-16s %-28s %-22s %-5s %s\n' NAME STATUS ROLES AGE VERSION ;;
+    esac
+    printf '%-16s %-28s %-22s %-5s %s\n' "$name" "$status" "$roles" 5m "$K3S_DOUBLE_VERSION"
+}
+
+set_status() {
+    if [ -f "$READY_NODES" ] && awk -v n="$1" '$1 == n { found = 1 } END { exit !found }' "$READY_NODES"; then
+        awk -v n="$1" '$1 != n' "$READY_NODES" >"$READY_NODES.tmp"
+        echo "$1 $2" >>"$READY_NODES.tmp"
+        mv -f "$READY_NODES.tmp" "$READY_NODES"
+    fi
+    [ ! -d "$REGISTRY/$1" ] || echo "$2" >"$REGISTRY/$1/status"
 }
 
 kubectl() {
@@ -303,26 +694,50 @@ kubectl() {
                 echo ok
                 return 0
             fi
-            case "${1:-}" in node | nodes) ;; *) fatal "the double only gets nodes" ;; esac
-            name=${2:-}
-            [ -n "$name" ] || fatal "the double needs a node name"
-            status=$(node_status "$name")
-            [ -n "$status" ] || not_found "$name"
-            roles="<none>"
-            [ "$name" = "$(node_name)" ] && roles=control-plane,master
-            case " $* " in
-                *" --no-headers "*) ;;
-                *) printf '%-16s %-28s %-22s %-5s %s\n' NAME STATUS ROLES AGE VERSION ;;
+            case "${1:-}" in
+                node | nodes)
+                    shift
+                    get_node "$@"
+                    ;;
+                pv)
+                    # PersistentVolumes a test lists in $PVS: `NAME NODE NAMESPACE CLAIM` lines,
+                    # printed as the custom columns picluster asks for.
+                    case " $* " in *" -o custom-columns="*) ;; *) fatal "the double lists pv with custom-columns only" ;; esac
+                    [ ! -f "$PVS" ] || cat "$PVS"
+                    ;;
+                *) fatal "the double only gets nodes and pv" ;;
             esac
-            printf '%-16s %-28s %-22s %-5s %s\n' "$name" "$status" "$roles" 5m "$K3S_DOUBLE_VERSION"
+            ;;
+        label | annotate | taint)
+            [ "${1:-}" = node ] || fatal "the double only ${verb}s nodes"
+            name=${2:-}
+            shift 2
+            dir=$(node_dir "$name")
+            record "kubectl $verb node $name $*"
+            case "$verb" in
+                label) set_pairs "$dir/labels" "$@" ;;
+                annotate) set_pairs "$dir/annotations" "$@" ;;
+                taint) set_taints "$dir/taints" "$@" ;;
+            esac
+            echo "node/$name ${verb}ed"
             ;;
         drain)
             name=${1:-}
-            [ -n "$(node_status "$name")" ] || not_found "$name"
+            dir=$(node_dir "$name")
             record "kubectl drain $*"
-            awk -v n="$name" '$1 == n { next } { print }' "$READY_NODES" >"$READY_NODES.tmp" 2>/dev/null || true
-            echo "$name Ready,SchedulingDisabled" >>"$READY_NODES.tmp"
-            mv -f "$READY_NODES.tmp" "$READY_NODES"
+            if [ -s "$dir/unmanaged-pods" ]; then
+                case " $* " in
+                    *" --force "*) ;;
+                    *)
+                        echo "error: unable to drain node \"$name\" due to error: cannot delete Pods that declare no controller (use --force to override): $(paste -sd, "$dir/unmanaged-pods")" >&2
+                        exit 1
+                        ;;
+                esac
+            fi
+            [ -f "$READY_NODES" ] || : >"$READY_NODES"
+            awk -v n="$name" '$1 == n { found = 1 } END { exit !found }' "$READY_NODES" ||
+                echo "$name" >>"$READY_NODES"
+            set_status "$name" "Ready,SchedulingDisabled"
             echo "node/$name cordoned"
             echo "node/$name drained"
             ;;
@@ -331,8 +746,11 @@ kubectl() {
             name=${2:-}
             [ -n "$(node_status "$name")" ] || not_found "$name"
             record "kubectl delete $*"
-            awk -v n="$name" '$1 != n' "$READY_NODES" >"$READY_NODES.tmp" 2>/dev/null || true
-            mv -f "$READY_NODES.tmp" "$READY_NODES"
+            if [ -f "$READY_NODES" ]; then
+                awk -v n="$name" '$1 != n' "$READY_NODES" >"$READY_NODES.tmp"
+                mv -f "$READY_NODES.tmp" "$READY_NODES"
+            fi
+            rm -rf "${REGISTRY:?}/$name"
             echo "node \"$name\" deleted"
             ;;
         *) fatal "the double does not implement kubectl $verb" ;;
@@ -357,6 +775,7 @@ k3s() {
 case "${0##*/}" in
     k3s) k3s "$@" ;;
     kubectl) kubectl "$@" ;;
+    k3s-double-api) api ;;
     crictl | ctr) fatal "the double does not implement ${0##*/}" ;;
     k3s-killall.sh) killall ;;
     k3s-uninstall.sh) uninstall k3s ;;
