@@ -136,7 +136,7 @@ for m in "${module_order[@]}"; do
     log="$cache/logs/$dirname.log"
     tmp="$(mktemp -d "$cache/.tmp-$name-XXXXXX")"
     t0=$SECONDS
-    if (cd "$modules_dir/$m" && CGO_ENABLED=0 go build -trimpath -ldflags "$mod_ldflags" \
+    if (cd "$modules_dir/$m" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "$mod_ldflags" \
           -o "$tmp/$name" "$pkg") >"$log" 2>&1 && [[ -x "$tmp/$name" ]]; then
       chmod 0755 "$tmp"
       if mv -T "$tmp" "$final" 2>/dev/null; then :; else rm -rf "$tmp"; fi  # lost a race: keep theirs

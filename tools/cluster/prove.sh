@@ -117,6 +117,19 @@ fi
 echo "$out"
 grep -q 'violates PodSecurity "restricted' <<<"$out" || fail "refused, but not by PodSecurity"
 
+step "a non-compliant Deployment is accepted (enforce checks pods), but its ReplicaSet gets no pod"
+k apply -f "$m/55-non-compliant-deployment.yaml"
+for _ in $(seq 1 20); do
+  k -n proof get events --field-selector reason=FailedCreate -o jsonpath='{.items[*].message}' | grep rooty >/dev/null && break
+  sleep 1
+done
+k -n proof get deployment rooty
+k -n proof get events --field-selector reason=FailedCreate -o custom-columns=OBJECT:.involvedObject.name,REASON:.reason,MESSAGE:.message | cut -c1-220
+[[ -z "$(k -n proof get deployment rooty -o jsonpath='{.status.availableReplicas}')" ]] || fail "rooty became available"
+k -n proof get events --field-selector reason=FailedCreate -o jsonpath='{.items[*].message}' | grep 'violates PodSecurity' >/dev/null \
+  || fail "no FailedCreate event from PodSecurity"
+k -n proof delete deployment rooty --wait=false
+
 step "--validate=strict (server-side field validation) refuses an unknown field"
 if out="$(k apply --validate=strict -f "$m/60-unknown-field.yaml" 2>&1)"; then
   echo "$out"; fail "the unknown field was accepted"
