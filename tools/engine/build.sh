@@ -58,16 +58,19 @@ export CGO_ENABLED=0
 # version: what the binary reports; dirs: wrapper modules (under tools/engine) whose contents key
 # the cache; estimate: cold build minutes on 2 cores (measured here where built, see README);
 # probe: the module@version that must be served before a build is tried.
+# command is a TEST DOUBLE written here (command/*.go, on sdk/v3 + x/crypto/ssh): the proxy refuses
+# github.com/pulumi/pulumi-command/provider, see command/README.md; it reports 1.2.1, the version
+# it mirrors, so the engine matches what the pulumi-command 1.2.1 SDK asks for.
 declare -A VERSION=(
   [pulumi]=v3.274.1 [kubernetes]=4.25.0 [command]=1.2.1 [random]=4.21.1 [docker]=5.1.0)
 declare -A DIRS=(
   [pulumi]="pulumi language-python" [kubernetes]=kubernetes [command]=command [random]=random
   [docker]=docker)
-declare -A ESTIMATE=([pulumi]=18 [kubernetes]=12 [command]=5 [random]=10 [docker]=12)
+declare -A ESTIMATE=([pulumi]=18 [kubernetes]=12 [command]=3 [random]=10 [docker]=12)
 declare -A PROBE=(
   [pulumi]="github.com/pulumi/pulumi/pkg/v3@v3.274.1"
   [kubernetes]="github.com/pulumi/pulumi-kubernetes/provider/v4@v4.0.0-20260115033456-f47bc2d6f199"
-  [command]="github.com/pulumi/pulumi-command/provider@v0.0.0-20260303235922-7f3eb6f3b77c"
+  [command]="github.com/pulumi/pulumi/sdk/v3@v3.274.1"
   [random]="github.com/pulumi/pulumi-random/provider/v4@v4.0.0-20260722185042-f2d8b029d0f7"
   [docker]="github.com/pulumi/pulumi-docker/provider/v5@v5.0.0-20260626165050-e944612c4c97")
 declare -A BINARIES=(
@@ -116,11 +119,11 @@ build_kubernetes() {
     -o "$out/pulumi-resource-kubernetes" .
 }
 
-build_command() {
+build_command() { # a test double of pulumi-command 1.2.1's plugin, see command/README.md
   local out="$1" src="$2"
   stage command "$src/c"
-  go build -C "$src/c" -trimpath -ldflags "-s -w -X github.com/pulumi/pulumi-command/provider/pkg/version.Version=1.2.1" \
-    -o "$out/pulumi-resource-command" github.com/pulumi/pulumi-command/provider/cmd/pulumi-resource-command
+  go build -C "$src/c" -trimpath -ldflags "-s -w -X main.version=1.2.1" \
+    -o "$out/pulumi-resource-command" .
 }
 
 build_random() {
