@@ -175,6 +175,7 @@ def node_values(node: ClusterNode, *, first: bool) -> dict[str, str]:
         "LABELS": "\n".join(f"{k}={v}" for k, v in sorted(node.labels.items())),
         "TAINTS": "\n".join(node.taints),
         "FIRST_SERVER": "1" if first else "0",
+        "ROLE": node.role.value,
     }
 
 

@@ -174,16 +174,35 @@ wait_ready() {
     die "$NODE_NAME was not ready after ${READY_TIMEOUT}s; see journalctl -u $service (a token other than the datastore's makes K3s restart in a loop)"
 }
 
+# A server that joined another one leaves the cluster itself: K3s stopped first, then its Node
+# deleted through the server it joined (with its own admin credentials), so it cannot register
+# again in between; K3s removes its etcd member with the Node. (The first server's node step only
+# drained it.)
+leave_cluster() {
+    local server
+    [[ "$ROLE" == server && -s "$CONFIG_FILE" && -s "$CONFIG_DIR/k3s.yaml" ]] || return 0
+    server=$(sed -n 's/^server: *//p' "$CONFIG_FILE" | tr -d "'\"")
+    [[ -n "$server" ]] || return 0
+    log "stopping K3s, then deleting node $NODE_NAME through $server"
+    systemctl stop k3s || die "could not stop k3s"
+    k3s kubectl --kubeconfig "$CONFIG_DIR/k3s.yaml" --server "$server" delete node "$NODE_NAME" \
+        --ignore-not-found --timeout=60s >&2 ||
+        die "could not delete node $NODE_NAME through $server; K3s is stopped here, nothing is uninstalled yet: delete the node by hand (kubectl delete node $NODE_NAME), then run pulumi up again"
+    removed+=("left the cluster")
+}
+
 uninstall() {
     local script=/usr/local/bin/k3s-uninstall.sh file removed=()
     [[ "$ROLE" == agent ]] && script=/usr/local/bin/k3s-agent-uninstall.sh
     if [[ -x "$script" ]]; then
+        leave_cluster
         log "uninstalling K3s ($script)"
         "$script" >&2 || die "$script failed"
         removed+=(uninstalled)
     fi
     # Also when K3s never got installed (a failed first run): the token must not stay behind.
-    for file in "$TOKEN_FILE" "$TOKEN_FILE.picluster.bak" "$CONFIG_FILE" "$CONFIG_FILE.picluster.bak"; do
+    for file in "$TOKEN_FILE" "$TOKEN_FILE.picluster.bak" "$CONFIG_FILE" "$CONFIG_FILE.picluster.bak" \
+        "$REGISTRATION_FILE" "$REGISTRATION_FILE.picluster.bak"; do
         if [[ -e "$file" ]]; then
             rm -f "$file"
             [[ " ${removed[*]-} " == *" uninstalled "* ]] || removed+=("removed ${file##*/}")

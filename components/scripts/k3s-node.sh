@@ -12,6 +12,8 @@
 #   LABELS         the labels picluster manages on the node, `key=value` per line
 #   TAINTS         the taints picluster manages on the node, `key=value:Effect` per line
 #   FIRST_SERVER   1 for the first server itself: it leaves the cluster with its uninstall
+#   ROLE           server | agent: another server is only drained here; its uninstall stops K3s
+#                  and then deletes its Node, so it cannot register again in between
 # Output: progress on stderr; last line on stdout: picluster k3s-node: no changes | changed: ...
 set -euo pipefail
 
@@ -152,6 +154,10 @@ remove() {
     # once the node goes); PodDisruptionBudgets are still respected within the timeout.
     k3s kubectl drain "$NODE_NAME" --ignore-daemonsets --delete-emptydir-data --force \
         --timeout=180s >&2 || die "could not drain $NODE_NAME within 180s (a PodDisruptionBudget that cannot be met?); it stays cordoned; see kubectl get pods -A -o wide"
+    if [[ "${ROLE:-agent}" == server ]]; then
+        echo "picluster k3s-node: changed: drained $NODE_NAME (its uninstall deletes the node)"
+        return 0
+    fi
     k3s kubectl delete node "$NODE_NAME" --timeout=60s >&2 || die "could not delete node $NODE_NAME"
     echo "picluster k3s-node: changed: drained, removed $NODE_NAME"
 }

@@ -43,7 +43,7 @@ class Lab:
     pis: dict[str, simpi.SimPi]
     addresses: dict[str, str]
 
-    def program(self, version: str) -> Callable[[], None]:
+    def program(self, version: str, without: tuple[str, ...] = ()) -> Callable[[], None]:
         def body() -> None:
             provider = CommandProvider("command")
             nodes = [
@@ -56,6 +56,7 @@ class Lab:
                     ready=pulumi.ComponentResource("test:index:PreparedPi", name),
                 )
                 for name, pi in self.pis.items()
+                if name not in without
             ]
             K3sCluster(
                 "cluster",
@@ -71,12 +72,12 @@ class Lab:
 
         return body
 
-    def evaluate(self, version: str) -> Evaluate:
+    def evaluate(self, version: str, without: tuple[str, ...] = ()) -> Evaluate:
         def evaluate(stdouts: Mapping[str, str]) -> Run:
             with pytest.MonkeyPatch.context() as patch:
                 # The double is Ready within a second; 60 s bounds a hang.
                 patch.setattr(k3s_cluster, "READY_TIMEOUT_SECONDS", 60)
-                return run(self.program(version), {}, stdouts=stdouts)
+                return run(self.program(version, without), {}, stdouts=stdouts)
 
         return evaluate
 
@@ -173,3 +174,37 @@ def test_joiners_pinned_the_ca_the_first_server_created(bump: Bump, lab: Lab) ->
 def test_a_second_up_runs_no_remote_step(bump: Bump, lab: Lab) -> None:
     again = replay(lab.evaluate(NEW), bump.upgraded.state, list(lab.pis.values()))
     assert not again.plan.steps and not again.ran
+
+
+@pytest.fixture(scope="module")
+def shrink(bump: Bump, lab: Lab) -> Update:
+    """Back from three servers to one (after the tests above used the three)."""
+    removed = SERVERS[1:]
+    update = replay(lab.evaluate(NEW, without=removed), bump.upgraded.state, list(lab.pis.values()))
+    _ok(update)
+    return update
+
+
+def test_removed_servers_are_drained_then_leave_before_their_uninstall(
+    shrink: Update, lab: Lab
+) -> None:
+    first = lab.pis[SERVERS[0]]
+    deletes = [(r.name, r.action) for r in shrink.ran if r.action is Action.DELETE]
+    # The first server's check drains each one; then each server stops K3s, deletes its own Node
+    # through the first server and uninstalls (reverse dependency order: the checks go first).
+    assert {name for name, _ in deletes} == {
+        f"cluster-{n}-{step}" for n in SERVERS[1:] for step in ("join", "k3s")
+    }
+    names = [name for name, _ in deletes]
+    for node in SERVERS[1:]:
+        assert names.index(f"cluster-{node}-join") < names.index(f"cluster-{node}-k3s")
+        uninstall = next(r for r in shrink.ran if r.name == f"cluster-{node}-k3s")
+        assert "left the cluster" in parse_summaries(uninstall.stdout)[-1].changed
+        assert not lab.pis[node].exists("/usr/local/bin/k3s")
+        log = first.read(DOUBLE_LOG)
+        assert f"kubectl drain {node}" in log
+        assert f"kubectl delete node {node} (from another server)" in log
+        gone = first.exec("k3s", "kubectl", "get", "node", node, check=False)
+        assert gone.returncode != 0 and "NotFound" in gone.stderr
+    assert first.exec("systemctl", "is-active", "k3s").stdout.strip() == "active"
+    assert lab.pis[AGENT].exec("systemctl", "is-active", "k3s-agent").stdout.strip() == "active"

@@ -45,7 +45,7 @@
 #     CA file, and /var/lib/rancher/k3s/server/token holding the full token.
 # Where the double has to differ from K3s, it says so: it speaks plain HTTP (not TLS) on port 6443
 # for /cacerts and node registration, served through systemd socket activation
-# (k3s-double-api.socket), since no TLS server can run in the simulated Pi; and its unit sets
+# (double-k3s-api.socket), since no TLS server can run in the simulated Pi; and its unit sets
 # NotifyAccess=all, since a shell cannot send READY from its main process.
 #
 # `k3s kubectl` on a server answers from the node registry the registrations above fill
@@ -57,7 +57,7 @@
 #   label | annotate | taint node NAME ARGS [--overwrite]
 #   drain NAME [--force] ...    cordons; refuses pods without a controller unless --force
 #                               (a test lists them in the node's `unmanaged-pods` file)
-#   delete node NAME
+#   delete node NAME            (with --server https://OTHER:6443: on that server, through its API)
 # k3s-killall.sh and the uninstall scripts behave as the real ones: the uninstall removes
 # /etc/rancher/k3s, /var/lib/rancher/k3s, the binary and the scripts.
 # shellcheck disable=SC2317 # functions are reached through the name dispatch at the bottom
@@ -139,7 +139,7 @@ installed_hashes() {
 
 install_api_socket() {
     # The double's stand-in for the server's supervisor port (see the header).
-    cat >"$SYSTEMD_DIR/k3s-double-api.socket" <<EOF
+    cat >"$SYSTEMD_DIR/double-k3s-api.socket" <<EOF
 [Unit]
 Description=K3s TEST DOUBLE: /cacerts and node registration on port $API_PORT (plain HTTP)
 
@@ -147,7 +147,7 @@ Description=K3s TEST DOUBLE: /cacerts and node registration on port $API_PORT (p
 ListenStream=$API_PORT
 Accept=yes
 EOF
-    cat >"$SYSTEMD_DIR/k3s-double-api@.service" <<EOF
+    cat >"$SYSTEMD_DIR/double-k3s-api@.service" <<EOF
 [Unit]
 Description=K3s TEST DOUBLE: one API request
 
@@ -275,7 +275,7 @@ killall() {
             systemctl stop "${service##*/}"
         fi
     done
-    systemctl stop k3s-double-api.socket >/dev/null 2>&1 || true
+    systemctl stop double-k3s-api.socket >/dev/null 2>&1 || true
     rm -rf /run/k3s
 }
 
@@ -299,7 +299,7 @@ uninstall() {
             rm -f "$BIN_DIR/$cmd"
         fi
     done
-    rm -f "$SYSTEMD_DIR/k3s-double-api.socket" "$SYSTEMD_DIR/k3s-double-api@.service"
+    rm -f "$SYSTEMD_DIR/double-k3s-api.socket" "$SYSTEMD_DIR/double-k3s-api@.service"
     systemctl daemon-reload
     rm -rf /etc/rancher/k3s /run/k3s /run/flannel "$DATA_DIR" /var/lib/kubelet
     rm -f "$BIN_DIR/k3s" "$BIN_DIR/k3s-killall.sh"
@@ -409,7 +409,23 @@ api() {
             fi
             respond_text 200 "registered $name"
             ;;
-        *) respond_text 404 "the double serves /cacerts and /v1-k3s/register only" ;;
+        "DELETE /v1-double/nodes/"*)
+            name=${path#/v1-double/nodes/}
+            if ! authorized "$auth"; then
+                respond_text 401 "Unauthorized"
+            elif [ -n "$name" ] && [ -d "$REGISTRY/$name" ]; then
+                rm -rf "${REGISTRY:?}/$name"
+                if [ -f "$READY_NODES" ]; then
+                    awk -v n="$name" '$1 != n' "$READY_NODES" >"$READY_NODES.tmp"
+                    mv -f "$READY_NODES.tmp" "$READY_NODES"
+                fi
+                record "kubectl delete node $name (from another server)"
+                respond_text 200 "node \"$name\" deleted"
+            else
+                respond_text 404 "nodes \"$name\" not found"
+            fi
+            ;;
+        *) respond_text 404 "the double serves /cacerts, /v1-k3s/register and node deletion only" ;;
     esac
 }
 
@@ -548,7 +564,7 @@ run_server() {
     register "$(node_name)" "$(cat "$NODE_PASSWORD")" server \
         "$(config_list node-label | paste -sd, -)" "$(config_list node-taint | paste -sd, -)" ||
         fatal "Node password rejected for $(node_name)"
-    systemctl start --no-block k3s-double-api.socket
+    systemctl start --no-block double-k3s-api.socket
     write_kubeconfig
 }
 
@@ -680,7 +696,43 @@ set_status() {
     [ ! -d "$REGISTRY/$1" ] || echo "$2" >"$REGISTRY/$1/status"
 }
 
+# `kubectl --server https://OTHER:6443 delete node NAME`: the double reaches another server's
+# registry through its API, with this server's credentials (the token secret).
+remote_kubectl() {
+    server=$1
+    shift
+    [ "${1:-} ${2:-}" = "delete node" ] || fatal "the double only deletes nodes on another server"
+    name=${3:-}
+    hostport=${server#https://}
+    secret=$(sed 's/^K10[^:]*::[^:]*://' "$SERVER_TOKEN" 2>/dev/null) || fatal "no $SERVER_TOKEN"
+    headers=$(mktemp)
+    printf 'Authorization: Basic %s\n' "$(printf 'node:%s' "$secret" | base64 -w0)" >"$headers"
+    code=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' -X DELETE -H @"$headers" \
+        "http://${hostport%%/*}/v1-double/nodes/$name" || true)
+    rm -f "$headers"
+    case "$code" in
+        200) echo "node \"$name\" deleted" ;;
+        404) case " $* " in *" --ignore-not-found "*) ;; *) not_found "$name" ;; esac ;;
+        *) fatal "the server at $server answered ${code:-nothing}" ;;
+    esac
+}
+
 kubectl() {
+    server=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --kubeconfig) shift 2 ;;
+            --server) server=$2 && shift 2 ;;
+            *) break ;;
+        esac
+    done
+    case "$server" in
+        "" | https://127.0.0.1:*) ;;
+        *)
+            remote_kubectl "$server" "$@"
+            return 0
+            ;;
+    esac
     if [ ! -s "$KUBECONFIG_FILE" ] || ! systemctl is-active --quiet k3s; then
         echo "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?" >&2
         exit 1
@@ -734,9 +786,6 @@ kubectl() {
                         ;;
                 esac
             fi
-            [ -f "$READY_NODES" ] || : >"$READY_NODES"
-            awk -v n="$name" '$1 == n { found = 1 } END { exit !found }' "$READY_NODES" ||
-                echo "$name" >>"$READY_NODES"
             set_status "$name" "Ready,SchedulingDisabled"
             echo "node/$name cordoned"
             echo "node/$name drained"
