@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRY_POINTS = [ROOT / "bin" / "test", ROOT / "bin" / "up-local", ROOT / ".ci" / "run"]
+ENTRY_POINTS = [
+    ROOT / "bin" / "test",
+    ROOT / "bin" / "up-local",
+    ROOT / ".ci" / "run",
+    *sorted((ROOT / "tools").glob("*/*.sh")),  # the engine and control-plane build scripts
+]
 
 
 @pytest.mark.parametrize("script", ENTRY_POINTS, ids=lambda p: str(p.relative_to(ROOT)))
