@@ -1,0 +1,122 @@
+"""Fixtures for the tests that run the real Pulumi engine (the CLI, the Python language host and
+the provider plugins built from Go modules by `tools/engine/build.sh`).
+
+They skip, saying why, when the binaries are absent; PICLUSTER_REQUIRE_ENGINE=1 turns the skip
+into a failure. Each test works on a copy of the project's program and committed stack files,
+with its own file backend and PULUMI_HOME, and reuses the checkout's `.venv`, so nothing is
+downloaded. The plugins are found on PATH, as the CLI allows (sdk/go/common/workspace/plugins.go).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE_CACHE = Path(
+    os.environ.get(
+        "PICLUSTER_ENGINE_CACHE",
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "picluster" / "engine",
+    )
+)
+BINARIES = (
+    "pulumi",
+    "pulumi-language-python",
+    "pulumi-language-python-exec",
+    "pulumi-resource-command",
+    "pulumi-resource-kubernetes",
+)
+PROJECT_FILES = (
+    "Pulumi.yaml",
+    "Pulumi.prod.yaml",
+    "Pulumi.local.yaml",
+    "__main__.py",
+    "requirements.txt",
+    "components",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "engine: runs the real Pulumi CLI and plugins built by tools/engine/build.sh"
+    )
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("PICLUSTER_REQUIRE_ENGINE") == "1":
+        pytest.fail(f"PICLUSTER_REQUIRE_ENGINE=1 but: {reason}")
+    pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class Project:
+    """A copy of the project the real CLI runs in."""
+
+    path: Path
+    env: Mapping[str, str]
+
+    def pulumi(
+        self, *args: str, stdin: str | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """`pulumi ARGS` in the project (not checked: tests assert on the result)."""
+        return subprocess.run(
+            ["pulumi", *args, "--non-interactive"],
+            cwd=self.path,
+            env=dict(self.env),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def set_secret(self, stack: str, key: str, value: str) -> None:
+        result = self.pulumi("config", "set", "--secret", key, "-s", stack, stdin=value)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="session")
+def engine_bin() -> Path:
+    """The directory of the engine's binaries."""
+    bin_dir = Path(os.environ.get("PICLUSTER_ENGINE_BIN", ENGINE_CACHE / "bin"))
+    missing = [b for b in BINARIES if not (bin_dir / b).exists()]
+    if missing:
+        _unavailable(
+            f"engine binaries missing from {bin_dir}: {', '.join(missing)} "
+            "(build them with tools/engine/build.sh)"
+        )
+    return bin_dir
+
+
+@pytest.fixture
+def project(engine_bin: Path, tmp_path: Path) -> Iterator[Project]:
+    """The project's program and committed stack files in a fresh directory, no state yet."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        _unavailable("the checkout has no .venv (run bin/test once)")
+    path = tmp_path / "picluster"
+    path.mkdir()
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, path / name)
+    (path / ".venv").symlink_to(ROOT / ".venv")
+    (path / ".pulumi-state").mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{engine_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PULUMI_HOME": str(tmp_path / "pulumi-home"),
+        "PULUMI_CONFIG_PASSPHRASE": "engine-test-passphrase",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+    }
+    env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
+    env.pop("PULUMI_IGNORE_AMBIENT_PLUGINS", None)
+    yield Project(path, env)
