@@ -317,4 +317,6 @@ func TestRun(t *testing.T) {
 	}
 }
 
-func pemEncode(typ string, b []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}) }
+func pemEncode(typ string, b []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b})
+}

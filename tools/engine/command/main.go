@@ -19,8 +19,8 @@ import (
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 )
 
-// version is what GetPluginInfo reports: the pulumi-command release this double mirrors, so the
-// engine matches the plugin version the SDK asks for. Set with -ldflags "-X main.version=...".
+// version is the pulumi-command release this double mirrors, so the engine matches the plugin
+// version the SDK asks for (GetPluginInfo adds "+test-double"). Set with -ldflags "-X main.version=...".
 var version = "1.2.1"
 
 const providerName = "command"

@@ -122,8 +122,11 @@ func checkType(urn string) error {
 
 // --- plugin and provider-level RPCs ----------------------------------------------------------------
 
+// GetPluginInfo reports 1.2.1 with semver build metadata "+test-double": it says what this is, and
+// build metadata does not count in version comparisons, so the engine still sees the 1.2.1 the
+// SDK asks for (no "expected to have version >=1.2.1" warning).
 func (s *server) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
-	return &pulumirpc.PluginInfo{Version: s.version}, nil
+	return &pulumirpc.PluginInfo{Version: s.version + "+test-double"}, nil
 }
 
 func (s *server) Attach(_ context.Context, req *pulumirpc.PluginAttach) (*emptypb.Empty, error) {
