@@ -1,0 +1,208 @@
+"""The real engine runs K3sCluster on simulated Pis: `pulumi up`, a K3s version bump as an in-place
+update (every node upgraded, the agent keeping its data), a no-op `up`, and a `destroy` the
+engine refuses for the protected server.
+
+A small Pulumi program (written below, run by the real CLI) builds the project's own K3sCluster
+on three simulated Pis, one server and two agents as in the committed prod stack. The K3s
+installer download is the test double of the sim-Pi tests; the remote commands run through
+`pulumi-resource-command`, a double of the real plugin, which the module proxy does not serve
+(tools/engine/README.md); the engine, its diff, replace and protect rules are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.engine.conftest import ROOT, Project
+from tests.integration import simpi
+from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI
+
+pytestmark = [pytest.mark.engine, pytest.mark.integration]
+
+OLD, NEW = "v1.31.4+k3s1", "v1.31.5+k3s1"
+NODES = (("e2e-server", "server"), ("e2e-agent-1", "agent"), ("e2e-agent-2", "agent"))
+AGENT_DATA = "/var/lib/rancher/k3s/agent/picluster-e2e-marker"
+
+PROGRAM = textwrap.dedent(
+    '''
+    """K3sCluster on simulated Pis, for tests/engine/test_k3s_update.py."""
+    import json
+    import sys
+
+    sys.path.insert(0, {root!r})
+
+    import pulumi
+    from pulumi_command import Provider
+
+    from components import k3s_cluster
+    from components.config import NodeRole
+    from components.k3s_cluster import ClusterNode, K3sCluster, K3sClusterArgs
+    from components.pi_node import SshTarget
+
+    k3s_cluster.READY_TIMEOUT_SECONDS = 60  # the double is Ready in a second; bounds a hang
+    config = pulumi.Config()
+    pis = json.loads(config.require("pis"))
+    key = config.require_secret("sshPrivateKey")
+    nodes = [
+        ClusterNode(
+            name=pi["name"],
+            role=NodeRole(pi["role"]),
+            ssh=SshTarget(host="127.0.0.1", port=pi["port"], user="pi", private_key=key),
+            address=pi["address"],
+            ready=pulumi.ComponentResource("e2e:index:PreparedPi", pi["name"]),
+        )
+        for pi in pis
+    ]
+    cluster = K3sCluster(
+        "cluster",
+        K3sClusterArgs(
+            nodes=nodes,
+            version=config.require("version"),
+            token=config.require_secret("k3sToken"),
+            cluster_name="picluster-e2e",
+            install_url="file://{double}",
+        ),
+        pulumi.ResourceOptions(providers=[Provider("command")]),
+    )
+    pulumi.export("kubeconfig", cluster.kubeconfig)
+    '''
+)
+
+
+@dataclass
+class Lab:
+    project: Project
+    pis: dict[str, simpi.SimPi]
+
+    def up(self) -> dict[str, Any]:
+        """`pulumi up`; its summary: `{"changeSummary": {op: count}}`, as a preview's."""
+        result = self.project.pulumi("up", "--yes", "--json", "-s", "e2e", timeout=900)
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        # `up --json` prints the plan as one document, then the engine's events, one per line.
+        decoder, text, at, summary = json.JSONDecoder(), result.stdout, 0, None
+        while at < len(text):
+            if text[at].isspace():
+                at += 1
+                continue
+            document, at = decoder.raw_decode(text, at)
+            if "summaryEvent" in document:
+                summary = document["summaryEvent"]["resourceChanges"]
+        assert summary is not None, text[-3000:]
+        return {"changeSummary": summary}
+
+
+@pytest.fixture(scope="module")
+def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reason = simpi.docker_unavailable_reason() or simpi.image_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    build = simpi.ensure_image()
+    tmp = tmp_path_factory.mktemp("e2e")
+    path = tmp / "project"
+    path.mkdir()
+    (path / "Pulumi.yaml").write_text(
+        "name: picluster-e2e\nruntime:\n  name: python\n  options:\n"
+        f"    toolchain: pip\n    virtualenv: {ROOT / '.venv'}\n"
+        "backend:\n  url: file://./.state\n"
+    )
+    (path / "__main__.py").write_text(PROGRAM.format(root=str(ROOT), double=DOUBLE_ON_PI))
+    (path / ".state").mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{engine_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PULUMI_HOME": str(tmp / "pulumi-home"),
+        "PULUMI_CONFIG_PASSPHRASE": "e2e",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+    }
+    project = Project(path, env)
+    with simpi.SimPiLab(build.tag) as sim:
+        pis = {name: sim.start_pi(name) for name, _ in NODES}
+        for pi in pis.values():
+            pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
+        described = [
+            {
+                "name": name,
+                "role": role,
+                "port": pis[name].port,
+                "address": pis[name].exec("hostname", "-I").stdout.split()[0],
+            }
+            for name, role in NODES
+        ]
+        assert project.pulumi("stack", "init", "e2e").returncode == 0
+        for key, value in (("pis", json.dumps(described)), ("version", OLD)):
+            assert project.pulumi("config", "set", key, value, "-s", "e2e").returncode == 0
+        project.set_secret("e2e", "sshPrivateKey", sim.key_path.read_text())
+        project.set_secret("e2e", "k3sToken", "e2e-token-0123456789abcdef")
+        yield Lab(project, pis)
+
+
+@dataclass(frozen=True)
+class Runs:
+    first: dict[str, Any]
+    versions_after_first: dict[str, str]
+    preview: dict[str, Any]
+    bump: dict[str, Any]
+    again: dict[str, Any]
+
+
+def _ops(preview: dict[str, Any]) -> dict[str, str]:
+    return {s["urn"].rsplit("::", 1)[-1]: s["op"] for s in preview["steps"]}
+
+
+@pytest.fixture(scope="module")
+def runs(lab: Lab) -> Runs:
+    first = lab.up()
+    versions = {n: pi.exec("k3s", "--version").stdout.split()[2] for n, pi in lab.pis.items()}
+    agent = lab.pis["e2e-agent-1"]
+    agent.exec("sh", "-c", f"mkdir -p {AGENT_DATA.rsplit('/', 1)[0]} && date >{AGENT_DATA}")
+    assert lab.project.pulumi("config", "set", "version", NEW, "-s", "e2e").returncode == 0
+    preview = lab.project.pulumi("preview", "--diff", "--json", "-s", "e2e")
+    assert preview.returncode == 0, preview.stdout[-4000:] + preview.stderr[-2000:]
+    bump = lab.up()
+    again = lab.up()
+    return Runs(first, versions, json.loads(preview.stdout), bump, again)
+
+
+def test_the_first_up_creates_the_cluster(runs: Runs, lab: Lab) -> None:
+    summary = runs.first["changeSummary"]
+    assert summary.get("create", 0) > 0 and set(summary) <= {"create"}
+    assert runs.versions_after_first == dict.fromkeys(lab.pis, OLD)
+
+
+def test_a_version_bump_previews_as_updates_only(runs: Runs) -> None:
+    ops = _ops(runs.preview)
+    installs = {f"cluster-{name}-k3s" for name, _ in NODES}
+    assert {name for name, op in ops.items() if op == "update"} >= installs
+    assert not {op for op in ops.values()} - {"same", "update"}, ops
+
+
+def test_the_bump_upgrades_every_node_in_place_and_keeps_the_agent_data(
+    runs: Runs, lab: Lab
+) -> None:
+    summary = runs.bump["changeSummary"]
+    assert set(summary) <= {"same", "update"}, summary
+    for name, pi in lab.pis.items():
+        assert pi.exec("k3s", "--version").stdout.startswith(f"k3s version {NEW} "), name
+        log = pi.read(DOUBLE_LOG).splitlines()
+        assert not [line for line in log if line.startswith("uninstall")], (name, log)
+    assert lab.pis["e2e-agent-1"].exists(AGENT_DATA)
+
+
+def test_a_second_up_changes_nothing(runs: Runs) -> None:
+    assert set(runs.again["changeSummary"]) == {"same"}
+
+
+def test_destroy_is_refused_for_the_protected_server(runs: Runs, lab: Lab) -> None:
+    result = lab.project.pulumi("destroy", "--yes", "-s", "e2e", timeout=900)
+    assert result.returncode != 0
+    assert "protect" in (result.stdout + result.stderr).lower()
+    assert lab.pis["e2e-server"].exec("k3s", "--version").stdout.startswith("k3s version ")
