@@ -122,7 +122,7 @@ def program_figures() -> None:
     print("\nSSH sessions on a first `pulumi up` (one remote command each)")
     print(
         f"  first server           {sessions[first]:3d}   (prepare, gate, k3s, kubeconfig, "
-        "+1 join check per other node)"
+        "+1 node check per node: Ready, labels, taints)"
     )
     print(f"  each agent             {sessions[agent]:3d}   (prepare, gate, k3s)")
     print("  a re-run with no change opens none: commands only run when their inputs change")
