@@ -3,13 +3,16 @@
 Remote steps (each one SSH session running a script from `components/scripts/`):
 
 - `<node>-k3s` on every node (`k3s-install.sh`): the token into a root-only file, config.yaml
-  (built here as data) written 0600 only when it changed, K3s installed at the pinned version,
-  restarted only when its config changed. The first server initialises; further servers join one
-  after another (embedded etcd); agents join in parallel once the servers are up. A version
-  change re-runs the step in that same order: servers one at a time, then agents.
-- `<node>-join` on the first server for every other node (`k3s-node.sh`): waits until the node is
-  Ready, again after each run of the node's install; on destroy it drains and removes the node
-  before the node's K3s is uninstalled.
+  (built here as data) written 0600 only when it changed, the taints in a registration drop-in,
+  K3s installed at the pinned version, restarted only when its version, config or token changed.
+  The first server initialises and prints its CA's hash; every other node gets K3s's full token
+  (`K10<CA hash>::server:<token>`) and so checks the cluster before it sends the secret. Further
+  servers join one after another (embedded etcd); agents join in parallel once the servers are
+  up. A version change re-runs the step in that same order: servers one at a time, then agents.
+- `<node>-join` on the first server for every node (`k3s-node.sh`): waits until the node is Ready
+  and applies its labels and taints through the API (K3s reads them only when a node registers),
+  again after each run of the node's install; on destroy it drains the node and (for an agent)
+  removes it before the node's K3s is uninstalled; another server removes itself in its uninstall.
 - `kubeconfig` on the first server (`k3s-kubeconfig.sh`): stdout is the admin kubeconfig, kept
   secret and never logged; its server address is rewritten (as YAML) to the first server.
 
