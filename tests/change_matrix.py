@@ -177,6 +177,11 @@ CHANGES: tuple[Change, ...] = (
         _edit(lambda c: c.update(dbPassword="matrix-db-password-2")),
     ),
     Change(
+        "`grafanaAdminPassword` rotated",
+        "local",
+        _edit(lambda c: c.update(grafanaAdminPassword="matrix-grafana-password-2")),
+    ),
+    Change(
         "a service's image bumped",
         "local",
         _edit(lambda c: c["app"]["services"][0].update(image="ghcr.io/studio/lobby:1.4.3")),

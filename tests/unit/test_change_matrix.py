@@ -134,6 +134,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
             "Container monitoring-postgres-exporter",
         ]
     },
+    ("local", "`grafanaAdminPassword` rotated"): {"replace": ["Container monitoring-grafana"]},
     ("local", "a service's image bumped"): {
         "create": ["RemoteImage app-image-ghcr-io-studio-lobby-1-4-3"],
         "replace": ["Container app-lobby-1"],
