@@ -8,8 +8,9 @@
 // (virtualenv creation, pip install, running python inside the venv). It runs programs exactly as
 // upstream does: through `pulumi-language-python-exec` (shipped in the sdk/v3 module zip, installed
 // next to this binary), with the same arguments and PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS
-// environment. What it leaves out: debugging, typecheckers, Python-based plugins (RunPlugin),
-// code generation (GenerateProject/Program/Package, Pack, Link), and GetRequiredPackages returns an
+// environment. RunPlugin starts Python plugins and policy packs (runtime: python) the way
+// upstream's host does (see runplugin.go). What it leaves out: debugging, typecheckers, code
+// generation (GenerateProject/Program/Package, Pack, Link), and GetRequiredPackages returns an
 // empty list, so the engine loads provider plugins on demand (from PATH) instead of up front.
 package main
 
