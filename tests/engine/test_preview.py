@@ -8,12 +8,13 @@ cluster yet, every remote step and Kubernetes object must be planned as a create
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from tests.engine.conftest import Project
+from tests.engine.conftest import ROOT, Project
 
 pytestmark = pytest.mark.engine
 
@@ -66,3 +67,18 @@ def test_the_kubeconfig_and_the_install_stdin_stay_secret(project: Project) -> N
     read = steps["cluster-kubeconfig"]["newState"]
     assert "stdout" in read["additionalSecretOutputs"]  # the admin kubeconfig
     assert read["inputs"]["logging"] == "stderr"
+
+
+def test_the_policy_pack_runs_under_the_engine_and_the_prod_stack_passes(project: Project) -> None:
+    # As a pull request's preview runs it: `--policy-pack policy`, the pack's venv (README: "The
+    # policy pack") being the project's own here.
+    shutil.copytree(ROOT / "policy", project.path / "policy", ignore=shutil.ignore_patterns("venv"))
+    (project.path / "policy" / "venv").symlink_to(ROOT / ".venv")
+    assert project.pulumi("stack", "init", "prod").returncode == 0
+    project.set_secret("prod", "sshPrivateKey", FAKE_KEY)
+    for key, value in SECRETS.items():
+        project.set_secret("prod", key, value)
+    result = project.pulumi("preview", "-s", "prod", "--policy-pack", "policy")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "picluster@v0.1.0 (local: policy)" in result.stdout
+    assert "mandatory" not in result.stdout
