@@ -267,6 +267,15 @@ def _node_labels(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _install_url(value: str) -> str:
+    if not re.fullmatch(r"(https://[A-Za-z0-9.-]+(:[0-9]+)?(/[^\s]*)?|file:///[^\s]+)", value):
+        raise ValueError(
+            f"{value!r} is not an installer URL; give https://get.k3s.io (the default), a mirror "
+            "such as https://mirror.example.lan/k3s/install.sh, or file:///path/on/each/Pi"
+        )
+    return value
+
+
 def _taint(value: str) -> str:
     if not _TAINT.match(value):
         raise ValueError(f"{value!r} is not a taint such as 'dedicated=db:NoSchedule'")
@@ -354,6 +363,7 @@ class K3sConfig(_Model):
     server_config: dict[str, Any] = Field(default_factory=dict)
     agent_config: dict[str, Any] = Field(default_factory=dict)
     protect_server_data: bool = True
+    install_url: Annotated[str, AfterValidator(_install_url)] = "https://get.k3s.io"
 
 
 class FrontendConfig(_Model):

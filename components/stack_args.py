@@ -85,6 +85,7 @@ def k3s_cluster_args(
         server_config=k3s.server_config,
         agent_config=k3s.agent_config,
         protect_servers=k3s.protect_server_data,
+        install_url=k3s.install_url,
     )
 
 

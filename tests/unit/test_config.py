@@ -239,6 +239,11 @@ def test_k3s_base_is_valid() -> None:
             "the game's Ingress (and Grafana's) is served by K3s's Traefik",
         ),
         (
+            {"k3s": {"version": "v1.31.4+k3s1", "installUrl": "http://get.k3s.io"}},
+            "picluster:k3s.installUrl",
+            "is not an installer URL",
+        ),
+        (
             {"k3s": {"version": "v1.31.4+k3s1", "disable": ["local-storage"]}},
             "picluster:k3s.disable[0]",
             "local-path StorageClass",

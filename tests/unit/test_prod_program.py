@@ -479,3 +479,14 @@ def test_prod_secrets_live_only_in_kubernetes_secrets() -> None:
     assert result.outputs["frontendUrl"].value == "http://game.local/"
     assert result.outputs["grafanaUrl"].value == "http://game.local/grafana/"
     assert result.outputs["grafanaAdminPassword"].secret
+
+
+def test_a_k3s_installer_mirror_reaches_every_install_step() -> None:
+    k3s = {**stack_file_config("prod")["k3s"], "installUrl": "file:///opt/k3s/install.sh"}
+    run = run_prod({**stack_file_config("prod"), "k3s": k3s})
+    installs = [c for c in run.of_type(COMMAND) if c.name.endswith("-k3s")]
+    assert len(installs) == 3
+    for install in installs:
+        assert stdin_values(install)["K3S_INSTALL_URL"] == "file:///opt/k3s/install.sh"
+    default = run_prod(stack_file_config("prod")).named("cluster-pi-agent-1-k3s")
+    assert stdin_values(default)["K3S_INSTALL_URL"] == "https://get.k3s.io"
