@@ -94,9 +94,8 @@ def engine_bin() -> Path:
     return bin_dir
 
 
-@pytest.fixture
-def project(engine_bin: Path, tmp_path: Path) -> Iterator[Project]:
-    """The project's program and committed stack files in a fresh directory, no state yet."""
+def make_project(engine_bin: Path, tmp_path: Path) -> Project:
+    """The project's program and committed stack files in `tmp_path`, no state yet."""
     if not (ROOT / ".venv" / "bin" / "python").exists():
         _unavailable("the checkout has no .venv (run bin/test once)")
     path = tmp_path / "picluster"
@@ -119,4 +118,10 @@ def project(engine_bin: Path, tmp_path: Path) -> Iterator[Project]:
     }
     env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
     env.pop("PULUMI_IGNORE_AMBIENT_PLUGINS", None)
-    yield Project(path, env)
+    return Project(path, env)
+
+
+@pytest.fixture
+def project(engine_bin: Path, tmp_path: Path) -> Iterator[Project]:
+    """The project's program and committed stack files in a fresh directory, no state yet."""
+    yield make_project(engine_bin, tmp_path)

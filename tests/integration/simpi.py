@@ -622,11 +622,23 @@ class SimPiLab:
         return self._key
 
     def start_pi(
-        self, name: str, *, layout: Layout = Layout.BOOKWORM, boot_timeout: float = 90
+        self,
+        name: str,
+        *,
+        layout: Layout = Layout.BOOKWORM,
+        boot_timeout: float = 90,
+        bind: str = "127.0.0.1",
+        publish: Sequence[int] = (),
     ) -> SimPi:
-        """Start a fresh simulated Pi and wait until SSH answers with the session key."""
+        """Start a fresh simulated Pi and wait until SSH answers with the session key.
+
+        SSH is published on `bind` (loopback by default; the Docker bridge's gateway when the Pis
+        must reach each other the way the host does), with the container ports in `publish` on
+        the same address and port.
+        """
         container = f"picluster-sim-{self.session}-{name}"
         port = _free_loopback_port()
+        extra = [arg for p in publish for arg in ("-p", f"{bind}:{p}:{p}")]
         _run(
             [
                 "docker", "run", "-d", "--name", container, "--hostname", "raspberrypi",
@@ -638,11 +650,11 @@ class SimPiLab:
                 "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--cgroupns=host",
                 "--stop-signal", "SIGRTMIN+3", "--stop-timeout", "10",
                 "--restart", "unless-stopped",
-                "-p", f"127.0.0.1:{port}:22",
+                "-p", f"{bind}:{port}:22", *extra,
                 self.image,
             ],
         )  # fmt: skip
-        pi = SimPi(name, container, port, self.key_path, layout)
+        pi = SimPi(name, container, port, self.key_path, layout, host=bind)
         self.pis.append(pi)
         if layout is Layout.LEGACY:
             pi.exec("sh", "-c", "rm -rf /boot/firmware /boot/cmdline.txt")

@@ -587,7 +587,7 @@ def test_an_unreachable_server_fails_within_the_timeout(
     cluster: Cluster, stranger: simpi.SimPi
 ) -> None:
     token = join_token(TOKEN, cluster.ca_hash())
-    closed = f"https://{cluster.server_ip}:6444"  # the server's address, a port nobody serves
+    closed = f"https://{cluster.server_ip}:6447"  # the server's address, a port nobody serves
     result = run(
         stranger, "k3s-install.sh", stranger_values(cluster, stranger, token, server=closed)
     )

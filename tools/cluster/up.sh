@@ -291,7 +291,7 @@ start kube-scheduler \
 start kwok \
   --kubeconfig "$state/kwok.kubeconfig" \
   --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-  --cidr 10.42.0.0/16 --node-ip 127.0.0.1 \
+  --cidr 10.42.0.0/16 --node-ip 192.0.2.10 \
   --server-address "127.0.0.1:$kwok_port" \
   --node-lease-duration-seconds 40
 wait_for kube-controller-manager "$logs/kube-controller-manager.log" kube-controller-manager \
@@ -312,8 +312,11 @@ if ((local_path)); then
 fi
 
 # --- nodes: Node objects as a K3s v1.31.4 node on a Raspberry Pi registers them ------------
-node_json() { # node_json NAME ROLE
-  local name="$1" role="$2" role_labels=""
+# Node addresses come from TEST-NET-1 (192.0.2.0/24, never routed): not loopback, which the
+# endpoints controllers refuse, so the hostNetwork pods of a DaemonSet (node-exporter) get
+# endpoints as on real Pis.
+node_json() { # node_json NAME ROLE ADDRESS
+  local name="$1" role="$2" address="$3" role_labels=""
   if [[ "$role" == server ]]; then
     role_labels='"node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/master": "true", "node-role.kubernetes.io/etcd": "true",'
   fi
@@ -329,7 +332,7 @@ node_json() { # node_json NAME ROLE
  "status": {
    "capacity": {"cpu": "4", "memory": "8009856Ki", "pods": "110", "ephemeral-storage": "30Gi"},
    "allocatable": {"cpu": "4", "memory": "8009856Ki", "pods": "110", "ephemeral-storage": "29Gi"},
-   "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": "$name"}],
+   "addresses": [{"type": "InternalIP", "address": "$address"}, {"type": "Hostname", "address": "$name"}],
    "nodeInfo": {"architecture": "arm64", "operatingSystem": "linux",
      "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.6.51+rpt-rpi-v8",
      "kubeletVersion": "v1.31.4+k3s1", "kubeProxyVersion": "v1.31.4+k3s1",
@@ -344,7 +347,7 @@ for n in "${nodes[@]}"; do
   elif [[ "$n" != *:* && "$name" == *server* ]]; then role=server
   fi
   node_names+=("$name")
-  code="$(node_json "$name" "$role" | kcurl -o "$logs/node-$name.json" -w '%{http_code}' \
+  code="$(node_json "$name" "$role" "192.0.2.$((10 + ${#node_names[@]}))" | kcurl -o "$logs/node-$name.json" -w '%{http_code}' \
     -H 'Content-Type: application/json' -X POST --data-binary @- "$api_url/api/v1/nodes" || true)"
   [[ "$code" == 201 || "$code" == 409 ]] || { cat "$logs/node-$name.json" >&2; die "creating node $name: HTTP $code"; }
   echo "  node $name ($role)"

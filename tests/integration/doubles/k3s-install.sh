@@ -43,10 +43,15 @@
 #     then `reencrypt`); the double fails to start then.
 #   - The server writes /etc/rancher/k3s/k3s.yaml (write-kubeconfig-mode) whose CA is the server
 #     CA file, and /var/lib/rancher/k3s/server/token holding the full token.
-# Where the double has to differ from K3s, it says so: it speaks plain HTTP (not TLS) on port 6443
-# for /cacerts and node registration, served through systemd socket activation
-# (double-k3s-api.socket), since no TLS server can run in the simulated Pi; and its unit sets
-# NotifyAccess=all, since a shell cannot send READY from its main process.
+# Where the double has to differ from K3s, it says so: it speaks plain HTTP (not TLS) for
+# /cacerts and node registration, on the server URL's port + 1 (6444 for K3s's 6443, which stays
+# free for a real API server), served through systemd socket activation (double-k3s-api.socket),
+# since no TLS server can run in the simulated Pi; and its unit sets NotifyAccess=all, since a
+# shell cannot send READY from its main process.
+# With a real control plane (the end-to-end tests put its admin kubeconfig at
+# /etc/rancher/k3s/double-real-apiserver.yaml and a kubectl at /usr/local/bin/kubectl-real on the
+# first server), the server writes that kubeconfig as its k3s.yaml and `k3s kubectl` is the real
+# kubectl against the real API server.
 #
 # `k3s kubectl` on a server answers from the node registry the registrations above fill
 # (/var/lib/rancher/k3s/server/double-nodes), plus /etc/rancher/k3s/double-ready-nodes (`NAME` or
@@ -83,7 +88,9 @@ SERVER_TOKEN=$SERVER_DIR/token
 REGISTRY=$SERVER_DIR/double-nodes
 PVS=$SERVER_DIR/double-pvs
 NODE_PASSWORD=/etc/rancher/node/password
-API_PORT=6443
+API_PORT=6444
+REAL_KUBECONFIG=$CONFIG_DIR/double-real-apiserver.yaml
+REAL_KUBECTL=$BIN_DIR/kubectl-real
 
 info() { echo "[INFO]  (k3s double) $*"; }
 fatal() {
@@ -437,6 +444,13 @@ write_kubeconfig() {
     mode=${mode:-0600}
     echo "$mode" | grep -Eqx '0?[0-7]{3}' || fatal "invalid write-kubeconfig-mode $mode"
     tmp=$(mktemp "$CONFIG_DIR/.k3s.yaml.XXXXXX")
+    if [ -s "$REAL_KUBECONFIG" ]; then
+        cp "$REAL_KUBECONFIG" "$tmp"
+        chmod "$mode" "$tmp"
+        mv -f "$tmp" "$KUBECONFIG_FILE"
+        echo "Wrote kubeconfig $KUBECONFIG_FILE (mode $mode) for the real API server" >&2
+        return 0
+    fi
     ca_data=$(base64 -w0 <"$CA_FILE")
     cat >"$tmp" <<EOF
 apiVersion: v1
@@ -482,12 +496,19 @@ parse_token() {
     esac
 }
 
+# The double's API for a K3s server URL: https://HOST:PORT -> http://HOST:PORT+1.
+double_api_url() {
+    hostport=${1#https://}
+    hostport=${hostport%%/*}
+    port=${hostport##*:}
+    [ "$port" != "$hostport" ] || port=6443
+    echo "http://${hostport%:*}:$((port + 1))"
+}
+
 # join SERVER_URL ROLE: /cacerts (checked against the token's CA hash), then registration with
 # the token and the node password. Retries until it succeeds, as K3s does; never gives up.
 join() {
-    hostport=${1#https://}
-    hostport=${hostport%%/*}
-    url="http://$hostport"
+    url=$(double_api_url "$1")
     mkdir -p /run/k3s "${NODE_PASSWORD%/*}"
     if [ ! -s "$NODE_PASSWORD" ]; then
         (umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$NODE_PASSWORD")
@@ -703,12 +724,11 @@ remote_kubectl() {
     shift
     [ "${1:-} ${2:-}" = "delete node" ] || fatal "the double only deletes nodes on another server"
     name=${3:-}
-    hostport=${server#https://}
     secret=$(sed 's/^K10[^:]*::[^:]*://' "$SERVER_TOKEN" 2>/dev/null) || fatal "no $SERVER_TOKEN"
     headers=$(mktemp)
     printf 'Authorization: Basic %s\n' "$(printf 'node:%s' "$secret" | base64 -w0)" >"$headers"
     code=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' -X DELETE -H @"$headers" \
-        "http://${hostport%%/*}/v1-double/nodes/$name" || true)
+        "$(double_api_url "$server")/v1-double/nodes/$name" || true)
     rm -f "$headers"
     case "$code" in
         200) echo "node \"$name\" deleted" ;;
@@ -718,6 +738,14 @@ remote_kubectl() {
 }
 
 kubectl() {
+    if [ -s "$REAL_KUBECONFIG" ] && [ -x "$REAL_KUBECTL" ]; then
+        case " $* " in
+            *" --server "*) exec "$REAL_KUBECTL" "$@" ;;  # another server's API: not this one's
+        esac
+        systemctl is-active --quiet k3s ||
+            fatal "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?"
+        exec "$REAL_KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"
+    fi
     server=""
     while [ $# -gt 0 ]; do
         case "$1" in
@@ -737,6 +765,7 @@ kubectl() {
         echo "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?" >&2
         exit 1
     fi
+
     verb=${1:-}
     [ $# -gt 0 ] && shift
     case "$verb" in
