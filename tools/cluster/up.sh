@@ -217,8 +217,14 @@ start_cmd() {
   local name="$1"; shift
   echo "=== $(date -Is) $*" >>"$logs/$name.log"
   setsid "$@" >>"$logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$pids/$name.pid"
+  local pid=$! tries=0
+  echo "$pid" >"$pids/$name.pid"
   started=1
+  # Until the forked shell has exec'd the program, its pid still shows this script's command
+  # line, and `running` would report the program gone: wait (bounded) for the exec.
+  until ours "$name" "$pid" || ! kill -0 "$pid" 2>/dev/null || ((tries++ >= 50)); do
+    sleep 0.1
+  done
 }
 start() { start_cmd "$1" "$bin/$1" "${@:2}"; }
 # wait_for WHAT LOG COMMAND...: run COMMAND each second until it succeeds, at most $timeout s
