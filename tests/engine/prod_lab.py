@@ -1,0 +1,207 @@
+"""The prod lab: three simulated Pis and a real Kubernetes control plane, on which the real CLI runs
+`pulumi up -s prod` (tests/engine/test_prod_up.py, bench/engine_up.py).
+
+What stands in for what cannot run here, each named: the K3s installer and binary are the test
+double of the sim-Pi tests; K3s's own control plane is a real one at the pinned K3s's Kubernetes
+version (tools/cluster: etcd, kube-apiserver, controller-manager, scheduler, kwok playing the
+Pis' kubelets, a local-path stand-in), reached from the Pis and from Pulumi through the Docker
+bridge's address, which is therefore every node's `host`; and the Ingress status Traefik would
+publish is set by the lab (`traefik_double`). The program, its config, the engine and the
+Kubernetes provider are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tests.engine.conftest import ROOT, Project, make_project
+from tests.integration import simpi
+from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_ON_PI
+
+CLUSTER_CACHE = Path(
+    os.environ.get(
+        "PICLUSTER_CLUSTER_CACHE",
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "picluster" / "cluster",
+    )
+)
+NODES = (("pi-server-1", "server"), ("pi-agent-1", "agent"), ("pi-agent-2", "agent"))
+VERSION = "v1.31.4+k3s1"
+
+
+def _bridge_address() -> str:
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=False
+    ).stdout
+    match = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+    if not match:
+        raise RuntimeError("no docker0 bridge address to reach the simulated Pis through")
+    return match[1]
+
+
+def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLUSTER_CACHE / "bin" / "kubectl"), "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def traefik_double(kubeconfig: Path, address: str, stop: threading.Event) -> None:
+    """TEST DOUBLE of what K3s's Traefik (through servicelb) does for an Ingress: publish the
+    node's address in its status, which the Kubernetes provider awaits."""
+    while not stop.wait(2):
+        listed = kubectl(kubeconfig, "get", "ingress", "-A", "-o", "json")
+        if listed.returncode != 0:
+            continue
+        for item in json.loads(listed.stdout)["items"]:
+            if (item.get("status") or {}).get("loadBalancer", {}).get("ingress"):
+                continue
+            status = {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}}
+            kubectl(
+                kubeconfig,
+                "patch", "ingress", item["metadata"]["name"],
+                "-n", item["metadata"]["namespace"],
+                "--subresource=status", "--type=merge", "-p", json.dumps(status),
+            )  # fmt: skip
+
+
+CLUSTER_BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "kubectl",
+)
+
+
+def missing_cluster_binaries() -> list[str]:
+    """The control-plane binaries tools/cluster/build.sh has not built yet."""
+    return [b for b in CLUSTER_BINARIES if not (CLUSTER_CACHE / "bin" / b).exists()]
+
+
+@dataclass(frozen=True)
+class Up:
+    """One `pulumi up`: the engine's summary, the remote steps it ran, its wall time."""
+
+    summary: dict[str, int]
+    remote_steps: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Prod:
+    project: Project
+    kubeconfig: Path
+    pis: dict[str, simpi.SimPi]
+
+    def up(self) -> Up:
+        """`pulumi up -s prod`, which must succeed."""
+        start = time.monotonic()
+        result = self.project.pulumi("up", "--yes", "--json", "-s", "prod", timeout=1500)
+        seconds = time.monotonic() - start
+        assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+        # `up --json` prints the plan as one document, then the engine's events, one per line.
+        decoder, text, at, summary, remote = json.JSONDecoder(), result.stdout, 0, None, 0
+        while at < len(text):
+            if text[at].isspace():
+                at += 1
+                continue
+            document, at = decoder.raw_decode(text, at)
+            if "summaryEvent" in document:
+                summary = document["summaryEvent"]["resourceChanges"]
+            metadata = (document.get("resourcePreEvent") or {}).get("metadata") or {}
+            if metadata.get("type") == "command:remote:Command" and metadata.get("op") not in (
+                None,
+                "same",
+                "read",
+            ):
+                remote += 1
+        assert summary is not None, text[-3000:]
+        return Up(summary, remote, seconds)
+
+
+@contextmanager
+def prod_lab(engine_bin: Path, tmp: Path) -> Iterator[Prod]:
+    """The control plane, three simulated Pis and the project with its `prod` stack configured;
+    everything is stopped and removed on exit."""
+    build = simpi.ensure_image()
+    address = _bridge_address()
+    state = tmp / "cluster"
+    nodes = [f"{name}:{role}" for name, role in NODES]
+    started = subprocess.run(
+        [str(ROOT / "tools/cluster/up.sh"), "--state", str(state), "--port", "6443",
+         "--san", address, *nodes],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    kubeconfig = state / f"admin@{address}.kubeconfig"
+    stop = threading.Event()
+    ingress = threading.Thread(target=traefik_double, args=(kubeconfig, address, stop), daemon=True)
+    ingress.start()
+    project = make_project(engine_bin, tmp)
+    try:
+        with simpi.SimPiLab(build.tag) as lab:
+            pis = {
+                name: lab.start_pi(name, bind=address, publish=(6444,) if role == "server" else ())
+                for name, role in NODES
+            }
+            for pi in pis.values():
+                pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
+            first = pis["pi-server-1"]
+            first.put(
+                "/etc/rancher/k3s/double-real-apiserver.yaml", kubeconfig.read_bytes(), "0600"
+            )
+            subprocess.run(
+                ["docker", "cp", str((CLUSTER_CACHE / "bin" / "kubectl").resolve()),
+                 f"{first.container}:/usr/local/bin/kubectl-real"],
+                check=True, timeout=120,
+            )  # fmt: skip
+            config = {
+                "config": {
+                    "picluster:target": "k3s",
+                    "picluster:ssh": {"user": "pi"},
+                    "picluster:nodes": [
+                        # apt-get upgrade is proven by the node-script tests; here it would
+                        # only add minutes.
+                        {
+                            "name": name,
+                            "host": address,
+                            "port": pis[name].port,
+                            "role": role,
+                            "upgrade": False,
+                        }
+                        for name, role in NODES
+                    ],
+                    "picluster:k3s": {
+                        "version": VERSION,
+                        "installUrl": f"file://{DOUBLE_ON_PI}",
+                    },
+                    "picluster:app": {"domain": "game.local"},
+                }
+            }
+            (project.path / "Pulumi.prod.yaml").write_text(yaml.safe_dump(config))
+            assert project.pulumi("stack", "init", "prod").returncode == 0
+            project.set_secret("prod", "sshPrivateKey", lab.key_path.read_text())
+            for key in ("k3sToken", "dbPassword", "grafanaAdminPassword"):
+                project.set_secret("prod", key, f"e2e-{key}-0123456789abcdef")
+            yield Prod(project, kubeconfig, pis)
+    finally:
+        stop.set()
+        subprocess.run(
+            [str(ROOT / "tools/cluster/down.sh"), "--state", str(state)],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
