@@ -59,6 +59,11 @@ def _edit(fn: Callable[[Config], object]) -> Callable[[Config], Config]:
     return apply
 
 
+def _set(**values: Any) -> Callable[[Config], Config]:
+    """An edit that sets top-level keys (a secret rotated, a new setting)."""
+    return _edit(lambda c: c.update(values))
+
+
 def _node(name: str, host: str, role: str) -> dict[str, str]:
     return {"name": name, "host": host, "role": role}
 
@@ -127,17 +132,17 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "`dbPassword` rotated",
         "prod",
-        _edit(lambda c: c.update(dbPassword="matrix-db-password-2")),
+        _set(dbPassword="matrix-db-password-2"),
     ),
     Change(
         "`grafanaAdminPassword` rotated",
         "prod",
-        _edit(lambda c: c.update(grafanaAdminPassword="matrix-grafana-password-2")),
+        _set(grafanaAdminPassword="matrix-grafana-password-2"),
     ),
     Change(
         "`k3sToken` rotated",
         "prod",
-        _edit(lambda c: c.update(k3sToken="K10matrix-token-rotated-0123456789")),
+        _set(k3sToken="K10matrix-token-rotated-0123456789"),
         "k3s-install.sh refuses on pi-server-1 before changing anything; nothing else runs "
         "(README: Rotate the K3s token)",
     ),
@@ -163,7 +168,7 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "monitoring retention and scrape interval",
         "prod",
-        _edit(lambda c: c.update(monitoring={"retention": "30d", "scrapeInterval": "15s"})),
+        _set(monitoring={"retention": "30d", "scrapeInterval": "15s"}),
     ),
     Change(
         "database storage 5Gi → 10Gi",
@@ -174,12 +179,12 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "`dbPassword` rotated",
         "local",
-        _edit(lambda c: c.update(dbPassword="matrix-db-password-2")),
+        _set(dbPassword="matrix-db-password-2"),
     ),
     Change(
         "`grafanaAdminPassword` rotated",
         "local",
-        _edit(lambda c: c.update(grafanaAdminPassword="matrix-grafana-password-2")),
+        _set(grafanaAdminPassword="matrix-grafana-password-2"),
     ),
     Change(
         "a service's image bumped",
@@ -189,7 +194,7 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "`docker.publishAddress`",
         "local",
-        _edit(lambda c: c.update(docker={"publishAddress": "192.168.1.50"})),
+        _set(docker={"publishAddress": "192.168.1.50"}),
     ),
 )
 

@@ -62,6 +62,18 @@ def _config_map(
     )
 
 
+def _files_config_map(
+    parent: pulumi.Resource, ns: pulumi.Input[str], workload: Workload, files: dict[str, str]
+) -> str | None:
+    """The ConfigMap `<workload>-files` holding the files the workload mounts; its name, or None
+    when it mounts none."""
+    if not files:
+        return None
+    name = f"{workload.name}-files"
+    _config_map(parent, name, ns, {file_key(path): content for path, content in files.items()})
+    return name
+
+
 def _service(
     parent: pulumi.Resource,
     name: str,
@@ -177,14 +189,7 @@ def _database(
         opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, protect=True),
     )
     files = dict(db.files)
-    config_name = f"{db.name}-files" if files else None
-    if config_name is not None:
-        _config_map(
-            parent,
-            config_name,
-            ns,
-            {file_key(path): content for path, content in files.items()},
-        )
+    config_name = _files_config_map(parent, ns, db, files)
     container = workload_container(
         db, APP_SECRET, config_map=config_name, files=files, data_volume="data"
     )
@@ -235,14 +240,7 @@ def _deployment(
     extra_files: dict[str, str] | None = None,
 ) -> None:
     files = {**workload.files, **(extra_files or {})}
-    config_name = f"{workload.name}-files" if files else None
-    if config_name is not None:
-        _config_map(
-            parent,
-            config_name,
-            ns,
-            {file_key(path): content for path, content in files.items()},
-        )
+    config_name = _files_config_map(parent, ns, workload, files)
     container = workload_container(workload, APP_SECRET, config_map=config_name, files=files)
     spread = [
         k8s.core.v1.TopologySpreadConstraintArgs(

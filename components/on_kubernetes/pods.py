@@ -6,6 +6,7 @@ these, so every workload gets the same hardening and the same shape of resource 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 
@@ -151,9 +152,15 @@ def secret_checksum(secrets: Sequence[pulumi.Input[str]]) -> pulumi.Output[str]:
 
     def digest(values: list[str]) -> str:
         material = b"".join(hashlib.sha256(value.encode()).digest() for value in values)
-        return hashlib.scrypt(material, salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=1, dklen=16).hex()
+        return _scrypt(material, salt)
 
     return pulumi.Output.secret(pulumi.Output.all(*secrets).apply(digest))
+
+
+@functools.cache
+def _scrypt(material: bytes, salt: bytes) -> str:
+    # Several pods read the same secrets (every service the DATABASE_URL): one slow digest each.
+    return hashlib.scrypt(material, salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=1, dklen=16).hex()
 
 
 def template_annotations(

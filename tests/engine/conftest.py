@@ -9,9 +9,11 @@ downloaded. The plugins are found on PATH, as the CLI allows (sdk/go/common/work
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,31 @@ def _unavailable(reason: str) -> None:
 
 
 @dataclass(frozen=True)
+class Up:
+    """One `pulumi up`: the engine's summary, the remote steps it ran, its wall time."""
+
+    summary: dict[str, int]
+    remote_steps: int
+    seconds: float
+
+
+def engine_env(engine_bin: Path, tmp_path: Path) -> dict[str, str]:
+    """The environment the CLI runs in: the built binaries first on PATH (plugins are found
+    there), its own PULUMI_HOME and passphrase, no downloads and no update check."""
+    env = {
+        **os.environ,
+        "PATH": f"{engine_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PULUMI_HOME": str(tmp_path / "pulumi-home"),
+        "PULUMI_CONFIG_PASSPHRASE": "engine-test-passphrase",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+    }
+    env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
+    env.pop("PULUMI_IGNORE_AMBIENT_PLUGINS", None)
+    return env
+
+
+@dataclass(frozen=True)
 class Project:
     """A copy of the project the real CLI runs in."""
 
@@ -75,6 +102,31 @@ class Project:
             timeout=timeout,
             check=False,
         )
+
+    def up(self, stack: str, timeout: float = 1500) -> Up:
+        """`pulumi up --yes -s STACK`, which must succeed."""
+        start = time.monotonic()
+        result = self.pulumi("up", "--yes", "--json", "-s", stack, timeout=timeout)
+        seconds = time.monotonic() - start
+        assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+        # `up --json` prints the plan as one document, then the engine's events, one per line.
+        decoder, text, at, summary, remote = json.JSONDecoder(), result.stdout, 0, None, 0
+        while at < len(text):
+            if text[at].isspace():
+                at += 1
+                continue
+            document, at = decoder.raw_decode(text, at)
+            if "summaryEvent" in document:
+                summary = document["summaryEvent"]["resourceChanges"]
+            metadata = (document.get("resourcePreEvent") or {}).get("metadata") or {}
+            if metadata.get("type") == "command:remote:Command" and metadata.get("op") not in (
+                None,
+                "same",
+                "read",
+            ):
+                remote += 1
+        assert summary is not None, text[-3000:]
+        return Up(summary, remote, seconds)
 
     def set_secret(self, stack: str, key: str, value: str) -> None:
         result = self.pulumi("config", "set", "--secret", key, "-s", stack, stdin=value)
@@ -108,17 +160,7 @@ def make_project(engine_bin: Path, tmp_path: Path) -> Project:
             shutil.copy2(source, path / name)
     (path / ".venv").symlink_to(ROOT / ".venv")
     (path / ".pulumi-state").mkdir()
-    env = {
-        **os.environ,
-        "PATH": f"{engine_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PULUMI_HOME": str(tmp_path / "pulumi-home"),
-        "PULUMI_CONFIG_PASSPHRASE": "engine-test-passphrase",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-    }
-    env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
-    env.pop("PULUMI_IGNORE_AMBIENT_PLUGINS", None)
-    return Project(path, env)
+    return Project(path, engine_env(engine_bin, tmp_path))
 
 
 @pytest.fixture

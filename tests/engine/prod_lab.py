@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.engine.conftest import ROOT, Project, make_project
+from tests.engine.conftest import ROOT, Project, Up, make_project
 from tests.integration import simpi
 from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_ON_PI
 
@@ -94,15 +93,6 @@ def missing_cluster_binaries() -> list[str]:
 
 
 @dataclass(frozen=True)
-class Up:
-    """One `pulumi up`: the engine's summary, the remote steps it ran, its wall time."""
-
-    summary: dict[str, int]
-    remote_steps: int
-    seconds: float
-
-
-@dataclass(frozen=True)
 class Prod:
     project: Project
     kubeconfig: Path
@@ -110,28 +100,7 @@ class Prod:
 
     def up(self) -> Up:
         """`pulumi up -s prod`, which must succeed."""
-        start = time.monotonic()
-        result = self.project.pulumi("up", "--yes", "--json", "-s", "prod", timeout=1500)
-        seconds = time.monotonic() - start
-        assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
-        # `up --json` prints the plan as one document, then the engine's events, one per line.
-        decoder, text, at, summary, remote = json.JSONDecoder(), result.stdout, 0, None, 0
-        while at < len(text):
-            if text[at].isspace():
-                at += 1
-                continue
-            document, at = decoder.raw_decode(text, at)
-            if "summaryEvent" in document:
-                summary = document["summaryEvent"]["resourceChanges"]
-            metadata = (document.get("resourcePreEvent") or {}).get("metadata") or {}
-            if metadata.get("type") == "command:remote:Command" and metadata.get("op") not in (
-                None,
-                "same",
-                "read",
-            ):
-                remote += 1
-        assert summary is not None, text[-3000:]
-        return Up(summary, remote, seconds)
+        return self.project.up("prod")
 
 
 @contextmanager

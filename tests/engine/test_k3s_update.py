@@ -12,7 +12,6 @@ installer download is the test double of the sim-Pi tests; the remote commands r
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.conftest import ROOT, Project
+from tests.engine.conftest import ROOT, Project, engine_env
 from tests.integration import simpi
 from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI
 
@@ -84,19 +83,7 @@ class Lab:
 
     def up(self) -> dict[str, Any]:
         """`pulumi up`; its summary: `{"changeSummary": {op: count}}`, as a preview's."""
-        result = self.project.pulumi("up", "--yes", "--json", "-s", "e2e", timeout=900)
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-        # `up --json` prints the plan as one document, then the engine's events, one per line.
-        decoder, text, at, summary = json.JSONDecoder(), result.stdout, 0, None
-        while at < len(text):
-            if text[at].isspace():
-                at += 1
-                continue
-            document, at = decoder.raw_decode(text, at)
-            if "summaryEvent" in document:
-                summary = document["summaryEvent"]["resourceChanges"]
-        assert summary is not None, text[-3000:]
-        return {"changeSummary": summary}
+        return {"changeSummary": self.project.up("e2e", timeout=900).summary}
 
 
 @pytest.fixture(scope="module")
@@ -115,15 +102,7 @@ def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     (path / "__main__.py").write_text(PROGRAM.format(root=str(ROOT), double=DOUBLE_ON_PI))
     (path / ".state").mkdir()
-    env = {
-        **os.environ,
-        "PATH": f"{engine_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PULUMI_HOME": str(tmp / "pulumi-home"),
-        "PULUMI_CONFIG_PASSPHRASE": "e2e",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-    }
-    project = Project(path, env)
+    project = Project(path, engine_env(engine_bin, tmp))
     with simpi.SimPiLab(build.tag) as sim:
         pis = {name: sim.start_pi(name) for name, _ in NODES}
         for pi in pis.values():

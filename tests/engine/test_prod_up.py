@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.engine.conftest import _unavailable
-from tests.engine.prod_lab import VERSION, Prod, Up, kubectl, missing_cluster_binaries, prod_lab
+from tests.engine.conftest import Up, _unavailable
+from tests.engine.prod_lab import VERSION, Prod, kubectl, missing_cluster_binaries, prod_lab
 from tests.integration import simpi
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]

@@ -96,6 +96,30 @@ func (w *lockedWriter) Write(b []byte) (int, error) {
 
 // --- marshalling (the options pulumi-go-provider uses) ----------------------------------------------
 
+// oldsAndNews decodes a Diff's or an Update's state and new inputs, with the ignored properties
+// of the new inputs taken from the state (ignoreChanges).
+func oldsAndNews(
+	urn string, olds, news *structpb.Struct, ignoreChanges []string,
+) (resource.PropertyMap, resource.PropertyMap, error) {
+	if err := checkType(urn); err != nil {
+		return nil, nil, err
+	}
+	state, err := unmarshal(olds)
+	if err != nil {
+		return nil, nil, err
+	}
+	inputs, err := unmarshal(news)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, ignored := range ignoreChanges {
+		if v, ok := state[resource.PropertyKey(ignored)]; ok {
+			inputs[resource.PropertyKey(ignored)] = v
+		}
+	}
+	return state, inputs, nil
+}
+
 func unmarshal(s *structpb.Struct) (resource.PropertyMap, error) {
 	m, err := plugin.UnmarshalProperties(s, plugin.MarshalOptions{
 		KeepUnknowns: true, SkipNulls: true, KeepResources: true, KeepSecrets: true, KeepOutputValues: true,
@@ -197,21 +221,9 @@ func (s *server) Check(ctx context.Context, req *pulumirpc.CheckRequest) (*pulum
 // (added, removed, or type changed); a changed element ("triggers[0]") is an update from the
 // provider, and the replace comes from the SDK's replaceOnChanges ["triggers[*]"].
 func (s *server) Diff(ctx context.Context, req *pulumirpc.DiffRequest) (*pulumirpc.DiffResponse, error) {
-	if err := checkType(req.GetUrn()); err != nil {
-		return nil, err
-	}
-	state, err := unmarshal(req.GetOlds())
+	state, news, err := oldsAndNews(req.GetUrn(), req.GetOlds(), req.GetNews(), req.GetIgnoreChanges())
 	if err != nil {
 		return nil, err
-	}
-	news, err := unmarshal(req.GetNews())
-	if err != nil {
-		return nil, err
-	}
-	for _, ignored := range req.GetIgnoreChanges() {
-		if v, ok := state[resource.PropertyKey(ignored)]; ok {
-			news[resource.PropertyKey(ignored)] = v
-		}
 	}
 	for k := range news {
 		if k == "version" || strings.HasPrefix(string(k), "__") {
@@ -357,21 +369,9 @@ func createResponse(id string, props resource.PropertyMap) (*pulumirpc.CreateRes
 // stdout/stderr (PULUMI_COMMAND_STDOUT/STDERR). In a preview stdout/stderr become unknown when an
 // input differs from the state, as the infer layer's default computed-ness flow does.
 func (s *server) Update(ctx context.Context, req *pulumirpc.UpdateRequest) (*pulumirpc.UpdateResponse, error) {
-	if err := checkType(req.GetUrn()); err != nil {
-		return nil, err
-	}
-	state, err := unmarshal(req.GetOlds())
+	state, news, err := oldsAndNews(req.GetUrn(), req.GetOlds(), req.GetNews(), req.GetIgnoreChanges())
 	if err != nil {
 		return nil, err
-	}
-	news, err := unmarshal(req.GetNews())
-	if err != nil {
-		return nil, err
-	}
-	for _, ignored := range req.GetIgnoreChanges() {
-		if v, ok := state[resource.PropertyKey(ignored)]; ok {
-			news[resource.PropertyKey(ignored)] = v
-		}
 	}
 	oldStdout, oldStderr := state["stdout"], state["stderr"]
 	if !oldStdout.IsString() {

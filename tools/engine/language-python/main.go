@@ -128,6 +128,15 @@ func fatal(err error) {
 }
 
 // options reads Pulumi.yaml's runtime options (toolchain, virtualenv) as upstream does.
+// programToolchain is the toolchain the program's Python options name.
+func programToolchain(info *pulumirpc.ProgramInfo) (toolchain.Toolchain, error) {
+	opts, err := options(info)
+	if err != nil {
+		return nil, err
+	}
+	return toolchain.ResolveToolchain(opts)
+}
+
 func options(info *pulumirpc.ProgramInfo) (toolchain.PythonOptions, error) {
 	opts := toolchain.PythonOptions{Root: info.GetRootDirectory(), ProgramDir: info.GetProgramDirectory()}
 	raw := map[string]any{}
@@ -177,11 +186,7 @@ func (h *host) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.Plugin
 // each provider plugin when the program first registers one of its resources.
 func (h *host) GetRequiredPackages(ctx context.Context, req *pulumirpc.GetRequiredPackagesRequest,
 ) (*pulumirpc.GetRequiredPackagesResponse, error) {
-	opts, err := options(req.GetInfo())
-	if err != nil {
-		return nil, err
-	}
-	tc, err := toolchain.ResolveToolchain(opts)
+	tc, err := programToolchain(req.GetInfo())
 	if err != nil {
 		return nil, err
 	}
@@ -195,11 +200,7 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	if h.engineAddress == "" {
 		return nil, errors.New("Handshake must be called before Run")
 	}
-	opts, err := options(req.GetInfo())
-	if err != nil {
-		return nil, err
-	}
-	tc, err := toolchain.ResolveToolchain(opts)
+	tc, err := programToolchain(req.GetInfo())
 	if err != nil {
 		return nil, err
 	}
@@ -348,11 +349,7 @@ func (h *host) About(ctx context.Context, req *pulumirpc.AboutRequest) (*pulumir
 
 func (h *host) GetProgramDependencies(ctx context.Context, req *pulumirpc.GetProgramDependenciesRequest,
 ) (*pulumirpc.GetProgramDependenciesResponse, error) {
-	opts, err := options(req.GetInfo())
-	if err != nil {
-		return nil, err
-	}
-	tc, err := toolchain.ResolveToolchain(opts)
+	tc, err := programToolchain(req.GetInfo())
 	if err != nil {
 		return nil, err
 	}
