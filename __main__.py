@@ -29,13 +29,15 @@ pis = [(node, PiNode(node.name, args, over_ssh)) for node, args in node_args]
 if settings.target is Target.K3S:
     cluster = K3sCluster("cluster", k3s_cluster_args(config, pis, cluster_token(config)), over_ssh)
     stack_id = f"picluster-{pulumi.get_stack()}"
-    provider = kubernetes_provider(cluster.kubeconfig, stack_id, cluster.ready)
+    provider = kubernetes_provider(cluster.kubeconfig, stack_id, cluster.servers_ready)
+    after_nodes: list[pulumi.Resource] = list(cluster.ready)
     platform = kubernetes_platform(settings)
     pulumi.export("apiServerUrl", cluster.api_server_url)
     pulumi.export("nodeNames", cluster.node_names)
     pulumi.export("kubeconfig", cluster.kubeconfig)
 else:
     provider = docker_provider(settings.docker, [pi for _, pi in pis])
+    after_nodes = []
     platform = docker_platform(settings)
 
 on_platform = pulumi.ResourceOptions(providers=[provider])
@@ -52,7 +54,10 @@ if settings.monitoring.enabled:
             platform=platform,
             network_name=app_stack.network_name,
         ),
-        on_platform,
+        # On K3s, after every node (and so, on destroy, gone before any agent is drained: the
+        # drain refuses while Prometheus' or Grafana's volume is on the node). Not the app: it
+        # holds the protected database claim, which must not depend on an agent.
+        pulumi.ResourceOptions.merge(on_platform, pulumi.ResourceOptions(depends_on=after_nodes)),
     )
     pulumi.export("grafanaUrl", monitoring.grafana_url)
     pulumi.export("prometheusUrl", monitoring.prometheus_url)

@@ -14,7 +14,9 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
   again after each run of the node's install; on destroy it drains the node and (for an agent)
   removes it before the node's K3s is uninstalled; another server removes itself in its uninstall.
 - `kubeconfig` on the first server (`k3s-kubeconfig.sh`): stdout is the admin kubeconfig, kept
-  secret and never logged; its server address is rewritten (as YAML) to the first server.
+  secret and never logged; its server address is rewritten (as YAML) to the first server. It is
+  read once, not after every run of the install: the Kubernetes provider is built from it, and a
+  re-read would leave every object on the cluster undiffable in a preview.
 
 No step carries `triggers`: pulumi-command's SDK adds `replaceOnChanges: ["triggers[*]"]` to every
 Command, and a replaced install would run its `delete` (uninstall K3s) after the new one ran. What
@@ -192,7 +194,12 @@ class K3sCluster(pulumi.ComponentResource):
     node_names: list[str]
     """Every node's name, servers first."""
     ready: list[pulumi.Resource]
-    """The steps after which every node is Ready; deploy onto the cluster after them."""
+    """The steps after which every node is Ready, its labels and taints applied."""
+    servers_ready: list[remote.Command]
+    """The steps after which every server is Ready: build the Kubernetes provider after these
+    only. What depends on the provider (the protected database claim) then does not depend on
+    an agent, so `pulumi destroy --exclude-protected` can remove the agents, and a new agent
+    joins without holding up the app."""
 
     def __init__(
         self, name: str, args: K3sClusterArgs, opts: pulumi.ResourceOptions | None = None
@@ -252,12 +259,12 @@ class K3sCluster(pulumi.ComponentResource):
             connection=first_connection,
             create="sudo bash -s",
             update="sudo bash -s",
-            # Read again after every run of the first server's install (new certificates).
-            stdin=server_steps[0].stdout.apply(
-                lambda out: steps_payload(
-                    ["k3s-kubeconfig.sh"], {"READY_TIMEOUT": "300", "AFTER_RUN": run_marker(out)}
-                )
-            ),
+            # Read once, after the first server's install, and again only when the first server
+            # itself changes (the connection): not after each run of its install. A re-read
+            # leaves the kubeconfig unknown in a preview, and a Kubernetes provider with unknown
+            # config cannot diff, so every object on the cluster would preview as an update.
+            # The install keeps the CA and the admin credentials across upgrades and restarts.
+            stdin=steps_payload(["k3s-kubeconfig.sh"], {"READY_TIMEOUT": "300"}),
             # The kubeconfig holds the cluster's admin credentials: never logged, stored secret,
             # and not handed back to the next run's environment.
             logging=remote.Logging.STDERR,
@@ -279,6 +286,7 @@ class K3sCluster(pulumi.ComponentResource):
         )
         self.node_names = [n.name for n in [*servers, *agents]]
         self.ready = list(joins)
+        self.servers_ready = joins[: len(servers)]
         self.register_outputs(
             {"kubeconfig": self.kubeconfig, "api_server_url": self.api_server_url}
         )

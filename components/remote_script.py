@@ -116,10 +116,10 @@ def parse_summaries(stdout: str) -> list[Summary]:
 def run_marker(stdout: str) -> str:
     """A short digest of a step's stdout, for the stdin of the step that must follow each run.
 
-    A step that has to run again whenever another one ran (the gate after prepare, the kubeconfig
-    read after the first server's install) gets `AFTER_RUN=<marker>` in its stdin header: a new
-    run prints new output, so the follower's stdin changes and the provider updates it in place.
-    (`triggers` would do the same by replacing the command, and a replaced command runs its
-    `delete`.)
+    A step that has to run again whenever another one ran (the gate after prepare, a node's check
+    after its install) gets `AFTER_RUN=<marker>` in its stdin header: a new run prints new output,
+    so the follower's stdin changes and the provider updates it in place. (`triggers` would do the
+    same by replacing the command, and a replaced command runs its `delete`.) In a preview the
+    follower's stdin is then unknown: nothing that configures a provider may follow this way.
     """
     return hashlib.sha256(stdout.encode()).hexdigest()[:16]

@@ -23,16 +23,29 @@ source:
   deleted `Command` with a `delete` runs it with its *old* stdin; with create-before-delete (the
   default) that happens after its replacement already ran.
 
+- **Providers blind in preview** (pulumi/pulumi `sdk/go/common/resource/plugin/provider_plugin.go`,
+  `Diff`: "cannot diff due to unknown config"): a resource that is created, updated or replaced has
+  unknown outputs in a preview (pulumi-command's infer layer marks `stdout` unknown when an input
+  changed), so an existing provider configured from them (the Kubernetes provider from the
+  kubeconfig read) cannot diff anything it manages: the preview shows every one of its resources
+  as an update, "This preview may not correctly represent the changes that will be applied".
+  Found with the real engine (tests/engine/test_prod_changes.py); the plan lists such providers.
+
+- **`destroy --exclude-protected`** (`pkg/cmd/pulumi/operations/destroy.go`,
+  `getProtectedExcludes`; `pkg/resource/graph` `TransitiveDependenciesOf`): keeps every
+  protected resource and everything it transitively depends on (parent, `dependsOn`, property
+  dependencies, provider); destroys the rest.
+
 Not modelled: dependent replacements of a delete-before-replace resource (no program resource has
-property dependencies on one), and values unknown during preview (mocks resolve everything; the
-stdout of a re-run step is modelled as changed, see `tests/harness.py`).
+property dependencies on one), and other values unknown during preview (mocks resolve
+everything; the stdout of a re-run step is modelled as changed, see `tests/harness.py`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,6 +193,9 @@ class Plan:
     rejected: list[str]
     """In-place updates the Kubernetes API server rejects (immutable fields)."""
     delete_commands: list[DeleteCommand]
+    blind_providers: list[str] = field(default_factory=list)
+    """Existing providers whose configuration is unknown in a preview (it comes from a resource
+    that changes): the preview shows every resource they manage as an update."""
 
     def names(self, action: Action) -> set[str]:
         """Names of the resources that get `action`."""
@@ -203,7 +219,7 @@ class Plan:
     def summary(self) -> str:
         """One line per step, for assertion messages."""
         lines = [f"{s.action.value:8} {s.name} {', '.join(s.paths)} {s.reason}" for s in self.steps]
-        return "\n".join([*lines, *self.refusals, *self.rejected])
+        return "\n".join([*lines, *self.refusals, *self.rejected, *self.blind_providers])
 
 
 def _scripts(stdin: str) -> tuple[str, ...]:
@@ -305,7 +321,29 @@ def plan(before: Sequence[Registration], after: Sequence[Registration]) -> Plan:
                 f"unable to delete resource {urn!r} as it is currently marked for protection"
             )
         _delete_command(previous, delete_commands)
-    return Plan(steps, refusals, rejected, delete_commands)
+    return Plan(steps, refusals, rejected, delete_commands, _blind_providers(old, new, steps))
+
+
+def _blind_providers(
+    old: Mapping[str, Registration], new: Mapping[str, Registration], steps: Sequence[Step]
+) -> list[str]:
+    """The existing providers configured from outputs a preview does not know yet."""
+    changing = {s.urn: s.name for s in steps if s.action is not Action.DELETE}
+    blind = []
+    for urn, reg in new.items():
+        if not reg.type.startswith("pulumi:providers:") or urn not in old or urn in changing:
+            continue
+        # Inputs, not `dependsOn`: ordering after a changing resource leaves the config known.
+        inputs_from = {d for deps in reg.property_dependencies.values() for d in deps}
+        sources = sorted({changing[d] for d in inputs_from if d in changing})
+        if sources:
+            managed = sum(1 for r in new.values() if r.provider.rsplit("::", 1)[0] == urn)
+            blind.append(
+                f"provider {reg.name}: configured from {', '.join(sources)}, which "
+                f"{'change' if len(sources) > 1 else 'changes'}: a preview cannot diff the "
+                f"{managed} resources it manages and shows each as an update"
+            )
+    return blind
 
 
 def _paths(paths: Sequence[PathTokens]) -> tuple[str, ...]:
@@ -315,3 +353,25 @@ def _paths(paths: Sequence[PathTokens]) -> tuple[str, ...]:
 def _delete_command(previous: Registration, found: list[DeleteCommand]) -> None:
     if previous.type == COMMAND and previous.value("delete"):
         found.append(DeleteCommand(previous.name, _scripts(str(previous.value("stdin") or ""))))
+
+
+def kept_by_exclude_protected(registrations: Sequence[Registration]) -> set[str]:
+    """The names of what `pulumi destroy --exclude-protected` keeps."""
+    by_urn = {r.urn: r for r in registrations}
+    kept: set[str] = set()
+
+    def keep(urn: str) -> None:
+        reg = by_urn.get(urn)
+        if reg is None or urn in kept:
+            return
+        kept.add(urn)
+        upstream = [reg.parent, reg.provider.rsplit("::", 1)[0], *reg.dependencies]
+        upstream += [d for deps in reg.property_dependencies.values() for d in deps]
+        for dependency in upstream:
+            if dependency:
+                keep(dependency)
+
+    for reg in registrations:
+        if reg.protect:
+            keep(reg.urn)
+    return {by_urn[u].name for u in kept}

@@ -23,6 +23,7 @@ from components.on_kubernetes.workloads import (
     container_port,
     file_key,
     pod_spec,
+    prefer_servers,
     workload_container,
 )
 from components.secrets import StackSecrets
@@ -222,6 +223,7 @@ def _database(
                         )
                     ],
                     secret_name=APP_SECRET,
+                    affinity=prefer_servers(),
                 ),
             ),
         ),

@@ -81,9 +81,7 @@ def render_backup(
     pod_labels = labels("postgres-backup", BACKUP_COMPONENT)
     k8s.batch.v1.CronJob(
         f"{name}-backup",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name="postgres-backup", namespace=ns, labels=pod_labels
-        ),
+        metadata=pods.metadata("postgres-backup", ns, BACKUP_COMPONENT),
         spec=k8s.batch.v1.CronJobSpecArgs(
             schedule=backup.schedule,
             concurrency_policy="Forbid",

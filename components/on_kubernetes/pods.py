@@ -19,6 +19,11 @@ from components.on_kubernetes.platform import PART_OF, labels, selector
 POD_SECURITY_VERSION = "latest"
 CHECKSUM_ANNOTATION = "checksum/config"
 """Pod-template annotation carrying `checksum` of the configuration the pod reads."""
+OWNED_ANNOTATIONS = {"pulumi.com/patchForce": "true"}
+"""On every object picluster declares: its Server-Side Apply takes back the fields it declares
+from a hand change (`kubectl scale`, `kubectl edit`), so `pulumi up --refresh` restores them
+instead of failing on a field conflict (pulumi-kubernetes `pkg/await/await.go`, `patchForce`).
+Fields picluster does not declare stay with whoever set them."""
 SECRET_CHECKSUM_ANNOTATION = "checksum/secrets"  # noqa: S105 - an annotation's name
 """Pod-template annotation carrying `secret_checksum` of the secrets the pod reads."""
 # scrypt's cost: 16 MiB and some tens of milliseconds per digest, once per secret set and run.
@@ -43,7 +48,9 @@ def namespace(
     return k8s.core.v1.Namespace(
         resource_name,
         metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=name, labels={**labels(name, "namespace"), **pod_security_labels(level)}
+            name=name,
+            labels={**labels(name, "namespace"), **pod_security_labels(level)},
+            annotations=OWNED_ANNOTATIONS,
         ),
         opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=retain),
     )
@@ -56,12 +63,12 @@ def metadata(
     *,
     annotations: Mapping[str, str] | None = None,
 ) -> k8s.meta.v1.ObjectMetaArgs:
-    """An object's name, namespace and recommended labels."""
+    """An object's name, namespace, recommended labels and `OWNED_ANNOTATIONS`."""
     return k8s.meta.v1.ObjectMetaArgs(
         name=name,
         namespace=namespace,
         labels=labels(name, component),
-        annotations=dict(annotations) if annotations else None,
+        annotations={**OWNED_ANNOTATIONS, **(annotations or {})},
     )
 
 

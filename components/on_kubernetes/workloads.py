@@ -111,6 +111,7 @@ def pod_spec(
     config_map: str | None = None,
     extra_volumes: Sequence[k8s.core.v1.VolumeArgs] = (),
     topology_spread: Sequence[k8s.core.v1.TopologySpreadConstraintArgs] | None = None,
+    affinity: k8s.core.v1.AffinityArgs | None = None,
 ) -> k8s.core.v1.PodSpecArgs:
     """A restricted pod running `containers` as the workload's non-root user."""
     volumes = [pods.scratch_volume(f"scratch-{i}") for i, _ in enumerate(workload.writable_paths)]
@@ -137,4 +138,28 @@ def pod_spec(
         containers=list(containers),
         volumes=[*volumes, *extra_volumes],
         topology_spread_constraints=list(topology_spread) if topology_spread else None,
+        affinity=affinity,
+    )
+
+
+def prefer_servers() -> k8s.core.v1.AffinityArgs:
+    """Prefer a K3s server: a local-path volume stays on the node its pod first ran on, and the
+    servers are the nodes picluster protects, so the data is not on an agent that a node removal
+    or `pulumi destroy --exclude-protected` takes away. A preference, not a rule: a volume already
+    bound on an agent keeps its pod there."""
+    return k8s.core.v1.AffinityArgs(
+        node_affinity=k8s.core.v1.NodeAffinityArgs(
+            preferred_during_scheduling_ignored_during_execution=[
+                k8s.core.v1.PreferredSchedulingTermArgs(
+                    weight=100,
+                    preference=k8s.core.v1.NodeSelectorTermArgs(
+                        match_expressions=[
+                            k8s.core.v1.NodeSelectorRequirementArgs(
+                                key="node-role.kubernetes.io/control-plane", operator="Exists"
+                            )
+                        ]
+                    ),
+                )
+            ]
+        )
     )

@@ -129,10 +129,12 @@ reconcile_taints() {
 }
 
 # local-path volumes (their PersistentVolumes are pinned to one node): NAME NAMESPACE/CLAIM lines.
+# A volume whose claim is gone and whose reclaim policy is Delete is being deleted (a destroy
+# removes the claims just before the nodes): not data that would be lost.
 volumes_on_node() {
     k3s kubectl get pv --no-headers -o \
-        'custom-columns=NAME:.metadata.name,NODE:.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0],NS:.spec.claimRef.namespace,CLAIM:.spec.claimRef.name' |
-        awk -v n="$NODE_NAME" '$2 == n { print $1, $3 "/" $4 }'
+        'custom-columns=NAME:.metadata.name,NODE:.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0],NS:.spec.claimRef.namespace,CLAIM:.spec.claimRef.name,PHASE:.status.phase,RECLAIM:.spec.persistentVolumeReclaimPolicy' |
+        awk -v n="$NODE_NAME" '$2 == n && !(($5 == "Released" || $5 == "Failed") && $6 == "Delete") { print $1, $3 "/" $4 }'
 }
 
 remove() {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -81,6 +82,13 @@ def engine_env(engine_bin: Path, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def errors(json_output: str) -> list[str]:
+    """The error diagnostics in a `--json` output (a failure's tail is mostly tracebacks)."""
+    found = re.findall(r'"message": "((?:[^"\\]|\\.)*)",\s*"severity": "error"', json_output)
+    found += re.findall(r'"severity": "error"[^}]*?"message": "((?:[^"\\]|\\.)*)"', json_output)
+    return [json.loads(f'"{m}"') for m in found]
+
+
 @dataclass(frozen=True)
 class Project:
     """A copy of the project the real CLI runs in."""
@@ -103,12 +111,14 @@ class Project:
             check=False,
         )
 
-    def up(self, stack: str, timeout: float = 1500) -> Up:
-        """`pulumi up --yes -s STACK`, which must succeed."""
+    def up(self, stack: str, *options: str, timeout: float = 1500) -> Up:
+        """`pulumi up --yes -s STACK [OPTIONS]`, which must succeed."""
         start = time.monotonic()
-        result = self.pulumi("up", "--yes", "--json", "-s", stack, timeout=timeout)
+        result = self.pulumi("up", "--yes", "--json", "-s", stack, *options, timeout=timeout)
         seconds = time.monotonic() - start
-        assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+        assert result.returncode == 0, "\n".join(
+            [*errors(result.stdout), result.stdout[-3000:], result.stderr[-3000:]]
+        )
         # `up --json` prints the plan as one document, then the engine's events, one per line.
         decoder, text, at, summary, remote = json.JSONDecoder(), result.stdout, 0, None, 0
         while at < len(text):
@@ -123,6 +133,7 @@ class Project:
                 None,
                 "same",
                 "read",
+                "refresh",  # `up --refresh` reads each Command's state: nothing runs on the Pi
             ):
                 remote += 1
         assert summary is not None, text[-3000:]

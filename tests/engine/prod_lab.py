@@ -12,15 +12,17 @@ Kubernetes provider are the real ones.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -92,25 +94,81 @@ def missing_cluster_binaries() -> list[str]:
     return [b for b in CLUSTER_BINARIES if not (CLUSTER_CACHE / "bin" / b).exists()]
 
 
-@dataclass(frozen=True)
+SECRET_KEYS = ("sshPrivateKey", "k3sToken", "dbPassword", "grafanaAdminPassword")
+Config = dict[str, Any]
+
+
+def default_config() -> Config:
+    """The lab's stack in the change matrix's form (unprefixed keys, secrets as plain keys; the
+    lab fills in each node's address, SSH port and key): the committed stack's three Pis."""
+    return {
+        "target": "k3s",
+        "ssh": {"user": "pi"},
+        "nodes": [{"name": name, "role": role} for name, role in NODES],
+        "k3s": {"version": VERSION},
+        "app": {"domain": "game.local"},
+        **{key: f"e2e-{key}-0123456789abcdef" for key in SECRET_KEYS[1:]},
+    }
+
+
+@dataclass
 class Prod:
     project: Project
     kubeconfig: Path
     pis: dict[str, simpi.SimPi]
+    address: str
+    key: str
+    secrets: dict[str, str] = field(default_factory=dict)
+    """The secrets last written to the stack."""
 
-    def up(self) -> Up:
-        """`pulumi up -s prod`, which must succeed."""
-        return self.project.up("prod")
+    def up(self, *options: str) -> Up:
+        """`pulumi up -s prod [OPTIONS]`, which must succeed."""
+        return self.project.up("prod", *options)
+
+    def configure(self, config: Config) -> None:
+        """Write `config` (the change matrix's form) as the `prod` stack's configuration: every
+        node is reached at its simulated Pi, the K3s installer is the double on the Pi."""
+        config = copy.deepcopy(config)
+        values = {k: v for k, v in config.items() if k not in SECRET_KEYS}
+        values["ssh"] = {"user": "pi"}  # the key is the lab's, each Pi's port its own
+        # apt-get upgrade is proven by the node-script tests; here it would only add minutes.
+        values["nodes"] = [
+            {**node, "host": self.address, "port": self.pis[node["name"]].port, "upgrade": False}
+            for node in values["nodes"]
+        ]
+        values["k3s"] = {**values["k3s"], "installUrl": f"file://{DOUBLE_ON_PI}"}
+        # The stack file also holds the encrypted secrets and the passphrase's salt: keep them.
+        stack_file = self.project.path / "Pulumi.prod.yaml"
+        document = yaml.safe_load(stack_file.read_text()) if stack_file.exists() else None
+        document = document or {}
+        kept = {
+            k: v
+            for k, v in (document.get("config") or {}).items()
+            if k.removeprefix("picluster:") in SECRET_KEYS
+        }
+        document["config"] = {**kept, **{f"picluster:{k}": v for k, v in values.items()}}
+        stack_file.write_text(yaml.safe_dump(document))
+        secrets = {k: str(config[k]) for k in SECRET_KEYS[1:] if k in config}
+        secrets["sshPrivateKey"] = self.key
+        for key, value in secrets.items():
+            if self.secrets.get(key) != value:
+                self.project.set_secret("prod", key, value)
+        self.secrets = secrets
 
 
 @contextmanager
-def prod_lab(engine_bin: Path, tmp: Path) -> Iterator[Prod]:
-    """The control plane, three simulated Pis and the project with its `prod` stack configured;
-    everything is stopped and removed on exit."""
+def prod_lab(engine_bin: Path, tmp: Path, standby: Sequence[str] = ()) -> Iterator[Prod]:
+    """The control plane, three simulated Pis (plus the agents named in `standby`, running but
+    not in the stack yet) and the project with its `prod` stack configured by
+    `default_config()`; everything is stopped and removed on exit.
+
+    kwok plays every node's kubelet, a standby agent's too: its Node object exists from the start
+    (a real agent registers it when it joins), so joining it finds it Ready."""
     build = simpi.ensure_image()
     address = _bridge_address()
     state = tmp / "cluster"
-    nodes = [f"{name}:{role}" for name, role in NODES]
+    roles = {**dict(NODES), **dict.fromkeys(standby, "agent")}
+    nodes = [f"{name}:{role}" for name, role in roles.items()]
     started = subprocess.run(
         [str(ROOT / "tools/cluster/up.sh"), "--state", str(state), "--port", "6443",
          "--san", address, *nodes],
@@ -126,7 +184,7 @@ def prod_lab(engine_bin: Path, tmp: Path) -> Iterator[Prod]:
         with simpi.SimPiLab(build.tag) as lab:
             pis = {
                 name: lab.start_pi(name, bind=address, publish=(6444,) if role == "server" else ())
-                for name, role in NODES
+                for name, role in roles.items()
             }
             for pi in pis.values():
                 pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
@@ -139,35 +197,10 @@ def prod_lab(engine_bin: Path, tmp: Path) -> Iterator[Prod]:
                  f"{first.container}:/usr/local/bin/kubectl-real"],
                 check=True, timeout=120,
             )  # fmt: skip
-            config = {
-                "config": {
-                    "picluster:target": "k3s",
-                    "picluster:ssh": {"user": "pi"},
-                    "picluster:nodes": [
-                        # apt-get upgrade is proven by the node-script tests; here it would
-                        # only add minutes.
-                        {
-                            "name": name,
-                            "host": address,
-                            "port": pis[name].port,
-                            "role": role,
-                            "upgrade": False,
-                        }
-                        for name, role in NODES
-                    ],
-                    "picluster:k3s": {
-                        "version": VERSION,
-                        "installUrl": f"file://{DOUBLE_ON_PI}",
-                    },
-                    "picluster:app": {"domain": "game.local"},
-                }
-            }
-            (project.path / "Pulumi.prod.yaml").write_text(yaml.safe_dump(config))
             assert project.pulumi("stack", "init", "prod").returncode == 0
-            project.set_secret("prod", "sshPrivateKey", lab.key_path.read_text())
-            for key in ("k3sToken", "dbPassword", "grafanaAdminPassword"):
-                project.set_secret("prod", key, f"e2e-{key}-0123456789abcdef")
-            yield Prod(project, kubeconfig, pis)
+            prod = Prod(project, kubeconfig, pis, address, lab.key_path.read_text())
+            prod.configure(default_config())
+            yield prod
     finally:
         stop.set()
         subprocess.run(

@@ -22,9 +22,8 @@ from tests.integration import simpi
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def prod(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
-    missing = missing_cluster_binaries()
+def _require_lab(missing: list[str]) -> None:
+    """Skip (or fail, when required) unless the control plane and Docker are there."""
     if missing:
         reason = f"control-plane binaries missing: {', '.join(missing)} (tools/cluster/build.sh)"
         if os.environ.get("PICLUSTER_REQUIRE_CLUSTER") == "1":
@@ -33,6 +32,11 @@ def prod(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     reason = simpi.docker_unavailable_reason() or simpi.image_unavailable_reason()
     if reason:
         _unavailable(reason)
+
+
+@pytest.fixture(scope="module")
+def prod(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
+    _require_lab(missing_cluster_binaries())
     with prod_lab(engine_bin, tmp_path_factory.mktemp("prod")) as lab:
         yield lab
 

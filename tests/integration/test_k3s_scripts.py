@@ -662,14 +662,22 @@ def test_node_delete_refuses_while_local_volumes_live_on_the_node(
     # local-path volumes are directories on one node: removing the node loses their data.
     pi = cluster.server
     register(pi, AGENT)
-    pi.put(PVS, f"pvc-3f1 {AGENT} game postgres-data\npvc-9e2 other-node game x\n".encode())
+    # A Released volume reclaimed by Delete is going anyway (its claim was just deleted).
+    pi.put(
+        PVS,
+        f"pvc-3f1 {AGENT} game postgres-data Bound Delete\n"
+        f"pvc-7a4 {AGENT} monitoring prometheus-data Released Delete\n"
+        f"pvc-5c0 {AGENT} game old-data Released Retain\n"
+        "pvc-9e2 other-node game x Bound Delete\n".encode(),
+    )
     try:
         before = len(double_log(pi))
         result = run(pi, "k3s-node.sh", node_values(30), "delete")
         assert result.rc == 1
         assert f"{AGENT} holds local-path volumes, whose data would go with it: " in result.stderr
         assert "pvc-3f1 game/postgres-data" in result.stderr
-        assert "pvc-9e2" not in result.stderr
+        assert "pvc-5c0 game/old-data" in result.stderr
+        assert "pvc-9e2" not in result.stderr and "pvc-7a4" not in result.stderr
         assert double_log(pi)[before:] == []  # neither drained nor deleted
     finally:
         pi.exec("rm", "-f", PVS)

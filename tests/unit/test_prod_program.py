@@ -12,6 +12,7 @@ import yaml
 
 from components.config import ConfigError
 from components.kubeconfig import rewrite_kubeconfig
+from tests.engine_rules import kept_by_exclude_protected
 from tests.harness import (
     K3S_KUBECONFIG,
     MOCK_CA_HASH,
@@ -204,8 +205,10 @@ def test_kubeconfig_reaches_the_provider_as_a_secret_pointing_at_the_first_serve
     assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://10.20.0.11:6443"
     assert kubeconfig["current-context"] == "picluster-prod"
     assert provider.value("clusterIdentifier") == "picluster-prod"
+    # After every server, never after an agent (see the --exclude-protected test below).
     deps = depends_on(unseen, provider)
-    assert {f"cluster-{n}-join" for n in ("worker-1", "worker-2", "worker-3")} <= deps
+    assert {f"cluster-{n}-join" for n in ("cp-a", "cp-b", "cp-c")} <= deps
+    assert not {d for d in deps if "worker" in d}, deps
     assert unseen.outputs["kubeconfig"].secret
     assert not unseen.outputs["apiServerUrl"].secret
     assert unseen.outputs["apiServerUrl"].value == "https://10.20.0.11:6443"
@@ -308,12 +311,11 @@ def test_version_and_config_reach_the_install_step_on_stdin_never_as_triggers(
 
 
 def test_followers_rerun_after_the_step_they_follow(unseen: Run) -> None:
-    # The gate after prepare, the Ready wait after the node's install, the kubeconfig read after
-    # the first server's install: each carries a marker of the other step's output in its stdin.
+    # The gate after prepare, the Ready wait after the node's install: each carries a marker of
+    # the other step's output in its stdin.
     for follower, leader in (
         ("worker-1-gate", "worker-1-prepare"),
         ("cluster-worker-1-join", "cluster-worker-1-k3s"),
-        ("cluster-kubeconfig", "cluster-cp-a-k3s"),
     ):
         marker = stdin_values(unseen.named(follower))["AFTER_RUN"]
         assert re.fullmatch(r"[0-9a-f]{16}", marker), follower
@@ -322,6 +324,16 @@ def test_followers_rerun_after_the_step_they_follow(unseen: Run) -> None:
         stdin_values(unseen.named("cluster-worker-1-join"))["AFTER_RUN"]
         != stdin_values(unseen.named("cluster-worker-2-join"))["AFTER_RUN"]
     )
+
+
+def test_the_kubeconfig_is_read_after_the_first_server_but_not_again_on_each_run(
+    unseen: Run,
+) -> None:
+    # The Kubernetes provider is built from this read's stdout: were it to re-run with each run
+    # of the install (an upgrade), a preview could not diff a single object on the cluster.
+    read = unseen.named("cluster-kubeconfig")
+    assert "cluster-cp-a-k3s" in depends_on(unseen, read)
+    assert "AFTER_RUN" not in stdin_values(read)
 
 
 def test_single_server_uses_no_cluster_init(committed: Run) -> None:
@@ -490,3 +502,34 @@ def test_a_k3s_installer_mirror_reaches_every_install_step() -> None:
         assert stdin_values(install)["K3S_INSTALL_URL"] == "file:///opt/k3s/install.sh"
     default = run_prod(stack_file_config("prod")).named("cluster-pi-agent-1-k3s")
     assert stdin_values(default)["K3S_INSTALL_URL"] == "https://get.k3s.io"
+
+
+def test_the_program_owns_every_field_it_declares_on_the_cluster(committed: Run) -> None:
+    # After a hand change (`kubectl scale`, `kubectl edit`), `pulumi up --refresh` must put the
+    # declared value back; without force, Server-Side Apply refuses with a field conflict
+    # against the hand change's manager (seen with the real engine: tests/engine/
+    # test_prod_changes.py).
+    objects = [r for r in committed.registrations if r.type.startswith("kubernetes:")]
+    assert len(objects) > 40
+    for obj in objects:
+        annotations = (unwrap(obj.inputs).get("metadata") or {}).get("annotations") or {}
+        assert annotations.get("pulumi.com/patchForce") == "true", obj.name
+
+
+def test_destroy_excluding_protected_keeps_the_servers_and_data_and_removes_the_agents(
+    committed: Run,
+) -> None:
+    # The engine keeps what is protected and everything it depends on: were the Kubernetes
+    # provider (and so the database claim) to depend on the agents' steps, they would stay too
+    # (seen with the real engine: tests/engine/test_prod_changes.py).
+    kept = kept_by_exclude_protected(committed.registrations)
+    assert {"cluster-pi-server-1-k3s", "app-db-data", "k3s"} <= kept, sorted(kept)
+    assert not {name for name in kept if "agent" in name}, sorted(kept)
+
+
+def test_monitoring_goes_before_any_agent_is_drained(committed: Run) -> None:
+    # On destroy, the engine deletes a resource's dependents first: Prometheus' and Grafana's
+    # claims (children of Monitoring) go before the agents' drains, which refuse while a volume
+    # is on the node (seen with the real engine: tests/engine/test_prod_changes.py).
+    joins = {r.name for r in committed.of_type(COMMAND) if r.name.endswith("-join")}
+    assert joins and joins <= depends_on(committed, committed.named("monitoring"))

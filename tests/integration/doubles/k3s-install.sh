@@ -781,7 +781,8 @@ kubectl() {
                     get_node "$@"
                     ;;
                 pv)
-                    # PersistentVolumes a test lists in $PVS: `NAME NODE NAMESPACE CLAIM` lines,
+                    # PersistentVolumes a test lists in $PVS: `NAME NODE NAMESPACE CLAIM PHASE
+                    # RECLAIM` lines,
                     # printed as the custom columns picluster asks for.
                     case " $* " in *" -o custom-columns="*) ;; *) fatal "the double lists pv with custom-columns only" ;; esac
                     [ ! -f "$PVS" ] || cat "$PVS"

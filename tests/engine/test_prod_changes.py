@@ -1,0 +1,191 @@
+"""Day two of the prod stack with the real engine: routine changes, a hand change, an uninstall.
+
+On the prod lab (tests/engine/prod_lab.py: simulated Pis over real SSH, a real control plane),
+starting from the change matrix's base stack (two services besides the demo's), each of four
+routine changes of `tests/change_matrix.py` is previewed with `pulumi preview --diff` and then
+applied with `pulumi up`, one after the other:
+
+- the engine's plan must be exactly the one the change matrix computes under mocks with the
+  engine's rules (`tests/unit/test_change_matrix.py` pins it): same creates, updates, replaces
+  (none) and deletes (none), and `up` runs the same number of remote steps;
+- and the change must show where the user looks: the new K3s on every Pi, the label on the
+  Node, the rotated password in the cluster's Secret, the fourth Pi Ready in the cluster.
+
+Then a `kubectl scale` by hand is reported by `pulumi refresh` and undone by the next `up`, and
+`pulumi destroy --exclude-protected` drains and removes the agents, keeps the protected server
+and the database's claim, and the output says what is left and how to finish.
+
+These tests run in order on one lab (each starts from the state the one before left).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.on_kubernetes.backup import BACKUP_CLAIM
+from tests.change_matrix import CHANGES, Change, base, outcome
+from tests.engine.prod_lab import VERSION, Config, Prod, kubectl, missing_cluster_binaries, prod_lab
+from tests.engine.test_prod_up import _require_lab
+from tests.unit.test_change_matrix import EXPECTED
+
+pytestmark = [pytest.mark.engine, pytest.mark.integration]
+
+STANDBY = "pi-agent-3"
+"""The Pi that "add an agent" brings in (the change matrix's name for it)."""
+REPLAYED = ("K3s version bump", "a label on one node", "`dbPassword` rotated", "add an agent")
+
+
+def _change(title: str) -> Change:
+    (change,) = [c for c in CHANGES if c.stack == "prod" and c.title == title]
+    return change
+
+
+class Lab:
+    """The prod lab and the configuration last written to its stack."""
+
+    def __init__(self, prod: Prod) -> None:
+        self.prod = prod
+        self.config: Config = {**base("prod"), "k3sToken": "e2e-k3sToken-0123456789abcdef"}
+        self.config["k3s"]["version"] = VERSION
+
+    def apply(self, change: Change) -> None:
+        self.config = change.edit(self.config)
+        self.prod.configure(self.config)
+
+    def preview(self) -> dict[str, Any]:
+        result = self.prod.project.pulumi("preview", "--diff", "--json", "-s", "prod")
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        result = kubectl(self.prod.kubeconfig, *args, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    _require_lab(missing_cluster_binaries())
+    with prod_lab(engine_bin, tmp_path_factory.mktemp("changes"), standby=(STANDBY,)) as prod:
+        lab = Lab(prod)
+        prod.configure(lab.config)
+        first = prod.up()
+        assert set(first.summary) == {"create"}, first.summary
+        yield lab
+
+
+_REPLACING = {"replace", "create-replacement", "delete-replaced"}
+
+
+def engine_plan(preview: dict[str, Any]) -> dict[str, list[str]]:
+    """The preview's custom-resource steps in the change matrix's form: {action: sorted
+    `Kind name`} (a provider's own step included: the matrix plans providers too)."""
+    found: dict[str, set[str]] = {}
+    for step in preview["steps"]:
+        op, urn = step["op"], step["urn"]
+        kind = urn.split("::")[-2].rsplit(":", 1)[-1]
+        state = step.get("newState") or step.get("oldState") or {}
+        # The matrix plans custom resources; components and providers have no steps of their own.
+        if op in ("same", "read") or not state.get("custom") or kind == "Stack":
+            continue
+        action = "replace" if op in _REPLACING else op
+        found.setdefault(action, set()).add(f"{kind} {urn.rsplit('::', 1)[-1]}")
+    return {action: sorted(labels) for action, labels in sorted(found.items())}
+
+
+@pytest.mark.parametrize("title", REPLAYED)
+def test_a_routine_change_previews_and_applies_as_the_change_matrix_says(
+    lab: Lab, title: str
+) -> None:
+    change = _change(title)
+    lab.apply(change)
+    preview = lab.preview()
+    assert engine_plan(preview) == EXPECTED[("prod", title)], json.dumps(
+        [(s["op"], s["urn"], s.get("diffReasons")) for s in preview["steps"] if s["op"] != "same"],
+        indent=1,
+    )
+    applied = lab.prod.up()
+    assert applied.remote_steps == len(outcome(change).plan.remote_steps), applied
+    assert not {"replace", "delete"} & set(applied.summary), applied.summary
+    again = lab.prod.up()
+    assert set(again.summary) == {"same"} and again.remote_steps == 0, again
+
+
+def test_the_version_bump_reached_every_pi(lab: Lab) -> None:
+    new = lab.config["k3s"]["version"]
+    assert new != VERSION
+    for name in ("pi-server-1", "pi-agent-1", "pi-agent-2"):
+        version = lab.prod.pis[name].exec("k3s", "--version").stdout
+        assert version.startswith(f"k3s version {new} "), (name, version)
+
+
+def test_the_label_is_on_the_node(lab: Lab) -> None:
+    labels = lab.kubectl_json("get", "node", "pi-agent-1")["metadata"]["labels"]
+    assert labels.get("game.studio/tier") == "frontend", labels
+
+
+def test_the_rotated_password_is_in_the_cluster(lab: Lab) -> None:
+    secret = lab.kubectl_json("get", "secret", "-n", "game", "app-secrets")
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert lab.config["dbPassword"] == "matrix-db-password-2"
+    assert "matrix-db-password-2" in json.dumps(values), sorted(values)
+
+
+def test_the_new_agent_joined(lab: Lab) -> None:
+    pi = lab.prod.pis[STANDBY]
+    assert pi.exec("k3s", "--version").stdout.startswith("k3s version "), STANDBY
+    node = lab.kubectl_json("get", "node", STANDBY)
+    ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready and ready[0]["status"] == "True", node["status"]
+
+
+def test_a_hand_change_in_the_cluster_is_reported_by_refresh_and_undone_by_up(lab: Lab) -> None:
+    project = lab.prod.project
+    scaled = kubectl(lab.prod.kubeconfig, "scale", "deployment/lobby", "-n", "game", "--replicas=3")
+    assert scaled.returncode == 0, scaled.stderr
+    refresh = project.pulumi("refresh", "--preview-only", "--json", "-s", "prod")
+    assert refresh.returncode == 0, refresh.stdout[-4000:] + refresh.stderr[-2000:]
+    steps = json.loads(refresh.stdout)["steps"]
+    changed = {
+        s["urn"].rsplit("::", 1)[-1]: (s.get("diffReasons"), sorted(s.get("detailedDiff") or {}))
+        for s in steps
+        if s.get("diffReasons") or s.get("detailedDiff")
+    }
+    assert set(changed) == {"app-lobby"}, (
+        changed,
+        [{k: v for k, v in s.items() if k not in ("oldState", "newState")} for s in steps[:3]],
+        [
+            {k: v for k, v in s.items() if k not in ("oldState", "newState")}
+            for s in steps
+            if "app-lobby" in s["urn"]
+        ],
+    )
+    restored = lab.prod.up("--refresh")
+    assert restored.remote_steps == 0, restored
+    deployment = lab.kubectl_json("get", "deployment", "-n", "game", "lobby")
+    assert deployment["spec"]["replicas"] == 1, deployment["spec"]
+
+
+def test_destroy_removes_the_agents_and_keeps_the_protected_servers_and_data(lab: Lab) -> None:
+    project = lab.prod.project
+    result = project.pulumi("destroy", "--exclude-protected", "--yes", "-s", "prod", timeout=1500)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    agents = ("pi-agent-1", "pi-agent-2", STANDBY)
+    nodes = {n["metadata"]["name"] for n in lab.kubectl_json("get", "nodes")["items"]}
+    assert nodes == {"pi-server-1"}, nodes
+    for name in agents:
+        assert not lab.prod.pis[name].exists("/usr/local/bin/k3s"), f"{name} kept K3s"
+    assert lab.prod.pis["pi-server-1"].exists("/usr/local/bin/k3s")
+    # The database's claim is protected; the backups' is retained (kept in the cluster, gone
+    # from the stack); the monitoring's went with the rest.
+    claims = {c["metadata"]["name"] for c in lab.kubectl_json("get", "pvc", "-A")["items"]}
+    assert claims == {"postgres-data", BACKUP_CLAIM}, claims
+    assert not lab.kubectl_json("get", "deployments", "-A")["items"]
+    assert "All unprotected resources were destroyed. There are still" in output, output[-3000:]
