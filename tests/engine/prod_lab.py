@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from tests.engine.conftest import ROOT, Project, Up, make_project
+from tests.engine.conftest import ROOT, Project, Up, _unavailable, make_project
 from tests.integration import simpi
 from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_ON_PI
 
@@ -92,6 +93,19 @@ CLUSTER_BINARIES = (
 def missing_cluster_binaries() -> list[str]:
     """The control-plane binaries tools/cluster/build.sh has not built yet."""
     return [b for b in CLUSTER_BINARIES if not (CLUSTER_CACHE / "bin" / b).exists()]
+
+
+def require_lab() -> None:
+    """In a test: skip (or fail, when required) unless the control plane and Docker are there."""
+    missing = missing_cluster_binaries()
+    if missing:
+        reason = f"control-plane binaries missing: {', '.join(missing)} (tools/cluster/build.sh)"
+        if os.environ.get("PICLUSTER_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"PICLUSTER_REQUIRE_CLUSTER=1 but: {reason}")
+        pytest.skip(reason)
+    reason = simpi.docker_unavailable_reason() or simpi.image_unavailable_reason()
+    if reason:
+        _unavailable(reason)
 
 
 SECRET_KEYS = ("sshPrivateKey", "k3sToken", "dbPassword", "grafanaAdminPassword")

@@ -30,8 +30,7 @@ import pytest
 
 from components.on_kubernetes.backup import BACKUP_CLAIM
 from tests.change_matrix import CHANGES, Change, base, outcome
-from tests.engine.prod_lab import VERSION, Config, Prod, kubectl, missing_cluster_binaries, prod_lab
-from tests.engine.test_prod_up import _require_lab
+from tests.engine.prod_lab import VERSION, Config, Prod, kubectl, prod_lab, require_lab
 from tests.unit.test_change_matrix import EXPECTED
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
@@ -71,7 +70,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    _require_lab(missing_cluster_binaries())
+    require_lab()
     with prod_lab(engine_bin, tmp_path_factory.mktemp("changes"), standby=(STANDBY,)) as prod:
         lab = Lab(prod)
         prod.configure(lab.config)

@@ -7,7 +7,6 @@ The lab and what stands in for what cannot run here: tests/engine/prod_lab.py.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,28 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.engine.conftest import Up, _unavailable
-from tests.engine.prod_lab import VERSION, Prod, kubectl, missing_cluster_binaries, prod_lab
-from tests.integration import simpi
+from tests.engine.conftest import Up
+from tests.engine.prod_lab import VERSION, Prod, kubectl, prod_lab, require_lab
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
 
 
-def _require_lab(missing: list[str]) -> None:
-    """Skip (or fail, when required) unless the control plane and Docker are there."""
-    if missing:
-        reason = f"control-plane binaries missing: {', '.join(missing)} (tools/cluster/build.sh)"
-        if os.environ.get("PICLUSTER_REQUIRE_CLUSTER") == "1":
-            pytest.fail(f"PICLUSTER_REQUIRE_CLUSTER=1 but: {reason}")
-        pytest.skip(reason)
-    reason = simpi.docker_unavailable_reason() or simpi.image_unavailable_reason()
-    if reason:
-        _unavailable(reason)
-
-
 @pytest.fixture(scope="module")
 def prod(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prod]:
-    _require_lab(missing_cluster_binaries())
+    require_lab()
     with prod_lab(engine_bin, tmp_path_factory.mktemp("prod")) as lab:
         yield lab
 
