@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,11 +82,25 @@ def engine_env(engine_bin: Path, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def documents(json_output: str) -> Iterator[dict[str, Any]]:
+    """The JSON documents of a `--json` output: `up --json` prints the plan as one document,
+    then the engine's events, one per line."""
+    decoder, at = json.JSONDecoder(), 0
+    while at < len(json_output):
+        if json_output[at].isspace():
+            at += 1
+            continue
+        document, at = decoder.raw_decode(json_output, at)
+        yield document
+
+
 def errors(json_output: str) -> list[str]:
     """The error diagnostics in a `--json` output (a failure's tail is mostly tracebacks)."""
-    found = re.findall(r'"message": "((?:[^"\\]|\\.)*)",\s*"severity": "error"', json_output)
-    found += re.findall(r'"severity": "error"[^}]*?"message": "((?:[^"\\]|\\.)*)"', json_output)
-    return [json.loads(f'"{m}"') for m in found]
+    found = []
+    for document in documents(json_output):
+        diagnostics = [*document.get("diagnostics", []), document.get("diagnosticEvent") or {}]
+        found += [d["message"] for d in diagnostics if d.get("severity") == "error"]
+    return found
 
 
 @dataclass(frozen=True)
@@ -119,13 +133,8 @@ class Project:
         assert result.returncode == 0, "\n".join(
             [*errors(result.stdout), result.stdout[-3000:], result.stderr[-3000:]]
         )
-        # `up --json` prints the plan as one document, then the engine's events, one per line.
-        decoder, text, at, summary, remote = json.JSONDecoder(), result.stdout, 0, None, 0
-        while at < len(text):
-            if text[at].isspace():
-                at += 1
-                continue
-            document, at = decoder.raw_decode(text, at)
+        summary, remote = None, 0
+        for document in documents(result.stdout):
             if "summaryEvent" in document:
                 summary = document["summaryEvent"]["resourceChanges"]
             metadata = (document.get("resourcePreEvent") or {}).get("metadata") or {}
@@ -136,7 +145,7 @@ class Project:
                 "refresh",  # `up --refresh` reads each Command's state: nothing runs on the Pi
             ):
                 remote += 1
-        assert summary is not None, text[-3000:]
+        assert summary is not None, result.stdout[-3000:]
         return Up(summary, remote, seconds)
 
     def set_secret(self, stack: str, key: str, value: str) -> None:

@@ -135,6 +135,12 @@ class Prod:
     secrets: dict[str, str] = field(default_factory=dict)
     """The secrets last written to the stack."""
 
+    def get(self, *args: str) -> dict[str, Any]:
+        """`kubectl get ARGS -o json` against the lab's API server, which must succeed."""
+        result = kubectl(self.kubeconfig, "get", *args, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
     def up(self, *options: str) -> Up:
         """`pulumi up -s prod [OPTIONS]`, which must succeed."""
         return self.project.up("prod", *options)

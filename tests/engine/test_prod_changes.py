@@ -62,11 +62,6 @@ class Lab:
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
         return json.loads(result.stdout)
 
-    def kubectl_json(self, *args: str) -> dict[str, Any]:
-        result = kubectl(self.prod.kubeconfig, *args, "-o", "json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
 
 @pytest.fixture(scope="module")
 def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
@@ -125,12 +120,12 @@ def test_the_version_bump_reached_every_pi(lab: Lab) -> None:
 
 
 def test_the_label_is_on_the_node(lab: Lab) -> None:
-    labels = lab.kubectl_json("get", "node", "pi-agent-1")["metadata"]["labels"]
+    labels = lab.prod.get("node", "pi-agent-1")["metadata"]["labels"]
     assert labels.get("game.studio/tier") == "frontend", labels
 
 
 def test_the_rotated_password_is_in_the_cluster(lab: Lab) -> None:
-    secret = lab.kubectl_json("get", "secret", "-n", "game", "app-secrets")
+    secret = lab.prod.get("secret", "-n", "game", "app-secrets")
     values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert lab.config["dbPassword"] == "matrix-db-password-2"
     assert "matrix-db-password-2" in json.dumps(values), sorted(values)
@@ -139,7 +134,7 @@ def test_the_rotated_password_is_in_the_cluster(lab: Lab) -> None:
 def test_the_new_agent_joined(lab: Lab) -> None:
     pi = lab.prod.pis[STANDBY]
     assert pi.exec("k3s", "--version").stdout.startswith("k3s version "), STANDBY
-    node = lab.kubectl_json("get", "node", STANDBY)
+    node = lab.prod.get("node", STANDBY)
     ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
     assert ready and ready[0]["status"] == "True", node["status"]
 
@@ -167,7 +162,7 @@ def test_a_hand_change_in_the_cluster_is_reported_by_refresh_and_undone_by_up(la
     )
     restored = lab.prod.up("--refresh")
     assert restored.remote_steps == 0, restored
-    deployment = lab.kubectl_json("get", "deployment", "-n", "game", "lobby")
+    deployment = lab.prod.get("deployment", "-n", "game", "lobby")
     assert deployment["spec"]["replicas"] == 1, deployment["spec"]
 
 
@@ -177,14 +172,14 @@ def test_destroy_removes_the_agents_and_keeps_the_protected_servers_and_data(lab
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     agents = ("pi-agent-1", "pi-agent-2", STANDBY)
-    nodes = {n["metadata"]["name"] for n in lab.kubectl_json("get", "nodes")["items"]}
+    nodes = {n["metadata"]["name"] for n in lab.prod.get("nodes")["items"]}
     assert nodes == {"pi-server-1"}, nodes
     for name in agents:
         assert not lab.prod.pis[name].exists("/usr/local/bin/k3s"), f"{name} kept K3s"
     assert lab.prod.pis["pi-server-1"].exists("/usr/local/bin/k3s")
     # The database's claim is protected; the backups' is retained (kept in the cluster, gone
     # from the stack); the monitoring's went with the rest.
-    claims = {c["metadata"]["name"] for c in lab.kubectl_json("get", "pvc", "-A")["items"]}
+    claims = {c["metadata"]["name"] for c in lab.prod.get("pvc", "-A")["items"]}
     assert claims == {"postgres-data", BACKUP_CLAIM}, claims
-    assert not lab.kubectl_json("get", "deployments", "-A")["items"]
+    assert not lab.prod.get("deployments", "-A")["items"]
     assert "All unprotected resources were destroyed. There are still" in output, output[-3000:]

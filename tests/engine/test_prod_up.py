@@ -6,16 +6,14 @@ The lab and what stands in for what cannot run here: tests/engine/prod_lab.py.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.engine.conftest import Up
-from tests.engine.prod_lab import VERSION, Prod, kubectl, prod_lab, require_lab
+from tests.engine.prod_lab import VERSION, Prod, prod_lab, require_lab
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
 
@@ -38,25 +36,19 @@ def ups(prod: Prod) -> Ups:
     return Ups(prod.up(), prod.up())
 
 
-def _ready(prod: Prod, kind: str) -> list[dict[str, Any]]:
-    listed = kubectl(prod.kubeconfig, "get", kind, "-A", "-o", "json")
-    assert listed.returncode == 0, listed.stderr
-    return json.loads(listed.stdout)["items"]
-
-
 def test_the_first_up_bootstraps_the_pis_and_deploys_everything(ups: Ups, prod: Prod) -> None:
     summary = ups.first.summary
     assert set(summary) == {"create"} and summary["create"] > 60, summary
     assert ups.first.remote_steps == 13  # prepare, gate, install, node check x3; kubeconfig
     for name, pi in prod.pis.items():
         assert pi.exec("k3s", "--version").stdout.startswith(f"k3s version {VERSION} "), name
-    deployments = _ready(prod, "deployments")
+    deployments = prod.get("deployments", "-A")["items"]
     assert deployments and all(
         d["status"].get("readyReplicas") == d["spec"]["replicas"] for d in deployments
     )
     names = {d["metadata"]["name"] for d in deployments}
     assert {"frontend", "api", "prometheus", "grafana"} <= names
-    statefulsets = _ready(prod, "statefulsets")
+    statefulsets = prod.get("statefulsets", "-A")["items"]
     assert [s["status"].get("readyReplicas") for s in statefulsets] == [1]
 
 

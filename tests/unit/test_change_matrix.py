@@ -17,18 +17,16 @@ from tests.engine_rules import Action
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
+EVERY_INSTALL_AND_CHECK = [
+    f"Command cluster-{node}-{step}"
+    for node in ("pi-agent-1", "pi-agent-2", "pi-server-1")
+    for step in ("join", "k3s")
+]
+"""Each node's K3s install and its check: what a new version or a new token re-runs."""
+
 # (stack, change) -> {action: sorted "Kind name" labels}; actions with nothing are left out.
 EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
-    ("prod", "K3s version bump"): {
-        "update": [
-            "Command cluster-pi-agent-1-join",
-            "Command cluster-pi-agent-1-k3s",
-            "Command cluster-pi-agent-2-join",
-            "Command cluster-pi-agent-2-k3s",
-            "Command cluster-pi-server-1-join",
-            "Command cluster-pi-server-1-k3s",
-        ]
-    },
+    ("prod", "K3s version bump"): {"update": EVERY_INSTALL_AND_CHECK},
     ("prod", "a label on one node"): {"update": ["Command cluster-pi-agent-1-join"]},
     ("prod", "a taint on one node"): {
         "update": ["Command cluster-pi-agent-2-join", "Command cluster-pi-agent-2-k3s"]
@@ -93,16 +91,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     ("prod", "`grafanaAdminPassword` rotated"): {
         "update": ["Deployment monitoring-grafana", "Secret monitoring-grafana"]
     },
-    ("prod", "`k3sToken` rotated"): {
-        "update": [
-            "Command cluster-pi-agent-1-join",
-            "Command cluster-pi-agent-1-k3s",
-            "Command cluster-pi-agent-2-join",
-            "Command cluster-pi-agent-2-k3s",
-            "Command cluster-pi-server-1-join",
-            "Command cluster-pi-server-1-k3s",
-        ]
-    },
+    ("prod", "`k3sToken` rotated"): {"update": EVERY_INSTALL_AND_CHECK},
     ("prod", "a service's image bumped"): {"update": ["Deployment app-lobby"]},
     ("prod", "a new service"): {
         "create": ["Deployment app-chat", "Service app-chat"],
