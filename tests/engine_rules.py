@@ -43,6 +43,7 @@ everything; the stdout of a re-run step is modelled as changed, see `tests/harne
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ def package_of(type_: str) -> str:
     return type_.split(":", 1)[0]
 
 
+@functools.cache
 def disabled_default_providers(project_file: Path = ROOT / "Pulumi.yaml") -> frozenset[str]:
     """The packages in `pulumi:disable-default-providers` of the project file (`["*"]` = all)."""
     document = yaml.safe_load(project_file.read_text()) or {}

@@ -18,7 +18,7 @@ from components.app_model import AppModel, Role, SecretKey, Workload
 from components.nginx import nginx_conf
 from components.on_kubernetes import pods, policies, volumes
 from components.on_kubernetes.backup import render_backup
-from components.on_kubernetes.platform import KubernetesPlatform, labels, selector
+from components.on_kubernetes.platform import KubernetesPlatform, selector
 from components.on_kubernetes.workloads import (
     container_port,
     file_key,
@@ -201,16 +201,12 @@ def _database(
             service_name=db.name,
             replicas=1,
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(db.name)),
-            template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(
-                    labels=labels(db.name, db.role.value),
-                    # The start script sets the role's password from the Secret: a new password
-                    # restarts the database, which then refuses the old one.
-                    annotations=pods.template_annotations(
-                        config=sorted(files.values()), secrets=_secrets_read(db, secrets)
-                    ),
-                ),
-                spec=pod_spec(
+            # The start script sets the role's password from the Secret: a new password
+            # restarts the database, which then refuses the old one.
+            template=pods.pod_template(
+                db.name,
+                db.role.value,
+                pod_spec(
                     db,
                     [container],
                     config_map=config_name,
@@ -225,6 +221,8 @@ def _database(
                     secret_name=APP_SECRET,
                     affinity=prefer_servers(),
                 ),
+                config=sorted(files.values()),
+                secrets=_secrets_read(db, secrets),
             ),
         ),
         opts=pulumi.ResourceOptions(parent=parent),
@@ -258,22 +256,20 @@ def _deployment(
         spec=k8s.apps.v1.DeploymentSpecArgs(
             replicas=workload.replicas,
             selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector(workload.name)),
-            template=k8s.core.v1.PodTemplateSpecArgs(
-                metadata=k8s.meta.v1.ObjectMetaArgs(
-                    labels=labels(workload.name, workload.role.value),
-                    # subPath-mounted files and secrets in env do not update in place, and the
-                    # services read DATABASE_URL at start: a change to either rolls the pods.
-                    annotations=pods.template_annotations(
-                        config=sorted(files.values()), secrets=_secrets_read(workload, secrets)
-                    ),
-                ),
-                spec=pod_spec(
+            # subPath-mounted files and secrets in env do not update in place, and the services
+            # read DATABASE_URL at start: a change to either rolls the pods.
+            template=pods.pod_template(
+                workload.name,
+                workload.role.value,
+                pod_spec(
                     workload,
                     [container],
                     config_map=config_name,
                     topology_spread=spread,
                     secret_name=APP_SECRET,
                 ),
+                config=sorted(files.values()),
+                secrets=_secrets_read(workload, secrets),
             ),
         ),
         opts=pulumi.ResourceOptions(parent=parent),

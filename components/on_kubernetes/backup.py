@@ -9,7 +9,7 @@ import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel, BackupInfo, Resources
 from components.on_kubernetes import pods, volumes
-from components.on_kubernetes.platform import KubernetesPlatform, labels
+from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.policies import BACKUP_COMPONENT
 from components.secrets import StackSecrets
 
@@ -78,7 +78,6 @@ def render_backup(
         security_context=pods.restricted_container_security(),
     )
     uid = db.run_as_user or 70
-    pod_labels = labels("postgres-backup", BACKUP_COMPONENT)
     k8s.batch.v1.CronJob(
         f"{name}-backup",
         metadata=pods.metadata("postgres-backup", ns, BACKUP_COMPONENT),
@@ -91,14 +90,12 @@ def render_backup(
                 spec=k8s.batch.v1.JobSpecArgs(
                     backoff_limit=2,
                     ttl_seconds_after_finished=86400,
-                    template=k8s.core.v1.PodTemplateSpecArgs(
-                        # Each run reads the current password anyway; the checksum makes a
-                        # rotation visible in the CronJob too, like every other reader's.
-                        metadata=k8s.meta.v1.ObjectMetaArgs(
-                            labels=pod_labels,
-                            annotations=pods.template_annotations(secrets=[secrets.db_password]),
-                        ),
-                        spec=k8s.core.v1.PodSpecArgs(
+                    # Each run reads the current password anyway; the checksum makes a
+                    # rotation visible in the CronJob too, like every other reader's.
+                    template=pods.pod_template(
+                        "postgres-backup",
+                        BACKUP_COMPONENT,
+                        k8s.core.v1.PodSpecArgs(
                             restart_policy="OnFailure",
                             automount_service_account_token=False,
                             security_context=pods.restricted_pod_security(uid, fs_group=uid),
@@ -119,6 +116,7 @@ def render_backup(
                                 pods.scratch_volume("tmp"),
                             ],
                         ),
+                        secrets=[secrets.db_password],
                     ),
                 )
             ),

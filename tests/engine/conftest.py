@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.availability import ENGINE, unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_CACHE = Path(
     os.environ.get(
@@ -43,18 +45,6 @@ PROJECT_FILES = (
     "requirements.txt",
     "components",
 )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "engine: runs the real Pulumi CLI and plugins built by tools/engine/build.sh"
-    )
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("PICLUSTER_REQUIRE_ENGINE") == "1":
-        pytest.fail(f"PICLUSTER_REQUIRE_ENGINE=1 but: {reason}")
-    pytest.skip(reason)
 
 
 @dataclass(frozen=True)
@@ -159,9 +149,10 @@ def engine_bin() -> Path:
     bin_dir = Path(os.environ.get("PICLUSTER_ENGINE_BIN", ENGINE_CACHE / "bin"))
     missing = [b for b in BINARIES if not (bin_dir / b).exists()]
     if missing:
-        _unavailable(
+        unavailable(
             f"engine binaries missing from {bin_dir}: {', '.join(missing)} "
-            "(build them with tools/engine/build.sh)"
+            "(build them with tools/engine/build.sh)",
+            ENGINE,
         )
     return bin_dir
 
@@ -169,7 +160,7 @@ def engine_bin() -> Path:
 def make_project(engine_bin: Path, tmp_path: Path) -> Project:
     """The project's program and committed stack files in `tmp_path`, no state yet."""
     if not (ROOT / ".venv" / "bin" / "python").exists():
-        _unavailable("the checkout has no .venv (run bin/test once)")
+        unavailable("the checkout has no .venv (run bin/test once)", ENGINE)
     path = tmp_path / "picluster"
     path.mkdir()
     for name in PROJECT_FILES:

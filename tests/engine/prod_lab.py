@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.engine.conftest import ROOT, Project, Up, _unavailable, make_project
+from tests.availability import CLUSTER, ENGINE, sim_pis_unavailable_reason, unavailable
+from tests.engine.conftest import ROOT, Project, Up, make_project
 from tests.integration import simpi
 from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_ON_PI
 
@@ -100,12 +100,10 @@ def require_lab() -> None:
     missing = missing_cluster_binaries()
     if missing:
         reason = f"control-plane binaries missing: {', '.join(missing)} (tools/cluster/build.sh)"
-        if os.environ.get("PICLUSTER_REQUIRE_CLUSTER") == "1":
-            pytest.fail(f"PICLUSTER_REQUIRE_CLUSTER=1 but: {reason}")
-        pytest.skip(reason)
-    reason = simpi.docker_unavailable_reason() or simpi.image_unavailable_reason()
+        unavailable(reason, CLUSTER)
+    reason = sim_pis_unavailable_reason()
     if reason:
-        _unavailable(reason)
+        unavailable(reason, ENGINE)
 
 
 SECRET_KEYS = ("sshPrivateKey", "k3sToken", "dbPassword", "grafanaAdminPassword")

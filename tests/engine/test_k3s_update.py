@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.availability import ENGINE, sim_pis_unavailable_reason, unavailable
 from tests.engine.conftest import ROOT, Project, engine_env
 from tests.integration import simpi
 from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI
@@ -88,9 +89,9 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    reason = simpi.docker_unavailable_reason() or simpi.image_unavailable_reason()
+    reason = sim_pis_unavailable_reason()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason, ENGINE)
     build = simpi.ensure_image()
     tmp = tmp_path_factory.mktemp("e2e")
     path = tmp / "project"

@@ -7,23 +7,15 @@ setup cannot pass silently.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.availability import INTEGRATION, sim_pis_unavailable_reason, unavailable
 from tests.integration import simpi
 
 TIMINGS: dict[str, float] = {}
 """Seconds for the image build and the script runs worth benchmarking, printed after the run."""
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "integration: runs the node scripts over SSH against simulated Raspberry Pis "
-        "(Docker + debootstrap, root)",
-    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -33,18 +25,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"{name}: {seconds:.1f} s")
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("PICLUSTER_REQUIRE_INTEGRATION") == "1":
-        pytest.fail(f"PICLUSTER_REQUIRE_INTEGRATION=1 but: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def sim_image() -> simpi.ImageBuild:
     """The simulated-Pi image, built once per recipe hash (about a minute), then reused."""
-    reason = simpi.docker_unavailable_reason() or simpi.image_unavailable_reason()
+    reason = sim_pis_unavailable_reason()
     if reason:
-        _unavailable(reason)
+        unavailable(reason, INTEGRATION)
     build = simpi.ensure_image()
     TIMINGS["image build" if build.built else "image (cached)"] = build.seconds
     return build

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from components.app_model import ASSETS
+from tests.availability import INTEGRATION, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +36,6 @@ ROLE = "game"
 OLD, NEW = "old-Pa55word-4-rotation", "new-Pa55word-4-rotation"
 TIMEOUT = 30.0
 VERIFIER_QUERY = "SELECT rolpassword FROM pg_authid WHERE rolname = 'game'"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("PICLUSTER_REQUIRE_INTEGRATION") == "1":
-        pytest.fail(f"PICLUSTER_REQUIRE_INTEGRATION=1 but: {reason}")
-    pytest.skip(reason)
 
 
 def _server_bin() -> Path | None:
@@ -112,14 +107,16 @@ class Lab:
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
-        _unavailable("needs root to run PostgreSQL as the postgres user")
+        unavailable("needs root to run PostgreSQL as the postgres user", INTEGRATION)
     server = _server_bin()
     if server is None:
-        _unavailable("PostgreSQL server binaries missing (apt-get install -y postgresql)")
+        unavailable(
+            "PostgreSQL server binaries missing (apt-get install -y postgresql)", INTEGRATION
+        )
     try:
         user = pwd.getpwnam("postgres")
     except KeyError:
-        _unavailable("no postgres user (apt-get install -y postgresql)")
+        unavailable("no postgres user (apt-get install -y postgresql)", INTEGRATION)
         raise
     assert server is not None
     with socket.socket() as probe:
@@ -247,10 +244,10 @@ def _finish(process: subprocess.Popen[str]) -> str:
 
 def test_postgres_start_rotates_an_existing_database_before_it_listens(lab: Lab) -> None:
     if not os.access("/var/run/postgresql", os.W_OK) or not Path("/var/run/postgresql").is_dir():
-        _unavailable("/var/run/postgresql (the default socket directory) is missing")
+        unavailable("/var/run/postgresql (the default socket directory) is missing", INTEGRATION)
     stat = Path("/var/run/postgresql").stat()
     if stat.st_uid != lab.uid:
-        _unavailable("/var/run/postgresql is not the postgres user's")
+        unavailable("/var/run/postgresql is not the postgres user's", INTEGRATION)
     entrypoints = lab.directory("entrypoint")
     # The image's entrypoint is an executable on PATH; so is the double's copy.
     entrypoint = lab.own(entrypoints / "docker-entrypoint.sh", DOUBLE.read_text())

@@ -9,7 +9,7 @@ import pulumi_docker as docker
 import pytest
 
 from tests.harness import Run, run_main, stack_file_config, unwrap
-from tests.provider_rules import RULES, ProviderRule, rule_for
+from tests.provider_rules import RULES, rule_for
 from tests.unit.test_prod_program import run_prod
 
 # `owner/repo@ref` then a file path with an extension, e.g. `pulumi/pulumi-command@v1.2.1 a/b.go`.
@@ -103,9 +103,3 @@ def test_delete_before_replace_kubernetes_objects_are_named(prod: Run) -> None:
         and not (unwrap(r.inputs).get("metadata") or {}).get("name")
     ]
     assert not unnamed, f"Kubernetes objects without metadata.name: {unnamed}"
-
-
-def test_rule_is_frozen() -> None:
-    rule = ProviderRule(source="a/b@v1 c/d.go")
-    with pytest.raises(AttributeError):
-        rule.source = "x"  # pyright: ignore[reportAttributeAccessIssue]
