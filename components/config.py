@@ -236,6 +236,13 @@ _KUBERNETES_DOMAINS = ("kubernetes.io", "k8s.io")
 NODE_ROLE_PREFIX = "node-role.kubernetes.io"
 """The one Kubernetes-reserved label prefix a user may set on a node (picluster sets it through
 the API, where the kubelet's own restriction on it does not apply)."""
+K3S_ROLE_LABELS = frozenset(
+    f"{NODE_ROLE_PREFIX}/{role}" for role in ("control-plane", "master", "etcd")
+)
+"""Role labels K3s owns: a server sets control-plane and master to "true" at every start (k3s-io/k3s
+pkg/server/server.go setNodeLabelsAndAnnotations), an etcd member sets etcd, and K3s trusts a
+node carrying them as a server (its supervisor's certificate-name filter). Set by hand they would
+flip back at each K3s start on a server and mislabel an agent as part of the control plane."""
 
 
 def _node_labels(value: dict[str, str]) -> dict[str, str]:
@@ -256,6 +263,11 @@ def _node_labels(value: dict[str, str]) -> dict[str, str]:
                 f"{key!r} uses a prefix Kubernetes reserves ({prefix}), which K3s and the "
                 f"kubelet manage themselves; use your own prefix (game.studio/...) or "
                 f"{NODE_ROLE_PREFIX}/<role>"
+            )
+        if key in K3S_ROLE_LABELS:
+            problems.append(
+                f"{key!r} is set by K3s itself on its servers and must not be set by hand; use "
+                f"another role name ({NODE_ROLE_PREFIX}/worker, say) or your own prefix"
             )
         if not _LABEL_VALUE.match(label):
             problems.append(

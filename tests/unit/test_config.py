@@ -282,6 +282,20 @@ def test_k3s_base_is_valid() -> None:
                     {
                         "name": "pi-1",
                         "host": "10.0.0.1",
+                        "role": "agent",
+                        "labels": {"node-role.kubernetes.io/control-plane": "true"},
+                    }
+                ]
+            },
+            "picluster:nodes[0].labels",
+            "is set by K3s itself on its servers",
+        ),
+        (
+            {
+                "nodes": [
+                    {
+                        "name": "pi-1",
+                        "host": "10.0.0.1",
                         "role": "server",
                         "labels": {"tier": "front end"},
                     }
