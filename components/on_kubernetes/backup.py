@@ -11,6 +11,7 @@ from components.app_model import AppModel, BackupInfo, Resources
 from components.on_kubernetes import pods, volumes
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.policies import BACKUP_COMPONENT
+from components.on_kubernetes.workloads import prefer_servers
 from components.secrets import StackSecrets
 
 BACKUP_SCRIPT = Path(__file__).resolve().parents[1] / "assets" / "backup" / "pg-backup.sh"
@@ -97,6 +98,8 @@ def render_backup(
                         BACKUP_COMPONENT,
                         k8s.core.v1.PodSpecArgs(
                             restart_policy="OnFailure",
+                            # The first run binds the retained backup volume to its node.
+                            affinity=prefer_servers(),
                             automount_service_account_token=False,
                             security_context=pods.restricted_pod_security(uid, fs_group=uid),
                             containers=[container],

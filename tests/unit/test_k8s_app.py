@@ -232,6 +232,43 @@ def test_backups_run_pg_dump_on_their_own_volume(game: Run) -> None:
     assert backups.retain_on_delete
 
 
+def test_pods_writing_kept_volumes_prefer_a_server(game: Run) -> None:
+    """A local-path volume stays on the node its pod first ran on. The claims a destroy keeps
+    (retained or protected) must start on a server: on an agent they would block its drain when
+    `destroy --exclude-protected` removes the agents, and go with the Pi when it is removed."""
+    kept = {
+        r.value("metadata")["name"]
+        for r in game.registrations
+        if r.type == "kubernetes:core/v1:PersistentVolumeClaim"
+        and (r.retain_on_delete or r.protect)
+    }
+    assert kept == {"postgres-data", "postgres-backups"}
+    writers = {
+        name: spec
+        for name, spec in pod_specs(game)
+        if any(
+            v.get("persistentVolumeClaim", {}).get("claimName") in kept
+            for v in spec.get("volumes", [])
+        )
+    }
+    writers |= {
+        f"{name} (claim template)": m["spec"]["template"]["spec"]
+        for name, m in of_kind(game, "StatefulSet").items()
+        if any(t["metadata"]["name"] in kept for t in m["spec"].get("volumeClaimTemplates", []))
+    }
+    assert {"postgres", "postgres-backup"} <= set(writers)
+    for name, spec in writers.items():
+        terms = spec.get("affinity", {}).get("nodeAffinity", {})
+        preferred = terms.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+        keys = {
+            e["key"]
+            for term in preferred
+            for e in term["preference"]["matchExpressions"]
+            if e["operator"] == "Exists"
+        }
+        assert "node-role.kubernetes.io/control-plane" in keys, name
+
+
 def test_backups_can_be_turned_off() -> None:
     result = run(program({"database": {"backup": {"enabled": False}}}), {})
     assert "postgres-backup" not in of_kind(result, "CronJob")
