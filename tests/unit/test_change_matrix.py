@@ -128,6 +128,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     ("local", "`docker.publishAddress`"): {
         "replace": [
             "Container app-frontend",
+            "Container monitoring-alertmanager",
             "Container monitoring-grafana",
             "Container monitoring-prometheus",
         ]
