@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from components import alertmanager_config, versions
-from components.alertmanager_config import Receiver, SecretFile, alertmanager_config as render
+from components.alertmanager_config import Receiver, SecretFile
+from components.alertmanager_config import alertmanager_config as render
 from components.config import AlertsConfig, ConfigError, validate
 from components.secrets import ntfy_url
 from tests.harness import Registration, Run, run_main, stack_file_config, unwrap
