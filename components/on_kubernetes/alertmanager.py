@@ -29,9 +29,11 @@ from components.on_kubernetes.platform import KubernetesPlatform
 COMPONENT: Final = "alerting"
 
 ALERTMANAGER_RESOURCES: Final = Resources(
-    cpu_request="10m", memory_request="32Mi", cpu_limit="200m", memory_limit="64Mi"
+    cpu_request="10m", memory_request="40Mi", cpu_limit="200m", memory_limit="128Mi"
 )
-"""Alertmanager holds a handful of alerts and silences: tens of MiB on a Pi."""
+"""Alertmanager holds a handful of alerts and silences: about 39 MiB resident when measured
+(0.28.1 on amd64, a few alerts). The request is what it uses; the limit, which reserves nothing,
+leaves room for a burst of notifications."""
 
 
 def render_alertmanager(

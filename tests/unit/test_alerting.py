@@ -327,7 +327,7 @@ def test_k3s_runs_a_small_restricted_alertmanager_on_its_own_volume(prod: Run) -
     assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
     assert container["image"] == versions.ALERTMANAGER
-    assert container["resources"]["requests"]["memory"] == "32Mi"
+    assert container["resources"]["requests"]["memory"] == "40Mi"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert "env" not in container
