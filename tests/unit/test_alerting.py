@@ -14,6 +14,7 @@ from components.alertmanager_config import Receiver, SecretFile
 from components.alertmanager_config import alertmanager_config as render
 from components.config import AlertsConfig, ConfigError, validate
 from components.secrets import ntfy_url
+from tests.engine_rules import Action, plan
 from tests.harness import Registration, Run, run_main, stack_file_config, unwrap
 
 PRIVATE_KEY = (
@@ -414,3 +415,22 @@ def test_without_alert_secrets_k3s_declares_no_alertmanager_secret() -> None:
     assert secrets == []
     pod = unwrap(_kube(run, "Deployment", "alertmanager").inputs)["spec"]["template"]["spec"]
     assert {v["name"] for v in pod["volumes"]} == {"config", "data"}
+
+
+def test_a_rotated_receiver_secret_updates_the_secret_alone_on_k3s(prod: Run) -> None:
+    # Alertmanager reads the files at each notification and the mount has no subPath, so the
+    # kubelet's refresh is enough: no checksum of the secrets in the pod template, no restart.
+    rotated = run_main(
+        {
+            **stack_file_config("prod"),
+            "monitoring": {"alerts": ALERTS},
+            "sshPrivateKey": PRIVATE_KEY,
+            **SECRETS,
+            "alertsSlackWebhookUrl": "https://hooks.slack.com/services/T000/B000/slack-S3CRET-8",
+        },
+        stack="prod",
+        secret_keys=("sshPrivateKey", *SECRETS),
+    )
+    changes = plan(prod.registrations, rotated.registrations)
+    found = {a.value: sorted(changes.labels(a)) for a in Action if changes.labels(a)}
+    assert found == {"update": ["Secret monitoring-alertmanager"]}, changes.summary()
