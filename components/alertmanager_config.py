@@ -158,20 +158,6 @@ def _integrations(
     return integrations
 
 
-def human_receivers(alerts: AlertsConfig, secret_files: Collection[str]) -> list[str]:
-    """The kinds of receiver that reach a person (`webhook`, `ntfy`, `slack`, `email`)."""
-    found = [
-        kind
-        for kind, file in (
-            ("webhook", SecretFile.WEBHOOK_URL),
-            ("ntfy", SecretFile.NTFY_URL),
-            ("slack", SecretFile.SLACK_WEBHOOK_URL),
-        )
-        if file in secret_files
-    ]
-    return [*found, "email"] if alerts.email is not None else found
-
-
 def alertmanager_config(
     alerts: AlertsConfig, secret_files: Collection[str], times: RouteTimes = RouteTimes()
 ) -> str:
