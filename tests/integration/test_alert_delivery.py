@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import socketserver
 import subprocess
 import threading
 import time
@@ -186,6 +187,9 @@ class Received:
 
     @property
     def alertnames(self) -> set[str]:
+        if "attachments" in self.body:  # Slack's payload: the alert names are in its title
+            title = " ".join(a["title"] for a in self.body["attachments"])
+            return set(re.findall(r"Delivery\w+|Watchdog", title))
         return {alert["labels"]["alertname"] for alert in self.body["alerts"]}
 
 
@@ -230,6 +234,66 @@ def receivers() -> Iterator[Receivers]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Mailbox:
+    """A local SMTP server standing in for the mail relay: the messages it accepted."""
+
+    port: int
+    messages: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def subjects(self) -> list[str]:
+        with self.lock:
+            return [
+                line.removeprefix("Subject: ")
+                for message in self.messages
+                for line in message.splitlines()
+                if line.startswith("Subject: ")
+            ]
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    """The SMTP commands Alertmanager's e-mail integration sends, answered as a relay would
+    (RFC 5321); no STARTTLS, so the receiver under test sets `requireTls: false`."""
+    state = Mailbox(port=0)
+
+    class Handler(socketserver.StreamRequestHandler):
+        def reply(self, line: str) -> None:
+            self.wfile.write(f"{line}\r\n".encode())
+
+        def handle(self) -> None:
+            self.reply("220 mailbox.test ESMTP")
+            while raw := self.rfile.readline():
+                command = raw.decode(errors="replace").strip().upper()
+                if command.startswith(("EHLO", "HELO")):
+                    self.reply("250 mailbox.test")
+                elif command == "DATA":
+                    self.reply("354 end with <CRLF>.<CRLF>")
+                    lines = []
+                    while (line := self.rfile.readline()) not in (b".\r\n", b""):
+                        lines.append(line.decode(errors="replace"))
+                    with state.lock:
+                        state.messages.append("".join(lines))
+                    self.reply("250 queued")
+                elif command == "QUIT":
+                    self.reply("221 bye")
+                    return
+                else:  # MAIL FROM, RCPT TO, RSET, NOOP
+                    self.reply("250 ok")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -330,7 +394,7 @@ DELIVERY_RULES = {
 
 
 def test_firing_rules_reach_their_receivers_through_a_real_alertmanager(
-    tmp_path: Path, receivers: Receivers, processes: list[Process]
+    tmp_path: Path, receivers: Receivers, mailbox: Mailbox, processes: list[Process]
 ) -> None:
     alertmanager = pinned("alertmanager")
     prometheus = system(PROMETHEUS, "prometheus")
@@ -344,10 +408,23 @@ def test_firing_rules_reach_their_receivers_through_a_real_alertmanager(
         SecretFile.WEBHOOK_TOKEN: "delivery-token\n",
         SecretFile.NTFY_URL: ntfy_url(f"{base}/ntfy-topic"),
         SecretFile.HEARTBEAT_URL: f"{base}/heartbeat",
+        SecretFile.SLACK_WEBHOOK_URL: f"{base}/slack",
     }
     for file, content in files.items():
         (secrets / file.value).write_text(content, encoding="utf-8")
-    alerts = AlertsConfig.model_validate({"webhook": {}, "ntfy": {"minSeverity": "critical"}})
+    alerts = AlertsConfig.model_validate(
+        {
+            "webhook": {},
+            "ntfy": {"minSeverity": "critical"},
+            "slack": {"channel": "#alerts", "minSeverity": "critical"},
+            "email": {
+                "to": ["ops@example.com"],
+                "from": "picluster@example.com",
+                "smarthost": f"127.0.0.1:{mailbox.port}",
+                "requireTls": False,
+            },
+        }
+    )
     # Seconds instead of minutes, so the test takes seconds; routes and receivers as rendered.
     times = RouteTimes(group_wait="1s", group_interval="2s")
     config = alertmanager_config.alertmanager_config(alerts, files.keys(), times)
@@ -403,6 +480,9 @@ def test_firing_rules_reach_their_receivers_through_a_real_alertmanager(
             "Watchdog" in receivers.names_at("/heartbeat")
             and {"DeliveryCritical", "DeliveryWarningOtherPi"} <= receivers.names_at("/webhook")
             and "DeliveryCritical" in receivers.names_at("/ntfy-topic")
+            and "DeliveryCritical" in receivers.names_at("/slack")
+            and any("DeliveryCritical" in s for s in mailbox.subjects())
+            and any("DeliveryWarningOtherPi" in s for s in mailbox.subjects())
         )
 
     try:
@@ -410,7 +490,9 @@ def test_firing_rules_reach_their_receivers_through_a_real_alertmanager(
         # Several group intervals more, for anything that should not come to come.
         time.sleep(5)
     except AssertionError as error:
-        raise AssertionError(f"{error}\n{receivers.received}\n{am.tail()}\n{prom.tail()}") from None
+        raise AssertionError(
+            f"{error}\n{receivers.received}\n{mailbox.messages}\n{am.tail()}\n{prom.tail()}"
+        ) from None
 
     # The heartbeat gets Watchdog alone; no person ever gets Watchdog.
     assert receivers.names_at("/heartbeat") == {"Watchdog"}
@@ -425,6 +507,12 @@ def test_firing_rules_reach_their_receivers_through_a_real_alertmanager(
     assert receivers.names_at("/ntfy-topic") == {"DeliveryCritical"}
     assert all(r.query == {"template": ["alertmanager"]} for r in receivers.at("/ntfy-topic"))
     assert all(r.authorization is None for r in receivers.at("/ntfy-topic"))
+    # Slack (minSeverity: critical) likewise, in its channel; e-mail gets both severities.
+    assert receivers.names_at("/slack") == {"DeliveryCritical"}
+    assert {r.body["channel"] for r in receivers.at("/slack")} == {"#alerts"}
+    subjects = mailbox.subjects()
+    assert len(subjects) == 2, subjects
+    assert not any("Watchdog" in s or "DeliveryWarningSamePi" in s for s in subjects)
     # The warning about the Pi that has a critical alert reached Alertmanager, which holds it
     # back: inhibited, not lost.
     everything = http_get_json(f"http://127.0.0.1:{am_port}/api/v2/alerts")
@@ -434,5 +522,5 @@ def test_firing_rules_reach_their_receivers_through_a_real_alertmanager(
     assert state["DeliveryCritical"]["state"] == "active"
     assert all(
         "DeliveryWarningSamePi" not in receivers.names_at(path)
-        for path in ("/webhook", "/ntfy-topic", "/heartbeat")
+        for path in ("/webhook", "/ntfy-topic", "/heartbeat", "/slack")
     )
