@@ -10,7 +10,7 @@ from components.k3s_cluster import K3sCluster
 from components.monitoring import Monitoring, MonitoringArgs
 from components.pi_node import PiNode
 from components.providers import command_provider, docker_provider, kubernetes_provider
-from components.secrets import cluster_token, stack_secrets
+from components.secrets import alert_secret_files, cluster_token, stack_secrets
 from components.stack_args import (
     docker_platform,
     k3s_cluster_args,
@@ -51,6 +51,7 @@ if settings.monitoring.enabled:
             app=app,
             secrets=secrets,
             settings=settings.monitoring,
+            alert_secrets=alert_secret_files(config),
             platform=platform,
             network_name=app_stack.network_name,
         ),
@@ -61,4 +62,5 @@ if settings.monitoring.enabled:
     )
     pulumi.export("grafanaUrl", monitoring.grafana_url)
     pulumi.export("prometheusUrl", monitoring.prometheus_url)
+    pulumi.export("alertmanagerUrl", monitoring.alertmanager_url)
     pulumi.export("grafanaAdminPassword", secrets.grafana_admin_password)

@@ -6,9 +6,9 @@ of servers, unique service paths) are checked after that. Every problem is repor
 `ConfigError` whose lines each name the full key path (`picluster:nodes[1].host`) and what would
 be valid, before any resource is declared.
 
-Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`) are never copied
-into the model: they are read as Pulumi secrets by `StackConfig.secret`, and an error about them
-never repeats their value.
+Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword` and the `alerts*`
+receiver secrets) are never copied into the model: they are read as Pulumi secrets by
+`StackConfig.secret`, and an error about them never repeats their value.
 """
 
 from __future__ import annotations
@@ -38,7 +38,26 @@ from components import versions
 
 NAMESPACE = "picluster"
 
-SECRET_KEYS: tuple[str, ...] = ("sshPrivateKey", "k3sToken", "dbPassword", "grafanaAdminPassword")
+ALERT_SECRET_KEYS: tuple[str, ...] = (
+    "alertsWebhookUrl",
+    "alertsWebhookToken",
+    "alertsNtfyUrl",
+    "alertsNtfyToken",
+    "alertsSlackWebhookUrl",
+    "alertsSmtpPassword",
+    "alertsHeartbeatUrl",
+)
+"""Secrets of Alertmanager's receivers: URLs that carry tokens, tokens, the SMTP password."""
+ALERT_SECRET_URLS = frozenset(
+    {"alertsWebhookUrl", "alertsNtfyUrl", "alertsSlackWebhookUrl", "alertsHeartbeatUrl"}
+)
+SECRET_KEYS: tuple[str, ...] = (
+    "sshPrivateKey",
+    "k3sToken",
+    "dbPassword",
+    "grafanaAdminPassword",
+    *ALERT_SECRET_KEYS,
+)
 """Top-level keys that hold secrets: read with `StackConfig.secret`, never put in the model."""
 
 RESERVED_NAMES = frozenset(
@@ -52,6 +71,7 @@ RESERVED_NAMES = frozenset(
         "postgres-exporter",
         "blackbox-exporter",
         "kube-state-metrics",
+        "alertmanager",
     }
 )
 """Workload names picluster uses itself; a service may not take one of them."""
@@ -333,6 +353,7 @@ class PublishedPorts(_Model):
     frontend: Port = 8080
     grafana: Port = 3000
     prometheus: Port = 9090
+    alertmanager: Port = 9093
 
 
 class DockerConfig(_Model):
@@ -433,14 +454,77 @@ class AppConfig(_Model):
     database: DatabaseConfig = DatabaseConfig()
 
 
+Severity = Literal["warning", "critical"]
+"""Severities of picluster's alert rules (`components/assets/monitoring/alerts.yml`)."""
+_EMAIL = re.compile(r"^[^@\s,<>]+@[A-Za-z0-9.-]+$")
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError(f"{value!r} is not an e-mail address such as ops@example.com")
+    return value
+
+
+def _smarthost(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port, such as smtp.example.com:587")
+    _host(host)
+    return value
+
+
+Email = Annotated[str, AfterValidator(_email)]
+
+
+class WebhookReceiver(_Model):
+    """A generic webhook; its URL is the secret `alertsWebhookUrl`."""
+
+    min_severity: Severity = "warning"
+
+
+class NtfyReceiver(_Model):
+    """An ntfy topic; its URL is the secret `alertsNtfyUrl`."""
+
+    min_severity: Severity = "warning"
+
+
+class SlackReceiver(_Model):
+    """A Slack channel; the incoming-webhook URL is the secret `alertsSlackWebhookUrl`."""
+
+    channel: Annotated[str, Field(pattern=r"^[#@]?[A-Za-z0-9._-]{1,80}$")] | None = None
+    min_severity: Severity = "warning"
+
+
+class EmailReceiver(_Model):
+    """E-mail through an SMTP server; its password is the secret `alertsSmtpPassword`."""
+
+    to: Annotated[list[Email], Field(min_length=1)]
+    from_: Annotated[Email, Field(alias="from")]
+    smarthost: Annotated[str, AfterValidator(_smarthost)]
+    username: str | None = None
+    require_tls: bool = True
+    min_severity: Severity = "warning"
+
+
+class AlertsConfig(_Model):
+    """Alertmanager: where alerts go. A receiver whose block or secret is absent is off."""
+
+    storage: Quantity = "128Mi"
+    webhook: WebhookReceiver | None = None
+    ntfy: NtfyReceiver | None = None
+    slack: SlackReceiver | None = None
+    email: EmailReceiver | None = None
+
+
 class MonitoringConfig(_Model):
-    """Prometheus and Grafana."""
+    """Prometheus, Alertmanager and Grafana."""
 
     enabled: bool = True
     retention: Duration = "15d"
     scrape_interval: Duration = "30s"
     storage: Quantity = "10Gi"
     grafana_storage: Quantity = "1Gi"
+    alerts: AlertsConfig = AlertsConfig()
 
 
 class Settings(_Model):
@@ -670,6 +754,53 @@ def _check_secret_keys(raw: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"{NAMESPACE}:k3sToken: must be at least 16 characters with no white space"
             )
+        elif key in ALERT_SECRET_URLS and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            # The value is never repeated: it is a secret.
+            problems.append(
+                f"{NAMESPACE}:{key}: is not an http:// or https:// URL (the value is not shown)"
+            )
+    return problems
+
+
+_RECEIVER_SECRETS = {
+    "webhook": ("alertsWebhookUrl", "https://hooks.example.com/picluster"),
+    "ntfy": ("alertsNtfyUrl", "https://ntfy.sh/<your-topic>"),
+    "slack": ("alertsSlackWebhookUrl", "https://hooks.slack.com/services/..."),
+}
+_OPTIONAL_SECRETS = {
+    "alertsWebhookToken": "alertsWebhookUrl",
+    "alertsNtfyToken": "alertsNtfyUrl",
+}
+
+
+def _alert_invariants(alerts: AlertsConfig, secrets_set: frozenset[str]) -> list[str]:
+    """Receivers and their secrets come together: a block without its URL, or a token or
+    password without what it authenticates, is a mistake worth one clear error."""
+    problems: list[str] = []
+    for receiver, (secret, example) in _RECEIVER_SECRETS.items():
+        if getattr(alerts, receiver) is not None and secret not in secrets_set:
+            problems.append(
+                f"{NAMESPACE}:monitoring.alerts.{receiver}: needs the secret {NAMESPACE}:{secret}; "
+                f"set it with `pulumi config set --secret {secret} {example}`"
+            )
+    for token, url in _OPTIONAL_SECRETS.items():
+        if token in secrets_set and url not in secrets_set:
+            problems.append(
+                f"{NAMESPACE}:{token}: is set but {NAMESPACE}:{url} is not; "
+                "set the URL too or remove the token"
+            )
+    email = alerts.email
+    if "alertsSmtpPassword" in secrets_set and (email is None or email.username is None):
+        problems.append(
+            f"{NAMESPACE}:alertsSmtpPassword: is set but "
+            f"{NAMESPACE}:monitoring.alerts.email.username is not; give the SMTP user name"
+        )
+    if email is not None and email.username is not None and "alertsSmtpPassword" not in secrets_set:
+        problems.append(
+            f"{NAMESPACE}:monitoring.alerts.email.username: needs the secret "
+            f"{NAMESPACE}:alertsSmtpPassword; set it with "
+            "`pulumi config set --secret alertsSmtpPassword`"
+        )
     return problems
 
 
@@ -718,6 +849,8 @@ def validate(raw: Mapping[str, Any]) -> Settings:
         problems += [_describe(e) for e in error.errors(include_url=False)]
         raise ConfigError(problems) from None
     problems += _invariants(settings)
+    secrets_set = frozenset(k for k in SECRET_KEYS if k in raw)
+    problems += _alert_invariants(settings.monitoring.alerts, secrets_set)
     if problems:
         raise ConfigError(problems)
     return settings

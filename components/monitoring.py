@@ -1,11 +1,14 @@
-"""Monitoring: Prometheus, its exporters and probes, and Grafana, for the app and its hosts."""
+"""Monitoring: Prometheus, its exporters and probes, Alertmanager and Grafana, for the app and its
+hosts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 
+from components.alertmanager_config import SecretFile
 from components.app_model import AppModel
 from components.config import MonitoringConfig
 from components.on_docker import monitoring as on_docker
@@ -24,7 +27,9 @@ class MonitoringArgs:
     secrets: StackSecrets
     """Grafana's admin password and the database password for postgres-exporter."""
     settings: MonitoringConfig
-    """Retention, scrape interval, storage."""
+    """Retention, scrape interval, storage, alert receivers."""
+    alert_secrets: Mapping[SecretFile, pulumi.Output[str]] = field(default_factory=dict)
+    """The alert receivers' secrets (URLs with tokens, tokens, SMTP password), by file."""
     platform: DockerPlatform | KubernetesPlatform
     """Where monitoring runs; its provider arrives through `ResourceOptions(providers=[...])`."""
     network_name: pulumi.Input[str] | None = None
@@ -38,6 +43,8 @@ class Monitoring(pulumi.ComponentResource):
     """Grafana, with the picluster dashboards."""
     prometheus_url: pulumi.Output[str]
     """Prometheus, with the alert rules."""
+    alertmanager_url: pulumi.Output[str]
+    """Alertmanager: the alerts firing now, silences, where each was sent."""
 
     def __init__(
         self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None
@@ -47,14 +54,26 @@ class Monitoring(pulumi.ComponentResource):
             if args.network_name is None:
                 raise ValueError("Monitoring on Docker needs the app's network_name")
             rendered = on_docker.render_monitoring(
-                self, name, args.app, args.secrets, args.settings, args.platform, args.network_name
+                self,
+                name,
+                args.app,
+                args.secrets,
+                args.settings,
+                args.platform,
+                args.network_name,
+                args.alert_secrets,
             )
         else:
             rendered = on_kubernetes.render_monitoring(
-                self, name, args.app, args.secrets, args.settings, args.platform
+                self, name, args.app, args.secrets, args.settings, args.platform, args.alert_secrets
             )
         self.grafana_url = rendered.grafana_url
         self.prometheus_url = rendered.prometheus_url
+        self.alertmanager_url = rendered.alertmanager_url
         self.register_outputs(
-            {"grafana_url": self.grafana_url, "prometheus_url": self.prometheus_url}
+            {
+                "grafana_url": self.grafana_url,
+                "prometheus_url": self.prometheus_url,
+                "alertmanager_url": self.alertmanager_url,
+            }
         )

@@ -8,11 +8,12 @@ only ever travels as a secret `Output`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pulumi
 import pulumi_random as random
 
+from components.alertmanager_config import SECRET_FILE_KEYS, SecretFile
 from components.app_model import AppModel, SecretKey
 from components.config import StackConfig
 
@@ -71,3 +72,25 @@ def stack_secrets(config: StackConfig, app: AppModel) -> StackSecrets:
 def cluster_token(config: StackConfig) -> pulumi.Output[str]:
     """The K3s join token: `k3sToken` as given, else 48 generated letters and digits."""
     return _given_or_generated(config, "k3sToken", "k3s-token", length=48)
+
+
+def ntfy_url(url: str) -> str:
+    """The ntfy topic URL with `template=alertmanager`, ntfy's built-in reader of Alertmanager's
+    webhook payload (without it, ntfy would publish the raw JSON); other parameters are kept."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "template"]
+    query.append(("template", "alertmanager"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def alert_secret_files(config: StackConfig) -> dict[SecretFile, pulumi.Output[str]]:
+    """The receiver secrets the stack sets, by the file Alertmanager reads each from."""
+    files: dict[SecretFile, pulumi.Output[str]] = {}
+    for key, file in SECRET_FILE_KEYS.items():
+        value = config.secret(key)
+        if value is None:
+            continue
+        if file is SecretFile.NTFY_URL:
+            value = pulumi.Output.secret(value.apply(ntfy_url))
+        files[file] = value
+    return files

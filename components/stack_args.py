@@ -23,6 +23,7 @@ def docker_platform(settings: Settings) -> DockerPlatform:
         frontend_port=settings.docker.ports.frontend,
         grafana_port=settings.docker.ports.grafana,
         prometheus_port=settings.docker.ports.prometheus,
+        alertmanager_port=settings.docker.ports.alertmanager,
         name_prefix=f"picluster-{pulumi.get_stack()}",
     )
 

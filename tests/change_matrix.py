@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from components.config import SECRET_KEYS
 from tests.engine_rules import COMMAND, Action, Plan, plan
 from tests.harness import Registration, Run, run_main, stack_file_config, unwrap
 
@@ -36,6 +37,11 @@ PROD_SECRETS = {
     "sshPrivateKey": PRIVATE_KEY,
     "k3sToken": "K10matrix-token-0123456789abcdef",
 }
+NTFY_ADDED = {
+    "alertsNtfyUrl": "https://ntfy.sh/picluster-matrix-topic",
+    "monitoring": {"alerts": {"ntfy": {"minSeverity": "critical"}}},
+}
+"""An alert receiver added: its secret URL and its settings."""
 SERVICES = [
     {"name": "lobby", "image": "ghcr.io/studio/lobby:1.4.2", "port": 8081, "path": "/lobby"},
     {"name": "scores", "image": "ghcr.io/studio/scores:2.0.0", "port": 9000, "path": "/scores"},
@@ -171,6 +177,11 @@ CHANGES: tuple[Change, ...] = (
         _set(monitoring={"retention": "30d", "scrapeInterval": "15s"}),
     ),
     Change(
+        "an alert receiver added (ntfy)",
+        "prod",
+        _set(**NTFY_ADDED),
+    ),
+    Change(
         "database storage 5Gi → 10Gi",
         "prod",
         _edit(lambda c: c["app"].setdefault("database", {}).update(storage="10Gi")),
@@ -192,6 +203,11 @@ CHANGES: tuple[Change, ...] = (
         _edit(lambda c: c["app"]["services"][0].update(image="ghcr.io/studio/lobby:1.4.3")),
     ),
     Change(
+        "an alert receiver added (ntfy)",
+        "local",
+        _set(**NTFY_ADDED),
+    ),
+    Change(
         "`docker.publishAddress`",
         "local",
         _set(docker={"publishAddress": "192.168.1.50"}),
@@ -200,7 +216,7 @@ CHANGES: tuple[Change, ...] = (
 
 
 def _run(stack: str, config: Config) -> Run:
-    secret_keys = tuple(k for k in (*PROD_SECRETS, *SECRETS) if k in config)
+    secret_keys = tuple(k for k in SECRET_KEYS if k in config)
     return run_main(config, stack=stack, secret_keys=secret_keys)
 
 

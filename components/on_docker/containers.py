@@ -25,6 +25,7 @@ class DockerPlatform:
     frontend_port: int
     grafana_port: int
     prometheus_port: int
+    alertmanager_port: int
     name_prefix: str
     """Prefix of container, network and volume names on the daemon, e.g. `picluster-local`."""
 

@@ -1,16 +1,20 @@
-"""Docker renderer of monitoring: Prometheus, Grafana and the exporters, on the app's network."""
+"""Docker renderer of monitoring: Prometheus, Alertmanager, Grafana and the exporters, on the app's
+network."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_docker as docker
 import yaml
 
-from components import monitoring_config, versions
+from components import alertmanager_config, monitoring_config, versions
+from components.alertmanager_config import SecretFile
 from components.app_model import AppModel
 from components.config import MonitoringConfig
+from components.on_docker.alertmanager import run_alertmanager
 from components.on_docker.containers import (
     ContainerSpec,
     DockerPlatform,
@@ -34,6 +38,7 @@ class DockerMonitoring:
 
     grafana_url: pulumi.Output[str]
     prometheus_url: pulumi.Output[str]
+    alertmanager_url: pulumi.Output[str]
 
 
 def prometheus_config(app: AppModel, settings: MonitoringConfig) -> str:
@@ -83,6 +88,9 @@ def prometheus_config(app: AppModel, settings: MonitoringConfig) -> str:
             "evaluation_interval": settings.scrape_interval,
         },
         "rule_files": ["/etc/prometheus/alerts.yml"],
+        "alerting": alertmanager_config.prometheus_alerting(
+            f"{alertmanager_config.ALERTMANAGER}:{alertmanager_config.ALERTMANAGER_PORT}"
+        ),
         "scrape_configs": jobs,
     }
     return yaml.safe_dump(config, sort_keys=False)
@@ -96,6 +104,7 @@ def render_monitoring(
     settings: MonitoringConfig,
     platform: DockerPlatform,
     network_name: pulumi.Input[str],
+    alert_secrets: Mapping[SecretFile, pulumi.Output[str]] | None = None,
 ) -> DockerMonitoring:
     """Declare Prometheus, Grafana and the exporters as children of `parent`."""
     scope = DockerScope(
@@ -173,6 +182,7 @@ def render_monitoring(
         ),
     ]
 
+    alertmanager = run_alertmanager(scope, name, settings.alerts, alert_secrets or {}, platform)
     prometheus_data = docker.Volume(
         f"{name}-prometheus-data", name=f"{platform.name_prefix}-prometheus-data", opts=opts
     )
@@ -200,7 +210,7 @@ def render_monitoring(
                 )
             ],
         ),
-        depends_on=exporters,
+        depends_on=[*exporters, alertmanager],
     )
 
     grafana_data = docker.Volume(
@@ -250,4 +260,7 @@ def render_monitoring(
     return DockerMonitoring(
         grafana_url=pulumi.Output.from_input(f"http://{address}:{platform.grafana_port}/"),
         prometheus_url=pulumi.Output.from_input(f"http://{address}:{platform.prometheus_port}/"),
+        alertmanager_url=pulumi.Output.from_input(
+            f"http://{address}:{platform.alertmanager_port}/"
+        ),
     )

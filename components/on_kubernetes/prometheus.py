@@ -11,7 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from components import monitoring_config, versions
+from components import alertmanager_config, monitoring_config, versions
 from components.app_model import AppModel, Resources
 from components.config import MonitoringConfig
 from components.on_kubernetes import pods, volumes
@@ -211,6 +211,9 @@ def prometheus_config(
             "evaluation_interval": settings.scrape_interval,
         },
         "rule_files": [f"{CONFIG_DIR}/alerts.yml"],
+        "alerting": alertmanager_config.prometheus_alerting(
+            f"{alertmanager_config.ALERTMANAGER}:{alertmanager_config.ALERTMANAGER_PORT}"
+        ),
         "scrape_configs": jobs,
     }
     return yaml.safe_dump(config, sort_keys=False)

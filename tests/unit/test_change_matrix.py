@@ -110,6 +110,10 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     ("prod", "monitoring retention and scrape interval"): {
         "update": ["ConfigMap monitoring-prometheus", "Deployment monitoring-prometheus"]
     },
+    ("prod", "an alert receiver added (ntfy)"): {
+        "create": ["Secret monitoring-alertmanager"],
+        "update": ["ConfigMap monitoring-alertmanager", "Deployment monitoring-alertmanager"],
+    },
     ("prod", "database storage 5Gi → 10Gi"): {},
     ("local", "`dbPassword` rotated"): {
         "replace": [
@@ -125,9 +129,11 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
         "replace": ["Container app-lobby-1"],
         "delete": ["RemoteImage app-image-ghcr-io-studio-lobby-1-4-2"],
     },
+    ("local", "an alert receiver added (ntfy)"): {"replace": ["Container monitoring-alertmanager"]},
     ("local", "`docker.publishAddress`"): {
         "replace": [
             "Container app-frontend",
+            "Container monitoring-alertmanager",
             "Container monitoring-grafana",
             "Container monitoring-prometheus",
         ]

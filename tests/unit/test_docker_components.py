@@ -19,6 +19,7 @@ PLATFORM = DockerPlatform(
     frontend_port=8080,
     grafana_port=3000,
     prometheus_port=9090,
+    alertmanager_port=9093,
     name_prefix="picluster-unit",
 )
 APP = build_app(

@@ -144,6 +144,7 @@ def test_namespaces_carry_their_pod_security_level(result: Run) -> None:
     workloads = {name: ns for name, ns, _ in pod_templates(result)}
     assert workloads == {
         "prometheus": "monitoring",
+        "alertmanager": "monitoring",
         "grafana": "monitoring",
         "kube-state-metrics": "monitoring",
         "blackbox-exporter": "monitoring",

@@ -42,6 +42,7 @@ def test_local_stack_declares_app_and_monitoring(local: Run) -> None:
         "app-api-1",
         "app-frontend",
         "monitoring-prometheus",
+        "monitoring-alertmanager",
         "monitoring-grafana",
         "monitoring-node-exporter",
         "monitoring-cadvisor",
@@ -151,6 +152,7 @@ def test_published_ports_bind_to_loopback_by_default(local: Run) -> None:
         "app-frontend": [{"internal": 80, "external": 8080, "ip": "127.0.0.1"}],
         "monitoring-grafana": [{"internal": 3000, "external": 3000, "ip": "127.0.0.1"}],
         "monitoring-prometheus": [{"internal": 9090, "external": 9090, "ip": "127.0.0.1"}],
+        "monitoring-alertmanager": [{"internal": 9093, "external": 9093, "ip": "127.0.0.1"}],
     }
 
 
@@ -159,7 +161,8 @@ def test_outputs_are_urls_in_plain_and_passwords_as_secrets(local: Run) -> None:
     assert outputs["frontendUrl"].value == "http://127.0.0.1:8080/"
     assert outputs["grafanaUrl"].value == "http://127.0.0.1:3000/"
     assert outputs["prometheusUrl"].value == "http://127.0.0.1:9090/"
-    for url in ("frontendUrl", "grafanaUrl", "prometheusUrl"):
+    assert outputs["alertmanagerUrl"].value == "http://127.0.0.1:9093/"
+    for url in ("frontendUrl", "grafanaUrl", "prometheusUrl", "alertmanagerUrl"):
         assert not outputs[url].secret
     for password in ("dbPassword", "grafanaAdminPassword"):
         assert outputs[password].secret

@@ -42,8 +42,11 @@ REQUIRED_ALERTS = {
     "ProbeFailing",
     "ProbeSlow",
     "PostgresDown",
+    "Watchdog",
 }
 SEVERITIES = {"warning", "critical"}
+WATCHDOG_SEVERITY = "none"
+"""Watchdog's alone: Alertmanager routes it to the heartbeat, never to a person."""
 # Scrape jobs that picluster's prometheus.yml defines; a query on any other job finds nothing.
 # The last two exist on the Kubernetes target only, and only its dashboards (under
 # `dashboards/kubernetes/`) may query them.
@@ -250,7 +253,11 @@ def test_every_alert_rule_is_complete() -> None:
         name = rule.get("alert")
         assert isinstance(name, str) and name, f"rule without an alert name: {rule!r}"
         assert str(rule.get("expr", "")).strip(), f"{name}: empty expr"
-        assert rule.get("labels", {}).get("severity") in SEVERITIES, f"{name}: severity"
+        severity = rule.get("labels", {}).get("severity")
+        if name == "Watchdog":
+            assert severity == WATCHDOG_SEVERITY, f"{name}: severity"
+        else:
+            assert severity in SEVERITIES, f"{name}: severity"
         annotations = rule.get("annotations", {})
         assert str(annotations.get("summary", "")).strip(), f"{name}: no summary"
         assert str(annotations.get("description", "")).strip(), f"{name}: no description"
@@ -377,6 +384,22 @@ ALERT_UNIT_TESTS: dict[str, Any] = {
                 },
             ],
             "alert_rule_test": [
+                {
+                    # Always firing, with nothing to scrape at all: the pipeline's heartbeat.
+                    "eval_time": "1m",
+                    "alertname": "Watchdog",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "none"},
+                            "exp_annotations": {
+                                "summary": "The alerting pipeline is alive",
+                                "description": "This alert always fires. Its notifications"
+                                " reaching the heartbeat URL show that Prometheus evaluates"
+                                " rules and Alertmanager delivers them.",
+                            },
+                        }
+                    ],
+                },
                 {
                     "eval_time": "10m",
                     "alertname": "ContainerHighMemory",

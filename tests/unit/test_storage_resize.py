@@ -29,17 +29,19 @@ CREATED_WITH = {
     "postgres-backups": "2Gi",
     "prometheus-data": "10Gi",
     "grafana-data": "1Gi",
+    "alertmanager-data": "128Mi",
 }
 """The defaults: what a first `pulumi up` gave each claim."""
 BIGGER = {
     "app": {"database": {"storage": "20Gi", "backup": {"storage": "4Gi"}}},
-    "monitoring": {"storage": "30Gi", "grafanaStorage": "2Gi"},
+    "monitoring": {"storage": "30Gi", "grafanaStorage": "2Gi", "alerts": {"storage": "256Mi"}},
 }
 KEYS = {
     "postgres-data": "picluster:app.database.storage",
     "postgres-backups": "picluster:app.database.backup.storage",
     "prometheus-data": "picluster:monitoring.storage",
     "grafana-data": "picluster:monitoring.grafanaStorage",
+    "alertmanager-data": "picluster:monitoring.alerts.storage",
 }
 
 
