@@ -2,9 +2,9 @@
 
 One namespace under Pod Security `restricted`; PostgreSQL as a StatefulSet on a retained volume
 with scheduled `pg_dump` backups and the restore's pod template; each service as a Deployment
-and Service spread across the Pis; the frontend behind K3s's Traefik ingress, which also routes each service's path; and
-NetworkPolicies that deny everything but ingress -> frontend -> services -> database, DNS, and
-monitoring.
+and Service spread across the Pis; the frontend behind K3s's Traefik ingress, which also routes
+each service's path; and NetworkPolicies that deny everything but ingress -> frontend ->
+services -> database, DNS, and monitoring.
 """
 
 from __future__ import annotations

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 from components import versions
 from tests.integration import simpi
@@ -58,6 +60,13 @@ CHROOT_COMMANDS: tuple[tuple[str, ...], ...] = (
         "gosu",
     ),
     ("apt-get", "clean"),
+    # As upstream's Dockerfile: the server listens on every address of the container.
+    (
+        "sed",
+        "-ri",
+        r"s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!",
+        f"/usr/share/postgresql/{PG_MAJOR}/postgresql.conf.sample",
+    ),
     ("install", "-d", "-o", "postgres", "-g", "postgres", "-m", "3777", "/var/run/postgresql"),
     ("install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0777", "/var/lib/postgresql/data"),
     ("rm", "-f", "/usr/sbin/policy-rc.d"),
@@ -118,15 +127,13 @@ def unavailable_reason() -> str | None:
 
 
 def _is_root() -> bool:
-    import os
-
     return os.geteuid() == 0
 
 
 def ensure_image() -> float:
     """Make `postgres:17-alpine` available (built once per recipe); the seconds it took."""
     start = time.monotonic()
-    with simpi._build_lock():  # noqa: SLF001 - one builder at a time on the machine
+    with simpi._build_lock():  # one builder at a time on the machine
         if _label(TAG) not in ("", recipe_hash()):
             _build()
     return time.monotonic() - start
@@ -137,7 +144,7 @@ def _build() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="picluster-pg-image-", dir=simpi.WORK_DIR))
     root = tmp / "rootfs"
     try:
-        simpi._log(f"building {TAG} (test double, recipe {recipe_hash()})")  # noqa: SLF001
+        simpi._log(f"building {TAG} (test double, recipe {recipe_hash()})")
         _run(
             ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
              simpi.SUITE, str(root), simpi.MIRROR],
@@ -172,7 +179,7 @@ def _build() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(argv: list[str], *, timeout: float, stdin=None) -> None:  # noqa: ANN001
+def _run(argv: list[str], *, timeout: float, stdin: IO[bytes] | None = None) -> None:
     result = subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, stdin=stdin, check=False
     )
