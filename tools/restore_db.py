@@ -232,7 +232,7 @@ class KubernetesTarget:
             if WRITER_ENV in env:
                 labels = spec["selector"]["matchLabels"]
                 selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-                found.append((item["metadata"]["name"], spec.get("replicas", 1), selector))
+                found.append((item["metadata"]["name"], int(spec.get("replicas", 1)), selector))
         return sorted(found)
 
     def restore(self, dump: str | None) -> bool:
