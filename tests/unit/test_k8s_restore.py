@@ -1,10 +1,13 @@
 """The database restore on K3s, under mocks: the suspended CronJob `postgres-restore` holding the
 restore pod, the Job `bin/restore-db` makes of it, and bin/restore-db's K3s flow against a
 kubectl test double answering with the rendered objects (kwok runs no pods, and no cluster runs
-here; tests/integration/test_restore_drill.py runs this pod's spec as a container)."""
+here; tests/integration/test_restore_drill.py runs this pod's spec as a container), and how
+bin/restore-db picks its target and asks before it restores."""
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import subprocess
 from collections.abc import Sequence
@@ -21,7 +24,8 @@ from components.on_kubernetes.platform import KubernetesPlatform
 from components.secrets import StackSecrets
 from tests.harness import Run, run
 from tests.k8s_manifests import manifests, validate_manifests
-from tools.restore_db import KubernetesTarget, job_from_cronjob
+from tools import restore_db
+from tools.restore_db import DockerTarget, KubernetesTarget, job_from_cronjob, target_for
 
 DB_PW = "k8s-restore-db-password"
 APP_CONFIG: dict[str, Any] = {
@@ -224,3 +228,31 @@ def test_the_k3s_flow_stops_the_writers_runs_the_job_and_brings_them_back(
         "--selector",
         "app.kubernetes.io/name=lobby,app.kubernetes.io/part-of=picluster",
     ]
+
+
+def test_the_stack_names_the_target() -> None:
+    local = target_for(argparse.Namespace(stack="local", namespace=None, kubeconfig=None))
+    assert isinstance(local, DockerTarget) and local.prefix == "picluster-local"
+    assert local.backup == "picluster-local-postgres-backup"
+    prod = target_for(argparse.Namespace(stack="prod", namespace=None, kubeconfig="/k"))
+    assert isinstance(prod, KubernetesTarget)
+    assert (prod.namespace, prod.kubeconfig) == ("game", "/k")
+
+
+def test_a_restore_without_a_terminal_needs_yes(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    class Target:
+        def check(self) -> None:
+            calls.append("check")
+
+        def restore(self, dump: str | None) -> bool:
+            calls.append(f"restore {dump}")
+            return True
+
+    monkeypatch.setattr(restore_db, "target_for", lambda _: Target())
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert restore_db.main(["--stack", "local"]) == 2
+    assert calls == ["check"], "nothing may be restored without a confirmation"
+    assert restore_db.main(["--stack", "local", "--dump", "game-x.sql.gz", "--yes"]) == 0
+    assert calls[-1] == "restore game-x.sql.gz"
