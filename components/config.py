@@ -427,7 +427,7 @@ class ServiceConfig(_Model):
 
 
 class BackupConfig(_Model):
-    """Scheduled `pg_dump` backups (K3s target)."""
+    """Scheduled `pg_dump` backups (both targets)."""
 
     enabled: bool = True
     schedule: Annotated[str, AfterValidator(_cron)] = "17 3 * * *"

@@ -1,4 +1,5 @@
-"""Docker renderer of the app model: one private network, PostgreSQL, the services, the frontend."""
+"""Docker renderer of the app model: one private network, PostgreSQL and its scheduled backups,
+the services, the frontend."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pulumi_docker as docker
 
 from components.app_model import AppModel, Role, Workload
 from components.nginx import DOCKER_RESOLVER, nginx_conf
+from components.on_docker.backup import render_backup
 from components.on_docker.containers import (
     ContainerSpec,
     DockerPlatform,
@@ -86,6 +88,9 @@ def render_app(
             ],
         ),
     )
+
+    if app.backup is not None:
+        render_backup(scope, app, app.backup, secrets, database=database)
 
     services: list[docker.Container] = []
     for service in app.services:

@@ -1,10 +1,10 @@
 """Kubernetes renderer of the app model: the game on K3s, hardened and sized for Raspberry Pis.
 
 One namespace under Pod Security `restricted`; PostgreSQL as a StatefulSet on a retained volume
-with scheduled `pg_dump` backups; each service as a Deployment and Service spread across the
-Pis; the frontend behind K3s's Traefik ingress, which also routes each service's path; and
-NetworkPolicies that deny everything but ingress -> frontend -> services -> database, DNS, and
-monitoring.
+with scheduled `pg_dump` backups and the restore's pod template; each service as a Deployment
+and Service spread across the Pis; the frontend behind K3s's Traefik ingress, which also routes
+each service's path; and NetworkPolicies that deny everything but ingress -> frontend ->
+services -> database, DNS, and monitoring.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from components.nginx import nginx_conf
 from components.on_kubernetes import pods, policies, volumes
 from components.on_kubernetes.backup import render_backup
 from components.on_kubernetes.platform import KubernetesPlatform, selector
+from components.on_kubernetes.restore import render_restore
 from components.on_kubernetes.workloads import (
     container_port,
     file_key,
@@ -133,6 +134,7 @@ def render_app(
     _frontend(parent, name, ns, app, secrets)
     if app.backup is not None:
         render_backup(parent, name, ns, app, app.backup, secrets, platform)
+        render_restore(parent, name, ns, app)
 
     paths = [
         k8s.networking.v1.HTTPIngressPathArgs(

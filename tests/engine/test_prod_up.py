@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.engine.conftest import Up
 from tests.engine.prod_lab import VERSION, Prod, prod_lab, require_lab
+from tools.restore_db import KubernetesTarget
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
 
@@ -55,3 +57,34 @@ def test_the_first_up_bootstraps_the_pis_and_deploys_everything(ups: Ups, prod: 
 def test_a_second_up_changes_nothing_and_runs_no_remote_command(ups: Ups) -> None:
     assert set(ups.second.summary) == {"same"}, ups.second.summary
     assert ups.second.remote_steps == 0
+
+
+def test_the_restore_job_is_admitted_and_the_writers_come_back(
+    ups: Ups, prod: Prod, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """bin/restore-db's K3s flow against the lab's API server: the Job it makes from the
+    suspended CronJob passes admission (Pod Security `restricted`, strict validation), the
+    writers are scaled to 0 and back. kwok runs no container: it ends the Job's pod as
+    succeeded (its `pod-complete` stage), so the script itself is proven in
+    tests/integration/test_restore_drill.py, where this pod's spec runs as a container."""
+    del ups  # after both ups
+    before = {d["metadata"]["name"]: d["spec"]["replicas"] for d in _deployments(prod)}
+    cronjob = prod.get("cronjob/postgres-restore", "-n", "game")
+    assert cronjob["spec"]["suspend"] is True
+    target = KubernetesTarget(namespace="game", kubeconfig=str(prod.kubeconfig), timeout=120)
+    target.check()
+    assert [name for name, _, _ in target.writers()] == ["api"]
+    assert target.restore("game-20261126T031700Z.sql.gz") is True
+    out = capfd.readouterr().out
+    assert "scaling deployment/api to 0" in out and "deployment/api back to 1 replicas" in out
+    jobs = prod.get("jobs", "-n", "game")["items"]
+    (job,) = [j for j in jobs if j["metadata"]["name"].startswith("postgres-restore-run-")]
+    assert job["status"].get("succeeded") == 1
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["game-20261126T031700Z.sql.gz"]
+    after = {d["metadata"]["name"]: d["spec"]["replicas"] for d in _deployments(prod)}
+    assert after == before
+
+
+def _deployments(prod: Prod) -> list[dict[str, Any]]:
+    return prod.get("deployments", "-n", "game")["items"]

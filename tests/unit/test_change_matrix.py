@@ -119,6 +119,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
         "replace": [
             "Container app-lobby-1",
             "Container app-postgres",
+            "Container app-postgres-backup",
             "Container app-scores-1",
             "Container monitoring-postgres-exporter",
         ]

@@ -81,6 +81,7 @@ def test_app_stack_alone_children_are_named_after_it_and_parented() -> None:
         "game-match-2",
         "game-match-3",
         "game-frontend",
+        "game-postgres-backup",
     }
     assert all(c.name.startswith("game-") for c in children)
     db = result.named("game-postgres")

@@ -108,7 +108,14 @@ def test_namespace_enforces_pod_security_restricted(game: Run) -> None:
 
 def test_every_container_is_pinned_limited_and_restricted(game: Run) -> None:
     specs = pod_specs(game)
-    assert {n for n, _ in specs} == {"postgres", "lobby", "scores", "frontend", "postgres-backup"}
+    assert {n for n, _ in specs} == {
+        "postgres",
+        "lobby",
+        "scores",
+        "frontend",
+        "postgres-backup",
+        "postgres-restore",
+    }
     for name, spec in specs:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name

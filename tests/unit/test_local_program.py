@@ -39,6 +39,7 @@ def uploads_of(container: Registration) -> dict[str, str]:
 def test_local_stack_declares_app_and_monitoring(local: Run) -> None:
     assert set(containers(local)) == {
         "app-postgres",
+        "app-postgres-backup",
         "app-api-1",
         "app-frontend",
         "monitoring-prometheus",

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Test double of the official postgres image's docker-entrypoint.sh, for a Debian postgresql.
-# It offers what postgres-start.sh relies on, with the same names and effects: sourcing defines
-# docker_setup_env (password file -> POSTGRES_PASSWORD, DATABASE_ALREADY_EXISTS),
-# docker_create_db_directories and a socket-only temporary server; running it initializes an
-# empty data directory (initdb with the password, then password authentication for TCP from
-# any host) and execs its arguments. Not a copy of upstream: a stand-in written for the tests.
+# It offers what picluster relies on, with the same names and effects as upstream
+# (docker-library/postgres, 17/alpine*/docker-entrypoint.sh): sourcing defines docker_setup_env
+# (password file -> POSTGRES_PASSWORD, POSTGRES_DB defaulting to the user,
+# DATABASE_ALREADY_EXISTS), docker_create_db_directories and a socket-only temporary server;
+# running it with `postgres` as first argument (as upstream's _main) re-runs itself as the
+# postgres user when root (gosu), initializes an empty data directory (initdb with the password,
+# password authentication for TCP from any host, then POSTGRES_DB created) and execs its
+# arguments; any other command is just exec'd. Not a copy of upstream: a stand-in written for
+# the tests (used directly by test_postgres_password.py and as the entrypoint of the local
+# postgres image, tests/integration/pgimage.py).
 set -Eeo pipefail
 
 docker_setup_env() {
@@ -14,6 +19,7 @@ docker_setup_env() {
         unset POSTGRES_PASSWORD_FILE
     fi
     export POSTGRES_USER="${POSTGRES_USER:-postgres}"
+    export POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
     DATABASE_ALREADY_EXISTS=
     if [ -s "$PGDATA/PG_VERSION" ]; then
         DATABASE_ALREADY_EXISTS=true
@@ -22,7 +28,13 @@ docker_setup_env() {
 
 docker_create_db_directories() {
     mkdir -p "$PGDATA"
-    chmod 700 "$PGDATA"
+    chmod 700 "$PGDATA" || :
+    mkdir -p /var/run/postgresql 2>/dev/null || :
+    chmod 3775 /var/run/postgresql 2>/dev/null || :
+    if [ "$(id -u)" = 0 ]; then
+        find "$PGDATA" \! -user postgres -exec chown postgres '{}' +
+        find /var/run/postgresql \! -user postgres -exec chown postgres '{}' +
+    fi
 }
 
 docker_temp_server_start() {
@@ -36,14 +48,29 @@ docker_temp_server_stop() {
     pg_ctl -D "$PGDATA" -m fast -w stop
 }
 
+_double_setup_db() {
+    if [ "$POSTGRES_DB" != postgres ]; then
+        PGHOST='' PGHOSTADDR='' psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password \
+            --no-psqlrc --dbname postgres --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
+    fi
+}
+
 _double_main() {
-    docker_setup_env
-    docker_create_db_directories
-    if [ -z "$DATABASE_ALREADY_EXISTS" ]; then
-        # shellcheck disable=SC2086 # POSTGRES_INITDB_ARGS is a list of options, as upstream.
-        initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \
-            ${POSTGRES_INITDB_ARGS:-}
-        printf 'host all all all scram-sha-256\n' >>"$PGDATA/pg_hba.conf"
+    if [ "$1" = postgres ]; then
+        docker_setup_env
+        docker_create_db_directories
+        if [ "$(id -u)" = 0 ]; then
+            exec gosu postgres "${BASH_SOURCE[0]}" "$@"
+        fi
+        if [ -z "$DATABASE_ALREADY_EXISTS" ]; then
+            # shellcheck disable=SC2086 # POSTGRES_INITDB_ARGS is a list of options, as upstream.
+            initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \
+                ${POSTGRES_INITDB_ARGS:-}
+            printf 'host all all all scram-sha-256\n' >>"$PGDATA/pg_hba.conf"
+            docker_temp_server_start "$@"
+            _double_setup_db
+            docker_temp_server_stop
+        fi
     fi
     exec "$@"
 }

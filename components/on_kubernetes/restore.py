@@ -1,0 +1,118 @@
+"""The database restore's pod, kept on the cluster as a suspended CronJob that never fires.
+
+`bin/restore-db --stack prod` makes a Job from its template (as `kubectl create job --from`
+does) with the dump's name as argument. The template is the stack's: the pinned postgres image,
+`pg-restore.sh` (the script the Docker target runs too) from its own ConfigMap, the backups'
+claim read-only, the password from the app Secret by reference, Pod Security `restricted`, and
+the `backup` component label, which the NetworkPolicies let reach PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.app_model import AppModel
+from components.on_kubernetes import pods
+from components.on_kubernetes.backup import BACKUP_CLAIM, BACKUP_RESOURCES
+from components.on_kubernetes.policies import BACKUP_COMPONENT
+
+RESTORE_SCRIPT = Path(__file__).resolve().parents[1] / "assets" / "backup" / "pg-restore.sh"
+RESTORE_NAME = "postgres-restore"
+"""The CronJob, its ConfigMap and the pods' `app.kubernetes.io/name`."""
+RESTORE_CONTAINER = "pg-restore"
+NEVER = "0 0 30 2 *"
+"""February 30th: the CronJob is suspended too, and a restore only ever runs when asked for."""
+
+
+def render_restore(
+    parent: pulumi.Resource,
+    name: str,
+    ns: pulumi.Input[str],
+    app: AppModel,
+) -> k8s.batch.v1.CronJob:
+    """Declare the restore script's ConfigMap and the suspended CronJob holding the pod."""
+    db = app.database
+    script = k8s.core.v1.ConfigMap(
+        f"{name}-restore-script",
+        metadata=pods.metadata(RESTORE_NAME, ns, "config"),
+        data={"pg-restore.sh": RESTORE_SCRIPT.read_text()},
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    env = [
+        k8s.core.v1.EnvVarArgs(name="PGHOST", value=app.db.host),
+        k8s.core.v1.EnvVarArgs(name="PGPORT", value=str(app.db.port)),
+        k8s.core.v1.EnvVarArgs(name="PGDATABASE", value=app.db.name),
+        k8s.core.v1.EnvVarArgs(name="PGUSER", value=app.db.user),
+        k8s.core.v1.EnvVarArgs(
+            name="PGPASSWORD",
+            value_from=k8s.core.v1.EnvVarSourceArgs(
+                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                    name="app-secrets", key="db-password"
+                )
+            ),
+        ),
+    ]
+    container = k8s.core.v1.ContainerArgs(
+        name=RESTORE_CONTAINER,
+        image=db.image,
+        image_pull_policy="IfNotPresent",
+        command=["sh", "/scripts/pg-restore.sh"],
+        env=env,
+        volume_mounts=[
+            pods.mount("backups", "/backups", read_only=True),
+            pods.mount("script", "/scripts", read_only=True),
+            pods.mount("tmp", "/tmp"),
+        ],
+        resources=pods.resources(BACKUP_RESOURCES),
+        security_context=pods.restricted_container_security(),
+    )
+    uid = db.run_as_user or 70
+    return k8s.batch.v1.CronJob(
+        f"{name}-restore",
+        metadata=pods.metadata(RESTORE_NAME, ns, BACKUP_COMPONENT),
+        spec=k8s.batch.v1.CronJobSpecArgs(
+            schedule=NEVER,
+            suspend=True,
+            concurrency_policy="Forbid",
+            successful_jobs_history_limit=1,
+            failed_jobs_history_limit=1,
+            job_template=k8s.batch.v1.JobTemplateSpecArgs(
+                spec=k8s.batch.v1.JobSpecArgs(
+                    # A failed restore is looked at, never retried on its own.
+                    backoff_limit=0,
+                    ttl_seconds_after_finished=86400,
+                    # Reads the password when it runs: no checksum annotation, so a password
+                    # rotation leaves this template alone.
+                    template=pods.pod_template(
+                        RESTORE_NAME,
+                        BACKUP_COMPONENT,
+                        k8s.core.v1.PodSpecArgs(
+                            restart_policy="Never",
+                            automount_service_account_token=False,
+                            security_context=pods.restricted_pod_security(uid, fs_group=uid),
+                            containers=[container],
+                            volumes=[
+                                k8s.core.v1.VolumeArgs(
+                                    name="backups",
+                                    persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                                        claim_name=BACKUP_CLAIM, read_only=True
+                                    ),
+                                ),
+                                k8s.core.v1.VolumeArgs(
+                                    name="script",
+                                    config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                                        name=RESTORE_NAME
+                                    ),
+                                ),
+                                pods.scratch_volume("tmp"),
+                            ],
+                        ),
+                    ),
+                )
+            ),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[script]),
+    )

@@ -1,0 +1,182 @@
+"""The backup job on the Docker target, under mocks: the same pg_dump job as on K3s, on its
+schedule, into a retained volume, with the password in a secret file only."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Any
+
+import pulumi
+import pulumi_docker as docker
+import pytest
+
+from components.app_model import ASSETS, build_app
+from components.app_stack import AppStack, AppStackArgs
+from components.config import AppConfig
+from components.on_docker.containers import DockerPlatform
+from components.secrets import StackSecrets
+from tests.harness import Run, run
+
+CONTAINER = "docker:index/container:Container"
+DB_PW = "unit-backup:pw\\x"
+PLATFORM = DockerPlatform(
+    publish_address="127.0.0.1",
+    frontend_port=8080,
+    grafana_port=3000,
+    prometheus_port=9090,
+    name_prefix="picluster-unit",
+)
+BACKUP_SCRIPTS = ASSETS / "backup"
+
+
+def program(config: dict[str, Any]) -> Any:
+    def body() -> None:
+        provider = docker.Provider("unit-docker", host="unix:///var/run/docker.sock")
+        AppStack(
+            "app",
+            AppStackArgs(
+                app=build_app(AppConfig.model_validate(config)),
+                secrets=StackSecrets(
+                    db_password=pulumi.Output.secret(DB_PW),
+                    grafana_admin_password=pulumi.Output.secret("unused"),
+                    database_url=pulumi.Output.secret("postgresql://game:x@postgres:5432/game"),
+                ),
+                platform=PLATFORM,
+            ),
+            pulumi.ResourceOptions(providers=[provider]),
+        )
+
+    return body
+
+
+@pytest.fixture(scope="module")
+def app() -> Run:
+    return run(
+        program(
+            {"database": {"name": "arena", "backup": {"schedule": "*/30 2-4 * * 1", "keep": 4}}}
+        ),
+        {},
+    )
+
+
+def env_of(result: Run, name: str) -> dict[str, str]:
+    return dict(str(e).split("=", 1) for e in result.named(name).value("envs"))
+
+
+def test_the_backup_container_runs_the_k3s_job_on_the_configured_schedule(app: Run) -> None:
+    backup = app.named("app-postgres-backup")
+    assert backup.type == CONTAINER
+    assert backup.value("name") == "picluster-unit-postgres-backup"
+    # The database's own pinned image, the same script as the CronJob, on the schedule.
+    assert backup.value("image") == app.named("app-postgres").value("image")
+    assert backup.value("command") == ["sh", "/opt/picluster/pg-backup-schedule.sh"]
+    env = env_of(app, "app-postgres-backup")
+    assert env == {
+        "PGHOST": "postgres",
+        "PGPORT": "5432",
+        "PGDATABASE": "arena",
+        "PGUSER": "game",
+        "KEEP": "4",
+        "SCHEDULE": "*/30 2-4 * * 1",
+        "DB_PASSWORD_FILE": "/run/secrets/db-password",
+    }
+    files = {u["file"]: u["content"] for u in backup.value("uploads")}
+    for script in ("pg-backup-schedule.sh", "pg-backup.sh", "pg-restore.sh"):
+        assert files[f"/opt/picluster/{script}"] == (BACKUP_SCRIPTS / script).read_text()
+    assert backup.value("restart") == "unless-stopped"
+    assert backup.value("networksAdvanced") == [
+        {"name": app.named("app-network").value("name"), "aliases": ["postgres-backup"]}
+    ]
+    assert app.named("app-postgres").urn in backup.dependencies
+
+
+def test_the_password_reaches_it_as_a_secret_file_only(app: Run) -> None:
+    backup = app.named("app-postgres-backup")
+    assert backup.is_secret("uploads")
+    assert DB_PW in backup.secret_strings()
+    assert not any(DB_PW in s for s in backup.plain_strings())
+    assert not backup.is_secret("envs"), "nothing secret in its environment"
+    assert not any("PASSWORD=" in e for e in backup.value("envs") if "FILE" not in e)
+    files = {u["file"]: u["content"] for u in backup.value("uploads")}
+    assert files["/run/secrets/db-password"] == DB_PW
+
+
+def test_the_dumps_volume_is_retained_and_mounted(app: Run) -> None:
+    volume = app.named("app-postgres-backups")
+    assert volume.value("name") == "picluster-unit-postgres-backups"
+    assert volume.retain_on_delete, "a destroy must not take the dumps with it"
+    backup = app.named("app-postgres-backup")
+    assert backup.value("volumes") == [
+        {"volumeName": "picluster-unit-postgres-backups", "containerPath": "/backups"}
+    ]
+    assert volume.urn in backup.dependencies
+
+
+def test_backups_can_be_turned_off_on_docker() -> None:
+    result = run(program({"database": {"backup": {"enabled": False}}}), {})
+    names = {r.name for r in result.registrations}
+    assert "app-postgres-backup" not in names and "app-postgres-backups" not in names
+    assert "app-postgres" in names
+
+
+# The schedule: pg-backup-schedule.sh --matches "M H D Mo W" answers for one time, as
+# robfig/cron (Kubernetes' CronJob) would: `date -u '+%M %H %d %m %w'` fields, 0 = Sunday.
+SCHEDULE_CASES = [
+    ("17 3 * * *", "17 03 29 11 0", True),
+    ("17 3 * * *", "17 04 29 11 0", False),
+    ("17 3 * * *", "18 03 29 11 0", False),
+    ("*/15 * * * *", "45 13 01 02 3", True),
+    ("*/15 * * * *", "08 13 01 02 3", False),  # a leading zero is not octal
+    ("5/20 * * * *", "45 00 01 01 0", True),  # N/S: from N on
+    ("5/20 * * * *", "40 00 01 01 0", False),
+    ("1-5/2 * * * *", "03 00 01 01 0", True),
+    ("1-5/2 * * * *", "04 00 01 01 0", False),
+    ("0 0 1,15 * *", "00 00 15 06 4", True),
+    ("0 0 */2 * *", "00 00 03 06 4", True),  # days count from 1
+    ("0 0 */2 * *", "00 00 02 06 4", False),
+    ("0 0 * * 7", "00 00 05 01 0", True),  # 7 is Sunday too
+    ("0 0 * * 1-5", "00 00 05 01 0", False),
+    ("0 0 1 * 1", "00 00 03 11 1", True),  # both restricted: either day field matches
+    ("0 0 1 * 1", "00 00 01 11 3", True),
+    ("0 0 1 * 1", "00 00 02 11 3", False),
+    ("0 0 * 6 *", "00 00 02 11 3", False),
+    ("0 0 30 2 *", "00 00 28 02 6", False),
+]
+
+
+def shells() -> list[str]:
+    found = [sh for sh in ("dash", "busybox") if shutil.which(sh)]
+    if not found:
+        pytest.skip("neither dash nor busybox is installed")
+    return found
+
+
+@pytest.mark.parametrize(("schedule", "now", "expected"), SCHEDULE_CASES)
+def test_the_schedule_matches_as_cron_does(schedule: str, now: str, expected: bool) -> None:
+    for shell in shells():
+        argv = [shell, "sh"] if shell == "busybox" else [shell]
+        result = subprocess.run(
+            [*argv, str(BACKUP_SCRIPTS / "pg-backup-schedule.sh"), "--matches", now],
+            env={"SCHEDULE": schedule, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        assert result.returncode == (0 if expected else 1), (shell, result.stderr)
+
+
+@pytest.mark.parametrize("script", ["pg-backup-schedule.sh", "pg-backup.sh", "pg-restore.sh"])
+def test_backup_scripts_are_posix_sh_and_shellcheck_clean(script: str) -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (apt-get install -y shellcheck)")
+    path = BACKUP_SCRIPTS / script
+    assert path.read_text().startswith("#!/bin/sh\n")  # the alpine image's sh is busybox ash
+    result = subprocess.run(
+        ["shellcheck", "--shell=sh", "--severity=style", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
