@@ -18,6 +18,7 @@ from components.app_model import AppModel
 from components.on_kubernetes import pods
 from components.on_kubernetes.backup import BACKUP_CLAIM, BACKUP_RESOURCES
 from components.on_kubernetes.policies import BACKUP_COMPONENT
+from components.on_kubernetes.workloads import prefer_servers
 
 RESTORE_SCRIPT = Path(__file__).resolve().parents[1] / "assets" / "backup" / "pg-restore.sh"
 RESTORE_NAME = "postgres-restore"
@@ -91,6 +92,9 @@ def render_restore(
                         BACKUP_COMPONENT,
                         k8s.core.v1.PodSpecArgs(
                             restart_policy="Never",
+                            # Like the backup job: should it be the backups claim's first
+                            # consumer, the retained volume binds on a server.
+                            affinity=prefer_servers(),
                             automount_service_account_token=False,
                             security_context=pods.restricted_pod_security(uid, fs_group=uid),
                             containers=[container],

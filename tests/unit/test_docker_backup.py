@@ -25,6 +25,7 @@ PLATFORM = DockerPlatform(
     frontend_port=8080,
     grafana_port=3000,
     prometheus_port=9090,
+    alertmanager_port=9093,
     name_prefix="picluster-unit",
 )
 BACKUP_SCRIPTS = ASSETS / "backup"
