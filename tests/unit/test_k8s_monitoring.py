@@ -183,6 +183,8 @@ def test_scrape_jobs_match_the_docker_target_plus_kubernetes_ones(result: Run) -
         "node",
         "cadvisor",
         "kubelet",
+        "apiserver",
+        "etcd",
         "kube-state-metrics",
         "postgres",
         "probe",
