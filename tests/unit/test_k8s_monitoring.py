@@ -370,9 +370,12 @@ def test_grafana_is_provisioned_with_every_dashboard(result: Run) -> None:
         "host.json",
         "postgres.json",
         "cluster.json",
+        "control-plane.json",
     }
     assert '"uid": "picluster-cluster"' in dashboards["cluster.json"]
-    assert "cluster.json" not in monitoring_config.dashboards(), "Docker must not load it"
+    assert '"uid": "picluster-control-plane"' in dashboards["control-plane.json"]
+    for kubernetes_only in ("cluster.json", "control-plane.json"):
+        assert kubernetes_only not in monitoring_config.dashboards(), "Docker must not load it"
 
 
 def test_grafana_is_served_under_grafana_behind_the_ingress(result: Run) -> None:
