@@ -83,14 +83,15 @@ class Prometheus:
 
 
 @contextmanager
-def running(config: dict[str, Any], workdir: Path) -> Iterator[Prometheus]:
-    """Prometheus on `config` (a prometheus.yml as data) until the block ends."""
+def running(config: dict[str, Any], workdir: Path, port: int | None = None) -> Iterator[Prometheus]:
+    """Prometheus on `config` (a prometheus.yml as data), listening on 127.0.0.1:`port` (a free
+    one if None), until the block ends."""
     if PROMETHEUS is None:
         raise RuntimeError("prometheus not on PATH (Debian: apt-get install prometheus)")
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
+    port = port if port is not None else free_port()
     log = (workdir / "prometheus.log").open("w")
     process = subprocess.Popen(
         [
