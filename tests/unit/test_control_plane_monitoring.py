@@ -141,7 +141,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
         }
         workdir = tmp_path_factory.mktemp("prometheus")
         with real_prometheus.running(config, workdir) as prometheus:
-            prometheus.wait_for_scrapes(set(K3S_PROCESS_JOBS), scrapes=2, timeout=30)
+            prometheus.wait_for_scrapes(set(K3S_PROCESS_JOBS), scrapes=1, timeout=30)
             found = prometheus.query('group by (__name__, job) ({__name__=~".+"})')
             buckets = prometheus.query(
                 'group by (verb, le) (apiserver_request_duration_seconds_bucket{job="apiserver"})'
