@@ -66,8 +66,9 @@ def apiserver_job(service_account_dir: str) -> dict[str, Any]:
         "job_name": APISERVER_JOB,
         "scheme": "https",
         "authorization": {"credentials_file": f"{service_account_dir}/token"},
-        # K3s's serving certificate is signed by the cluster CA and names kubernetes.default.svc
-        # whichever server's address the endpoint holds.
+        # K3s's port 6443 (the supervisor's dynamiclistener, passing /metrics on to the API
+        # server) has a certificate from the server CA naming kubernetes.default.svc on every
+        # server (K3s pkg/cluster/https.go), whichever server's address the endpoint holds.
         "tls_config": {
             "ca_file": f"{service_account_dir}/ca.crt",
             "server_name": "kubernetes.default.svc",
