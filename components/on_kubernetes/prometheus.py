@@ -42,7 +42,7 @@ PROMETHEUS_RESOURCES: Final = Resources(
 # so a server's kubelet /metrics also carries every API server and etcd series. Only the
 # kubelet's own are worth a Pi's memory; the API server's and etcd's have their own jobs
 # (control_plane.py), whose keep-lists share no name with this one.
-KUBELET_METRICS = "kubelet_.*|prober_.*|volume_manager_.*|process_.*|go_goroutines"
+_KUBELET_METRICS = "kubelet_.*|prober_.*|volume_manager_.*|process_.*|go_goroutines"
 # Per-task-state and per-device cAdvisor series multiply every container's series count and no
 # dashboard or alert reads them.
 _CADVISOR_DROPPED = (
@@ -162,7 +162,7 @@ def prometheus_config(
         _kubelet_job(
             "kubelet",
             "/metrics",
-            [{"source_labels": ["__name__"], "regex": KUBELET_METRICS, "action": "keep"}],
+            [{"source_labels": ["__name__"], "regex": _KUBELET_METRICS, "action": "keep"}],
         ),
         control_plane.apiserver_job(SERVICE_ACCOUNT_DIR),
         control_plane.etcd_job(),
