@@ -118,11 +118,19 @@ def node_config(node: ClusterNode, args: K3sClusterArgs, first: ClusterNode) -> 
             config["secrets-encryption"] = True
         if args.disable:
             config["disable"] = list(args.disable)
-        if node is first and len(servers) > 1:
-            config["cluster-init"] = True  # embedded etcd for an HA control plane
+        if len(servers) > 1:
+            config.update(_embedded_etcd(node is first))
         config.update(args.server_config)
     else:
         config.update(args.agent_config)
+    return config
+
+
+def _embedded_etcd(first: bool) -> dict[str, Any]:
+    """An HA control plane's embedded etcd (the first server creates it), with its metrics also
+    on the node's address (plain HTTP, port 2381) for Prometheus' `etcd` job."""
+    config: dict[str, Any] = {"cluster-init": True} if first else {}
+    config["etcd-expose-metrics"] = True
     return config
 
 

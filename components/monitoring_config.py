@@ -6,8 +6,10 @@ provisioning. The Docker and Kubernetes renderers read the same files from
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import yaml
 
@@ -82,6 +84,37 @@ def probe_scrape_job(targets: list[ProbeTarget], blackbox_address: str) -> dict[
             {"target_label": "__address__", "replacement": blackbox_address},
         ],
     }
+
+
+RETENTION_SIZE_SHARE: Final = 0.8
+"""Share of the volume Prometheus may fill before it drops its oldest blocks; the rest is room
+for the write-ahead log and compaction, so a full disk never stops ingestion."""
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$")
+_UNITS = {
+    None: 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
+
+
+def retention_size(storage: str) -> str:
+    """`--storage.tsdb.retention.size` for `monitoring.storage` (a Kubernetes quantity): the
+    volume's size on K3s; on Docker, whose volumes have no size, the disk Prometheus may use."""
+    match = _QUANTITY.match(storage)
+    if match is None:
+        raise ValueError(f"{storage!r} is not a storage quantity such as 10Gi")
+    size = float(match[1]) * _UNITS[match[2]]
+    # Prometheus reads MB as 2**20 bytes.
+    return f"{max(1, int(size * RETENTION_SIZE_SHARE) // 2**20)}MB"
 
 
 def alert_rules() -> str:

@@ -196,6 +196,8 @@ def render_monitoring(
                 "--config.file=/etc/prometheus/prometheus.yml",
                 "--storage.tsdb.path=/prometheus",
                 f"--storage.tsdb.retention.time={settings.retention}",
+                # Whichever of time and size is reached first drops the oldest blocks.
+                f"--storage.tsdb.retention.size={monitoring_config.retention_size(settings.storage)}",
                 "--web.enable-lifecycle",
             ],
             files={

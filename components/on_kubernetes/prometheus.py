@@ -4,7 +4,6 @@ labels as the Docker target) and its objects (RBAC, ConfigMap, volume, Deploymen
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
 import pulumi
@@ -14,7 +13,8 @@ import yaml
 from components import alertmanager_config, monitoring_config, versions
 from components.app_model import AppModel, Resources
 from components.config import MonitoringConfig
-from components.on_kubernetes import pods, volumes
+from components.monitoring_config import retention_size
+from components.on_kubernetes import control_plane, pods, volumes
 from components.on_kubernetes.exporters import (
     BLACKBOX,
     BLACKBOX_PORT,
@@ -38,28 +38,10 @@ PROMETHEUS_RESOURCES: Final = Resources(
     cpu_request="100m", memory_request="256Mi", cpu_limit="1000m", memory_limit="512Mi"
 )
 
-RETENTION_SIZE_SHARE: Final = 0.8
-"""Share of the volume Prometheus may fill before it drops its oldest blocks; the rest is room
-for the write-ahead log and compaction, so a full disk never stops ingestion."""
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$")
-_UNITS = {
-    None: 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-}
-
 # K3s runs the kubelet, API server and controllers in one process sharing one metrics registry,
 # so a server's kubelet /metrics also carries every API server and etcd series. Only the
-# kubelet's own are worth a Pi's memory.
+# kubelet's own are worth a Pi's memory; the API server's and etcd's have their own jobs
+# (control_plane.py), whose keep-lists share no name with this one.
 _KUBELET_METRICS = "kubelet_.*|prober_.*|volume_manager_.*|process_.*|go_goroutines"
 # Per-task-state and per-device cAdvisor series multiply every container's series count and no
 # dashboard or alert reads them.
@@ -67,16 +49,6 @@ _CADVISOR_DROPPED = (
     "container_(tasks_state|memory_failures_total|blkio_device_usage_total"
     "|file_descriptors|sockets|threads|threads_max|ulimits_soft)"
 )
-
-
-def retention_size(storage: str) -> str:
-    """`--storage.tsdb.retention.size` for a volume of `storage` (a Kubernetes quantity)."""
-    match = _QUANTITY.match(storage)
-    if match is None:
-        raise ValueError(f"{storage!r} is not a storage quantity such as 10Gi")
-    size = float(match[1]) * _UNITS[match[2]]
-    # Prometheus reads MB as 2**20 bytes.
-    return f"{max(1, int(size * RETENTION_SIZE_SHARE) // 2**20)}MB"
 
 
 def _relabel(source: str, target: str, replacement: str | None = None) -> dict[str, Any]:
@@ -192,6 +164,8 @@ def prometheus_config(
             "/metrics",
             [{"source_labels": ["__name__"], "regex": _KUBELET_METRICS, "action": "keep"}],
         ),
+        control_plane.apiserver_job(SERVICE_ACCOUNT_DIR),
+        control_plane.etcd_job(),
         {
             "job_name": "kube-state-metrics",
             "static_configs": [{"targets": [f"{KUBE_STATE_METRICS}:{KUBE_STATE_METRICS_PORT}"]}],

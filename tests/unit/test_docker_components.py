@@ -107,6 +107,8 @@ def test_monitoring_alone_configures_prometheus_from_settings() -> None:
     result = run(monitoring_only, {})
     prometheus = result.named("watch-prometheus")
     assert "--storage.tsdb.retention.time=7d" in prometheus.value("command")
+    # Capped by size too: 80% of monitoring.storage (default 10Gi).
+    assert "--storage.tsdb.retention.size=8192MB" in prometheus.value("command")
     config = yaml.safe_load(uploads(result, "watch-prometheus")["/etc/prometheus/prometheus.yml"])
     assert config["global"]["scrape_interval"] == "15s"
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]

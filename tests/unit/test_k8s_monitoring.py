@@ -184,6 +184,8 @@ def test_scrape_jobs_match_the_docker_target_plus_kubernetes_ones(result: Run) -
         "node",
         "cadvisor",
         "kubelet",
+        "apiserver",
+        "etcd",
         "kube-state-metrics",
         "postgres",
         "probe",
@@ -369,9 +371,12 @@ def test_grafana_is_provisioned_with_every_dashboard(result: Run) -> None:
         "host.json",
         "postgres.json",
         "cluster.json",
+        "control-plane.json",
     }
     assert '"uid": "picluster-cluster"' in dashboards["cluster.json"]
-    assert "cluster.json" not in monitoring_config.dashboards(), "Docker must not load it"
+    assert '"uid": "picluster-control-plane"' in dashboards["control-plane.json"]
+    for kubernetes_only in ("cluster.json", "control-plane.json"):
+        assert kubernetes_only not in monitoring_config.dashboards(), "Docker must not load it"
 
 
 def test_grafana_is_served_under_grafana_behind_the_ingress(result: Run) -> None:

@@ -32,6 +32,7 @@ EXPECTED_DASHBOARD_UIDS = {
     "picluster-app",
     "picluster-postgres",
     "picluster-cluster",
+    "picluster-control-plane",
 }
 REQUIRED_ALERTS = {
     "TargetDown",
@@ -48,10 +49,10 @@ SEVERITIES = {"warning", "critical"}
 WATCHDOG_SEVERITY = "none"
 """Watchdog's alone: Alertmanager routes it to the heartbeat, never to a person."""
 # Scrape jobs that picluster's prometheus.yml defines; a query on any other job finds nothing.
-# The last two exist on the Kubernetes target only, and only its dashboards (under
+# Those below exist on the Kubernetes target only, and only its dashboards (under
 # `dashboards/kubernetes/`) may query them.
 SCRAPE_JOBS = {"prometheus", "node", "cadvisor", "postgres", "probe", "services"}
-KUBERNETES_SCRAPE_JOBS = {"kube-state-metrics", "kubelet"}
+KUBERNETES_SCRAPE_JOBS = {"kube-state-metrics", "kubelet", "apiserver", "etcd"}
 # Labels that only one target has (Docker's cAdvisor `name`, Kubernetes' `pod` and friends).
 # Alert expressions must not match on them, or the alert silently never fires on the other.
 TARGET_SPECIFIC_LABELS = ("name", "pod", "container", "namespace", "image", "id")

@@ -256,6 +256,8 @@ def test_config_yaml_is_built_as_data_for_each_role(unseen: Run) -> None:
     assert joining["server"] == "https://10.20.0.11:6443"
     assert "node-ip" not in joining  # a DNS name: K3s picks the address
     assert "cluster-init" not in joining
+    # Every etcd member serves its metrics on its address for Prometheus' etcd job.
+    assert first["etcd-expose-metrics"] is True and joining["etcd-expose-metrics"] is True
 
     agent = k3s_config(unseen.named("cluster-worker-1-k3s"))
     assert agent == {
@@ -339,6 +341,7 @@ def test_the_kubeconfig_is_read_after_the_first_server_but_not_again_on_each_run
 def test_single_server_uses_no_cluster_init(committed: Run) -> None:
     config = k3s_config(committed.named("cluster-pi-server-1-k3s"))
     assert "cluster-init" not in config
+    assert "etcd-expose-metrics" not in config  # SQLite: no etcd to expose
 
 
 def test_servers_are_protected_unless_the_user_opts_out(committed: Run) -> None:
