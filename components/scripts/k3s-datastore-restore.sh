@@ -3,13 +3,15 @@
 # server by bin/restore-datastore (README: Datastore snapshots and restore). Not a Pulumi step.
 #
 # Inputs (NAME='value' lines on stdin before this script, run as `sudo bash -s`):
-#   ACTION         check | stop | restore | rejoin | start
+#   ACTION         list | check | stop | restore | rejoin | start
 #   DATASTORE      sqlite (one server, kine's state.db) | etcd (embedded etcd)
 #   SNAPSHOT       the snapshot's file name (check, restore): a file in SNAPSHOT_DIR, or with
-#                  `etcd-s3: true` in config.yaml, an object K3s fetches from the bucket
+#                  `etcd-s3: true` in config.yaml and no such file, an object K3s fetches from
+#                  the bucket
 #   NODE_NAME      this node's Kubernetes name (start waits until it is Ready)
 #   READY_TIMEOUT  seconds start waits for K3s (default 300)
 # Actions:
+#   list     the snapshots this server has, on stdout; changes nothing
 #   check    the snapshot exists (or S3 names it) and K3s is installed; changes nothing
 #   stop     stop K3s
 #   restore  (first server, K3s stopped) sqlite: the current state.db is moved aside, the copy
@@ -31,23 +33,34 @@ readonly SNAPSHOT_DIR=$DB_DIR/snapshots
 readonly CONFIG_FILE=/etc/rancher/k3s/config.yaml
 
 CHANGED=()
+RESTORE_PATH=""
+RESTORE_FLAGS=()
 log() { printf 'picluster k3s-datastore-restore: %s\n' "$*" >&2; }
 die() { printf 'picluster k3s-datastore-restore: ERROR: %s\n' "$*" >&2; exit 1; }
 
 s3_enabled() { grep -qx 'etcd-s3: true' "$CONFIG_FILE" 2>/dev/null; }
 
+# The snapshot K3s restores: a file in SNAPSHOT_DIR, or with `etcd-s3: true` in config.yaml and
+# no such local file, the bucket's object of that name. Sets RESTORE_PATH and RESTORE_FLAGS.
 snapshot_path() {
     [[ "$SNAPSHOT" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
         die "SNAPSHOT must be a snapshot's file name (as in the list), not $SNAPSHOT"
+    RESTORE_FLAGS=()
+    if [[ -s "$SNAPSHOT_DIR/$SNAPSHOT" ]]; then
+        RESTORE_PATH=$SNAPSHOT_DIR/$SNAPSHOT
+        # With S3 configured K3s would look the path up in the bucket; a local file needs
+        # --etcd-s3=false (k3s-io/docs datastore/backup-restore.md).
+        if [[ "$DATASTORE" == etcd ]] && s3_enabled; then RESTORE_FLAGS=(--etcd-s3=false); fi
+        return 0
+    fi
     if [[ "$DATASTORE" == etcd ]] && s3_enabled; then
         # K3s downloads the object of that name from the configured bucket (pkg/etcd/etcd.go:
         # "Retrieving etcd snapshot %s from S3") and restores it.
-        printf '%s' "$SNAPSHOT"
+        RESTORE_PATH=$SNAPSHOT
+        log "$SNAPSHOT is not on $NODE_NAME: K3s fetches it from the S3 bucket"
         return 0
     fi
-    [[ -s "$SNAPSHOT_DIR/$SNAPSHOT" ]] ||
-        die "no snapshot $SNAPSHOT in $SNAPSHOT_DIR on $NODE_NAME; available: $(find "$SNAPSHOT_DIR" -maxdepth 1 -type f -printf '%f ' 2>/dev/null)"
-    printf '%s' "$SNAPSHOT_DIR/$SNAPSHOT"
+    die "no snapshot $SNAPSHOT in $SNAPSHOT_DIR on $NODE_NAME; available: $(find "$SNAPSHOT_DIR" -maxdepth 1 -type f -printf '%f ' 2>/dev/null)"
 }
 
 require_stopped() {
@@ -65,14 +78,25 @@ aside_dir() {
 
 check() {
     [[ -e /etc/systemd/system/k3s.service ]] || die "$NODE_NAME runs no K3s server"
-    local path
-    path=$(snapshot_path)
+    if [[ -z "${SNAPSHOT:-}" ]]; then
+        return 0  # another server: it only needs K3s
+    fi
+    snapshot_path
     if [[ "$DATASTORE" == sqlite ]]; then
         command -v sqlite3 >/dev/null || die "sqlite3 is not installed on $NODE_NAME"
-        [[ "$(sqlite3 "$path" 'PRAGMA integrity_check;')" == ok ]] ||
-            die "$path fails SQLite's integrity check"
+        [[ "$(sqlite3 "$RESTORE_PATH" 'PRAGMA integrity_check;')" == ok ]] ||
+            die "$RESTORE_PATH fails SQLite's integrity check"
     fi
-    log "$NODE_NAME: snapshot $path"
+    log "$NODE_NAME: snapshot $RESTORE_PATH"
+}
+
+# The snapshots this server has (etcd: K3s's list, with the bucket's when S3 is configured).
+list() {
+    if [[ "$DATASTORE" == etcd ]]; then
+        k3s etcd-snapshot ls || die "k3s etcd-snapshot ls failed (is K3s running?)"
+    else
+        find "$SNAPSHOT_DIR" -maxdepth 1 -type f -name 'state-*.db' -printf '%f\t%s\t%TY-%Tm-%Td %TH:%TM\n' 2>/dev/null | sort
+    fi
 }
 
 stop() {
@@ -84,31 +108,31 @@ stop() {
 }
 
 restore_sqlite() {
-    local path aside file
-    path=$(snapshot_path)
+    local aside file
+    snapshot_path
     aside=$(aside_dir)
     for file in state.db state.db-wal state.db-shm; do
         if [[ -e "$DB_DIR/$file" ]]; then
             mv "$DB_DIR/$file" "$aside/" || die "could not move $DB_DIR/$file aside"
         fi
     done
-    install -m 600 -o root -g root "$path" "$DB_DIR/state.db.restoring" ||
-        die "could not copy $path"
+    install -m 600 -o root -g root "$RESTORE_PATH" "$DB_DIR/state.db.restoring" ||
+        die "could not copy $RESTORE_PATH"
     mv -f "$DB_DIR/state.db.restoring" "$DB_DIR/state.db"
     CHANGED+=("restored $SNAPSHOT (the datastore before it is in $aside)")
 }
 
 restore_etcd() {
-    local path out
-    path=$(snapshot_path)
+    local out
+    snapshot_path
     # Kept for a look back, and so that a restore never destroys the only copy of anything.
     if [[ -d "$DB_DIR/etcd" ]]; then
         cp -a "$DB_DIR/etcd" "$(aside_dir)/" || die "could not copy $DB_DIR/etcd aside"
     fi
-    log "k3s server --cluster-reset --cluster-reset-restore-path=$path"
+    log "k3s server --cluster-reset --cluster-reset-restore-path=$RESTORE_PATH ${RESTORE_FLAGS[*]-}"
     out=$(mktemp)
-    if ! timeout "$READY_TIMEOUT" k3s server --cluster-reset --cluster-reset-restore-path="$path" \
-        >"$out" 2>&1; then
+    if ! timeout "$READY_TIMEOUT" k3s server --cluster-reset \
+        --cluster-reset-restore-path="$RESTORE_PATH" "${RESTORE_FLAGS[@]}" >"$out" 2>&1; then
         tail -n 20 "$out" >&2
         rm -f "$out"
         die "k3s server --cluster-reset failed on $NODE_NAME (the output above); the old etcd data is kept under $SERVER_DIR/db-before-restore-*"
@@ -166,6 +190,7 @@ main() {
     READY_TIMEOUT=${READY_TIMEOUT:-300}
     case "$ACTION" in
         check) check ;;
+        list) list ;;
         stop) stop ;;
         restore)
             : "${SNAPSHOT:?SNAPSHOT is required}"
@@ -178,7 +203,7 @@ main() {
             rejoin
             ;;
         start) start ;;
-        *) die "ACTION must be check, stop, restore, rejoin or start, not $ACTION" ;;
+        *) die "ACTION must be list, check, stop, restore, rejoin or start, not $ACTION" ;;
     esac
     if ((${#CHANGED[@]} == 0)); then
         echo "picluster k3s-datastore-restore: no changes"

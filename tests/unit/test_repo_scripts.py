@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = [
     ROOT / "bin" / "test",
     ROOT / "bin" / "up-local",
+    ROOT / "bin" / "restore-datastore",
     ROOT / ".ci" / "run",
     *sorted((ROOT / "tools").glob("*/*.sh")),  # the engine and control-plane build scripts
 ]
