@@ -107,10 +107,15 @@ def plan(settings: Settings, snapshot: str) -> Plan:
         )
         for n in servers
     ]
+    return plan_for(targets[0], targets[1:], snapshot)
+
+
+def plan_for(first: Server, others: Sequence[Server], snapshot: str) -> Plan:
+    """The restore plan for these servers: embedded etcd when there is more than one."""
     return Plan(
-        datastore="etcd" if len(targets) > 1 else "sqlite",
-        first=targets[0],
-        others=tuple(targets[1:]),
+        datastore="etcd" if others else "sqlite",
+        first=first,
+        others=tuple(others),
         snapshot=snapshot,
     )
 

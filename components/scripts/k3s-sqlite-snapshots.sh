@@ -70,6 +70,8 @@ Description=picluster: scheduled copies of K3s's SQLite datastore
 
 [Timer]
 OnCalendar=$ON_CALENDAR
+# On time, as K3s's cron is (systemd's default lets a run slip by up to a minute).
+AccuracySec=1s
 Persistent=true
 
 [Install]
