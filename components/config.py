@@ -6,7 +6,8 @@ of servers, unique service paths) are checked after that. Every problem is repor
 `ConfigError` whose lines each name the full key path (`picluster:nodes[1].host`) and what would
 be valid, before any resource is declared.
 
-Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`) are never copied
+Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`, the S3 keys of
+etcd snapshots `etcdS3AccessKey` and `etcdS3SecretKey`) are never copied
 into the model: they are read as Pulumi secrets by `StackConfig.secret`, and an error about them
 never repeats their value.
 """
