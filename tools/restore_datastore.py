@@ -219,15 +219,21 @@ def restore(run: Runner, target: Plan) -> None:
         _step(run, server, "start", target.datastore)
 
 
-def stack_settings(stack: str) -> Settings:
+def stack_settings(
+    stack: str, *, cwd: Path = ROOT, env: Mapping[str, str] | None = None
+) -> Settings:
     """The stack's validated settings, from `pulumi config --json` (secret values left out)."""
-    out = subprocess.run(
+    result = subprocess.run(
         ["pulumi", "config", "--json", "--stack", stack],
         capture_output=True,
         text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout
+        check=False,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+    )
+    if result.returncode != 0:
+        raise ConfigError([f"pulumi config --stack {stack} failed: {result.stderr.strip()}"])
+    out = result.stdout
     raw: dict[str, object] = {}
     for full_key, entry in json.loads(out).items():
         namespace, _, key = full_key.partition(":")
