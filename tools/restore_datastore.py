@@ -193,8 +193,12 @@ def _step(run: Runner, server: Server, action: str, datastore: str, snapshot: st
         raise RestoreError(
             f"{action} on {server.name} failed (exit {result.returncode}):\n{result.stderr.strip()}"
         )
-    if action == "list":
-        return result.stdout
+    if action == "list":  # the listing, without the summary line
+        return "".join(
+            line
+            for line in result.stdout.splitlines(keepends=True)
+            if not line.startswith("picluster ")
+        )
     line = parse_summary(result.stdout).line
     print(f"{server.name}: {action}: {line}")
     return line

@@ -218,6 +218,7 @@ def test_sqlite_drill_snapshot_break_restore(
     ssh = _runner(sim_lab)
     start = time.monotonic()
     try:
+        assert snapshot in restore_datastore.list_snapshots(ssh.run, target)
         restore_datastore.restore(ssh.run, target)
     finally:
         ssh.close()
@@ -329,6 +330,8 @@ def test_etcd_drill_snapshot_break_restore(
     ssh = _runner(sim_lab)
     start = time.monotonic()
     try:
+        listing = restore_datastore.list_snapshots(ssh.run, target)
+        assert snapshot in listing and "picluster k3s-datastore-restore" not in listing
         restore_datastore.restore(ssh.run, target)
     finally:
         ssh.close()
