@@ -291,6 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         restore(ssh.run, target)
     except RestoreError as error:
         print(f"bin/restore-datastore: {error}", file=sys.stderr)
+        if not args.list:
+            print(
+                "bin/restore-datastore: K3s stays as the steps above left it (stopped on the "
+                "servers a `stop` reached); fix the cause and run the same command again: every "
+                "step can be repeated, and what a restore replaced is kept under "
+                "/var/lib/rancher/k3s/server/db-before-restore-*",
+                file=sys.stderr,
+            )
         return 1
     finally:
         ssh.close()

@@ -357,3 +357,32 @@ def test_restore_plan_says_what_it_does(etcd_cluster: EtcdCluster) -> None:
     assert "stop K3s on drill-etcd-2, drill-etcd-1" in text
     assert "--cluster-reset-restore-path=<on-demand-x>" in text
     assert "Everything written to the cluster since the snapshot is lost." in text
+
+
+def test_etcd_restore_of_a_local_snapshot_with_s3_configured(
+    sim_lab: simpi.SimPiLab, etcd_cluster: EtcdCluster
+) -> None:
+    # With etcd-s3 in config.yaml K3s looks the restore path up in the bucket; a snapshot on the
+    # server must be restored with --etcd-s3=false (k3s-io/docs datastore/backup-restore.md). The
+    # double fails a restore from S3 (it cannot reach one), so this passes only with the flag.
+    first = etcd_cluster.first
+    config = "/etc/rancher/k3s/config.yaml"
+    original = first.read(config)
+    first.put(config, (original + "etcd-s3: true\netcd-s3-bucket: pi-snapshots\n").encode(), "0600")
+    try:
+        _kubectl(first, "create", "configmap", "s3-case", "-n", "game")
+        snapshot = first.exec("k3s", "etcd-snapshot", "save").stdout.split()[1]
+        _kubectl(first, "delete", "configmap", "s3-case", "-n", "game")
+        target = restore_datastore.plan_for(
+            etcd_cluster.servers[0], etcd_cluster.servers[1:], snapshot
+        )
+        ssh = _runner(sim_lab)
+        try:
+            restore_datastore.restore(ssh.run, target)
+        finally:
+            ssh.close()
+        assert "configmap/s3-case" in _objects(first)
+        log = first.read("/var/log/picluster-doubles/k3s-install.log")
+        assert f"cluster-reset restored {SNAPSHOT_DIR}/{snapshot}" in log
+    finally:
+        first.put(config, original.encode(), "0600")
