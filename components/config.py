@@ -6,9 +6,10 @@ of servers, unique service paths) are checked after that. Every problem is repor
 `ConfigError` whose lines each name the full key path (`picluster:nodes[1].host`) and what would
 be valid, before any resource is declared.
 
-Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword` and the `alerts*`
-receiver secrets) are never copied into the model: they are read as Pulumi secrets by
-`StackConfig.secret`, and an error about them never repeats their value.
+Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`, the `alerts*`
+receiver secrets and the S3 keys of etcd snapshots `etcdS3AccessKey` and `etcdS3SecretKey`) are
+never copied into the model: they are read as Pulumi secrets by `StackConfig.secret`, and an error
+about them never repeats their value.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components import versions
+from components import datastore_snapshots, versions
 
 NAMESPACE = "picluster"
 
@@ -57,6 +58,8 @@ SECRET_KEYS: tuple[str, ...] = (
     "dbPassword",
     "grafanaAdminPassword",
     *ALERT_SECRET_KEYS,
+    "etcdS3AccessKey",
+    "etcdS3SecretKey",
 )
 """Top-level keys that hold secrets: read with `StackConfig.secret`, never put in the model."""
 
@@ -387,6 +390,42 @@ class SshConfig(_Model):
     private_key_path: str | None = "~/.ssh/id_ed25519"
 
 
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_S3_ENDPOINT = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_S3_FOLDER = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+class SnapshotS3Config(_Model):
+    """An S3-compatible bucket that K3s also uploads etcd snapshots to."""
+
+    bucket: Annotated[str, _pattern(_BUCKET, "an S3 bucket name such as k3s-snapshots")]
+    endpoint: Annotated[
+        str, _pattern(_S3_ENDPOINT, "an S3 endpoint host[:port] such as s3.amazonaws.com")
+    ] = "s3.amazonaws.com"
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,40}$")] = "us-east-1"
+    folder: Annotated[str, _pattern(_S3_FOLDER, "a folder such as picluster/prod")] | None = None
+    insecure: bool = False
+    skip_ssl_verify: bool = False
+
+
+class SnapshotsConfig(_Model):
+    """Scheduled snapshots of the K3s datastore (etcd: K3s's own; SQLite: a timer's copy)."""
+
+    enabled: bool = True
+    schedule: Annotated[str, AfterValidator(_cron)] = "0 */12 * * *"
+    retention: Annotated[int, Field(ge=1, le=1000, strict=True)] = 5
+    s3: SnapshotS3Config | None = None
+
+
 class K3sConfig(_Model):
     """The K3s distribution and its settings."""
 
@@ -397,6 +436,7 @@ class K3sConfig(_Model):
     agent_config: dict[str, Any] = Field(default_factory=dict)
     protect_server_data: bool = True
     install_url: Annotated[str, AfterValidator(_install_url)] = "https://get.k3s.io"
+    snapshots: SnapshotsConfig = SnapshotsConfig()
 
 
 class FrontendConfig(_Model):
@@ -638,6 +678,16 @@ def _k3s_config_invariants(k3s: K3sConfig) -> list[str]:
                 "(the token comes from picluster:k3sToken, names and addresses from "
                 "picluster:nodes); remove it"
             )
+        for key, secret in (
+            ("etcd-s3-access-key", "etcdS3AccessKey"),
+            ("etcd-s3-secret-key", "etcdS3SecretKey"),
+        ):
+            if key in extra:
+                problems.append(
+                    f"picluster:k3s.{section}.{key}: is a secret and would be stored in plain "
+                    f"text; set it with `pulumi config set --secret {secret}` and the bucket "
+                    "in picluster:k3s.snapshots.s3"
+                )
     return problems
 
 
@@ -851,9 +901,48 @@ def validate(raw: Mapping[str, Any]) -> Settings:
     problems += _invariants(settings)
     secrets_set = frozenset(k for k in SECRET_KEYS if k in raw)
     problems += _alert_invariants(settings.monitoring.alerts, secrets_set)
+    problems += _snapshot_invariants(settings, secrets_set)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+S3_SECRET_KEYS = ("etcdS3AccessKey", "etcdS3SecretKey")
+
+
+def _snapshot_invariants(settings: Settings, secrets_set: frozenset[str]) -> list[str]:
+    """The S3 target and its keys come together; a single server's copy needs a systemd form of
+    the schedule, and has no S3 upload (K3s uploads etcd snapshots only)."""
+    snapshots = settings.k3s.snapshots if settings.k3s else None
+    s3 = snapshots.s3 if snapshots else None
+    problems: list[str] = []
+    given = [key for key in S3_SECRET_KEYS if key in secrets_set]
+    if s3 is not None and len(given) < len(S3_SECRET_KEYS):
+        missing = [key for key in S3_SECRET_KEYS if key not in given]
+        problems += [
+            f"picluster:{key}: is required when picluster:k3s.snapshots.s3 is set "
+            f"(set it with `pulumi config set --secret {key}`)"
+            for key in missing
+        ]
+    if s3 is None and given:
+        problems += [
+            f"picluster:{key}: is set but picluster:k3s.snapshots.s3 is not; add the bucket "
+            "(k3s.snapshots.s3: {bucket: ..., endpoint: ...}) or remove the key"
+            for key in given
+        ]
+    servers = sum(1 for node in settings.nodes if node.role is NodeRole.SERVER)
+    if snapshots is not None and settings.target is Target.K3S and servers == 1:
+        if s3 is not None:
+            problems.append(
+                "picluster:k3s.snapshots.s3: uploads are K3s's etcd snapshots, and one server "
+                "runs SQLite; use 3 servers (embedded etcd) or remove s3 (the SQLite copies stay "
+                f"in {datastore_snapshots.SNAPSHOT_DIR} on the server)"
+            )
+        try:
+            datastore_snapshots.on_calendar(snapshots.schedule)
+        except ValueError as error:
+            problems.append(f"picluster:k3s.snapshots.schedule: {error}")
+    return problems
 
 
 def load() -> StackConfig:

@@ -13,6 +13,9 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
   and applies its labels and taints through the API (K3s reads them only when a node registers),
   again after each run of the node's install; on destroy it drains the node and (for an agent)
   removes it before the node's K3s is uninstalled; another server removes itself in its uninstall.
+- `<server>-snapshots` on a single server (`k3s-sqlite-snapshots.sh`): a systemd timer copying its
+  SQLite datastore on the `k3s.snapshots` schedule (with more servers, K3s snapshots embedded etcd
+  itself, from the `etcd-snapshot-*` / `etcd-s3-*` keys in config.yaml; `datastore_snapshots`).
 - `kubeconfig` on the first server (`k3s-kubeconfig.sh`): stdout is the admin kubeconfig, kept
   secret and never logged; its server address is rewritten (as YAML) to the first server. It is
   read once, not after every run of the install: the Kubernetes provider is built from it, and a
@@ -39,6 +42,12 @@ import yaml
 from pulumi_command import remote
 
 from components.config import NodeRole
+from components.datastore_snapshots import (
+    DatastoreSnapshots,
+    etcd_config,
+    etcd_s3_credentials,
+    sqlite_timer_values,
+)
 from components.kubeconfig import rewrite_kubeconfig
 from components.pi_node import SshTarget
 from components.remote_script import run_marker, steps_payload
@@ -90,6 +99,17 @@ class K3sClusterArgs:
     """Protect the servers' K3s from an accidental destroy."""
     install_url: str = "https://get.k3s.io"
     """The K3s installer."""
+    snapshots: DatastoreSnapshots = field(default_factory=DatastoreSnapshots)
+    """Scheduled datastore snapshots: K3s's own for embedded etcd, a timer's copy for SQLite."""
+    etcd_s3_access_key: pulumi.Input[str] | None = None
+    """The S3 access key of `snapshots.s3`, a secret."""
+    etcd_s3_secret_key: pulumi.Input[str] | None = None
+    """The S3 secret key of `snapshots.s3`, a secret."""
+
+
+def embedded_etcd(args: K3sClusterArgs) -> bool:
+    """More than one server: K3s runs embedded etcd (`cluster-init`), else SQLite through kine."""
+    return sum(1 for n in args.nodes if n.role is NodeRole.SERVER) > 1
 
 
 def _node_ip(address: str) -> str | None:
@@ -118,8 +138,9 @@ def node_config(node: ClusterNode, args: K3sClusterArgs, first: ClusterNode) -> 
             config["secrets-encryption"] = True
         if args.disable:
             config["disable"] = list(args.disable)
-        if len(servers) > 1:
+        if embedded_etcd(args):
             config.update(_embedded_etcd(node is first))
+            config.update(etcd_config(args.snapshots))
         config.update(args.server_config)
     else:
         config.update(args.agent_config)
@@ -147,16 +168,25 @@ def _b64_yaml(document: dict[str, Any]) -> str:
 
 
 def install_values(
-    node: ClusterNode, args: K3sClusterArgs, first: ClusterNode, token: str
+    node: ClusterNode,
+    args: K3sClusterArgs,
+    first: ClusterNode,
+    token: str,
+    s3_keys: tuple[str, str] | None = None,
 ) -> dict[str, str]:
     """The values `k3s-install.sh` receives on stdin for `node` (`token` is the secret's value:
-    the plain token for the first server, the full `K10...` token for every other node)."""
+    the plain token for the first server, the full `K10...` token for every other node;
+    `s3_keys` the values of the S3 access and secret keys, which a server running embedded etcd
+    with an S3 target gets in its 0600 config.yaml)."""
+    config = node_config(node, args, first)
+    if s3_keys is not None and "etcd-s3" in config:
+        config |= etcd_s3_credentials(*s3_keys)
     return {
         "ROLE": node.role.value,
         "NODE_NAME": node.name,
         "K3S_VERSION": args.version,
         "K3S_TOKEN": token,
-        "CONFIG_YAML_B64": _b64_yaml(node_config(node, args, first)),
+        "CONFIG_YAML_B64": _b64_yaml(config),
         "REGISTRATION_YAML_B64": _b64_yaml(registration_config(node)),
         "K3S_INSTALL_URL": args.install_url,
         "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
@@ -241,6 +271,9 @@ class K3sCluster(pulumi.ComponentResource):
             for node in agents
         ]
 
+        if not embedded_etcd(args):
+            self._sqlite_snapshots(name, first, args, depends_on=initial)
+
         first_connection = first.ssh.connection()
         joins = [
             remote.Command(
@@ -299,6 +332,22 @@ class K3sCluster(pulumi.ComponentResource):
             {"kubeconfig": self.kubeconfig, "api_server_url": self.api_server_url}
         )
 
+    def _sqlite_snapshots(
+        self, name: str, server: ClusterNode, args: K3sClusterArgs, *, depends_on: remote.Command
+    ) -> remote.Command:
+        """`<server>-snapshots`: the timer copying a single server's SQLite datastore (K3s
+        snapshots embedded etcd only). A new schedule or retention is an in-place update."""
+        return remote.Command(
+            f"{name}-{server.name}-snapshots",
+            connection=server.ssh.connection(),
+            create="sudo bash -s",
+            update="sudo bash -s",
+            delete="sudo bash -s -- delete",
+            stdin=steps_payload(["k3s-sqlite-snapshots.sh"], sqlite_timer_values(args.snapshots)),
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[depends_on]),
+        )
+
     def _install(
         self,
         name: str,
@@ -309,9 +358,12 @@ class K3sCluster(pulumi.ComponentResource):
         *,
         depends_on: Sequence[pulumi.Resource],
     ) -> remote.Command:
-        values = pulumi.Output.from_input(token).apply(
-            lambda token: steps_payload(
-                ["k3s-install.sh"], install_values(node, args, first, token)
+        values = pulumi.Output.all(token, args.etcd_s3_access_key, args.etcd_s3_secret_key).apply(
+            lambda parts: steps_payload(
+                ["k3s-install.sh"],
+                install_values(
+                    node, args, first, parts[0], (parts[1], parts[2]) if parts[1] else None
+                ),
             )
         )
         protect = node.role is NodeRole.SERVER and args.protect_servers

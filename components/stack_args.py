@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import pulumi
 
-from components.config import NodeConfig, NodeRole, Settings, StackConfig
+from components.config import NodeConfig, NodeRole, Settings, SnapshotsConfig, StackConfig
+from components.datastore_snapshots import DatastoreSnapshots, S3Target
 from components.k3s_cluster import ClusterNode, K3sClusterArgs
 from components.on_docker.containers import DockerPlatform
 from components.on_kubernetes.platform import KubernetesPlatform
@@ -87,6 +88,29 @@ def k3s_cluster_args(
         agent_config=k3s.agent_config,
         protect_servers=k3s.protect_server_data,
         install_url=k3s.install_url,
+        snapshots=datastore_snapshots(k3s.snapshots),
+        etcd_s3_access_key=config.secret("etcdS3AccessKey"),
+        etcd_s3_secret_key=config.secret("etcdS3SecretKey"),
+    )
+
+
+def datastore_snapshots(snapshots: SnapshotsConfig) -> DatastoreSnapshots:
+    """`k3s.snapshots` as the cluster's snapshot settings."""
+    s3 = snapshots.s3
+    return DatastoreSnapshots(
+        enabled=snapshots.enabled,
+        schedule=snapshots.schedule,
+        retention=snapshots.retention,
+        s3=None
+        if s3 is None
+        else S3Target(
+            bucket=s3.bucket,
+            endpoint=s3.endpoint,
+            region=s3.region,
+            folder=s3.folder,
+            insecure=s3.insecure,
+            skip_ssl_verify=s3.skip_ssl_verify,
+        ),
     )
 
 

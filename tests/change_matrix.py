@@ -182,6 +182,13 @@ CHANGES: tuple[Change, ...] = (
         _set(**NTFY_ADDED),
     ),
     Change(
+        "datastore snapshot schedule and retention",
+        "prod",
+        _edit(lambda c: c["k3s"].update(snapshots={"schedule": "30 2 * * *", "retention": 10})),
+        "one server (SQLite): only its snapshot timer; with embedded etcd the servers' "
+        "config.yaml changes and K3s restarts on them one at a time",
+    ),
+    Change(
         "database storage 5Gi → 10Gi",
         "prod",
         _edit(lambda c: c["app"].setdefault("database", {}).update(storage="10Gi")),
@@ -324,6 +331,7 @@ _STEP_KINDS = (
     ("-k3s", "K3s install"),
     ("-join", "node check (Ready, labels, taints)"),
     ("-kubeconfig", "kubeconfig read"),
+    ("-snapshots", "SQLite snapshot timer"),
 )
 
 

@@ -37,7 +37,13 @@ pytestmark = [pytest.mark.engine, pytest.mark.integration]
 
 STANDBY = "pi-agent-3"
 """The Pi that "add an agent" brings in (the change matrix's name for it)."""
-REPLAYED = ("K3s version bump", "a label on one node", "`dbPassword` rotated", "add an agent")
+REPLAYED = (
+    "K3s version bump",
+    "a label on one node",
+    "`dbPassword` rotated",
+    "add an agent",
+    "datastore snapshot schedule and retention",
+)
 
 
 def _change(title: str) -> Change:
@@ -117,6 +123,16 @@ def test_the_version_bump_reached_every_pi(lab: Lab) -> None:
     for name in ("pi-server-1", "pi-agent-1", "pi-agent-2"):
         version = lab.prod.pis[name].exec("k3s", "--version").stdout
         assert version.startswith(f"k3s version {new} "), (name, version)
+
+
+def test_the_new_snapshot_schedule_reached_the_server_timer(lab: Lab) -> None:
+    assert lab.config["k3s"]["snapshots"] == {"schedule": "30 2 * * *", "retention": 10}
+    server = lab.prod.pis["pi-server-1"]
+    unit = "/etc/systemd/system/picluster-datastore-snapshot"
+    assert "OnCalendar=*-*-* 2:30:00" in server.read(f"{unit}.timer")
+    assert "Environment=RETENTION=10" in server.read(f"{unit}.service")
+    active = server.exec("systemctl", "is-active", "picluster-datastore-snapshot.timer")
+    assert active.stdout.strip() == "active"
 
 
 def test_the_label_is_on_the_node(lab: Lab) -> None:

@@ -41,7 +41,14 @@ def ups(prod: Prod) -> Ups:
 def test_the_first_up_bootstraps_the_pis_and_deploys_everything(ups: Ups, prod: Prod) -> None:
     summary = ups.first.summary
     assert set(summary) == {"create"} and summary["create"] > 60, summary
-    assert ups.first.remote_steps == 13  # prepare, gate, install, node check x3; kubeconfig
+    # prepare, gate, install, node check x3; kubeconfig; the single server's snapshot timer
+    assert ups.first.remote_steps == 14
+    server = prod.pis["pi-server-1"]
+    timer = server.exec("systemctl", "is-active", "picluster-datastore-snapshot.timer", check=False)
+    assert timer.stdout.strip() == "active"
+    assert "OnCalendar=*-*-* 0/12:0:00" in server.read(
+        "/etc/systemd/system/picluster-datastore-snapshot.timer"
+    )
     for name, pi in prod.pis.items():
         assert pi.exec("k3s", "--version").stdout.startswith(f"k3s version {VERSION} "), name
     deployments = prod.get("deployments", "-A")["items"]

@@ -46,6 +46,8 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
             "Command cluster-pi-server-1-join",
             "Command cluster-pi-server-1-k3s",
         ],
+        # Embedded etcd from now on: K3s snapshots it; the SQLite copy's timer goes.
+        "delete": ["Command cluster-pi-server-1-snapshots"],
     },
     ("prod", "add an agent"): {
         "create": [
@@ -76,6 +78,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
             "Command cluster-pi-server-1-join",
             "Command cluster-pi-server-1-k3s",
         ],
+        "delete": ["Command cluster-pi-server-1-snapshots"],
     },
     ("prod", "`dbPassword` rotated"): {
         "update": [
@@ -113,6 +116,9 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     ("prod", "an alert receiver added (ntfy)"): {
         "create": ["Secret monitoring-alertmanager"],
         "update": ["ConfigMap monitoring-alertmanager", "Deployment monitoring-alertmanager"],
+    },
+    ("prod", "datastore snapshot schedule and retention"): {
+        "update": ["Command cluster-pi-server-1-snapshots"]
     },
     ("prod", "database storage 5Gi → 10Gi"): {},
     ("local", "`dbPassword` rotated"): {
@@ -188,6 +194,9 @@ def test_destructive_deletes_run_only_for_a_removed_node(change: Change) -> None
             ("cluster-pi-agent-2-k3s", ("k3s-install",)),  # uninstall K3s on the Pi
             ("cluster-pi-agent-2-join", ("k3s-node",)),  # drain and delete the node first
         }
+    elif change.title in ("1 → 3 servers", "an agent becomes a server (with a third server)"):
+        # Removes the SQLite copy's timer (the copies stay): K3s now snapshots etcd itself.
+        assert deletes == {("cluster-pi-server-1-snapshots", ("k3s-sqlite-snapshots",))}
     else:
         assert not deletes
 

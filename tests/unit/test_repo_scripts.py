@@ -13,6 +13,7 @@ ENTRY_POINTS = [
     ROOT / "bin" / "test",
     ROOT / "bin" / "up-local",
     ROOT / "bin" / "restore-db",
+    ROOT / "bin" / "restore-datastore",
     ROOT / ".ci" / "run",
     *sorted((ROOT / "tools").glob("*/*.sh")),  # the engine and control-plane build scripts
 ]

@@ -63,6 +63,27 @@
 #   drain NAME [--force] ...    cordons; refuses pods without a controller unless --force
 #                               (a test lists them in the node's `unmanaged-pods` file)
 #   delete node NAME            (with --server https://OTHER:6443: on that server, through its API)
+# The datastore and its snapshots (picluster's snapshot and restore drill):
+#   - The datastore is a real SQLite file (needs the sqlite3 CLI on the Pi): kine's
+#     server/db/state.db on a single server (K3s's default without cluster-init), and for
+#     embedded etcd (cluster-init, or a server that joined one) server/db/etcd/double-etcd.db,
+#     standing in for etcd's member database. Objects live there under kine's keys
+#     (/registry/<resource>/<namespace>/<name>), in WAL mode as kine runs SQLite.
+#     `k3s kubectl create configmap|deployment NAME [-n NS] [--from-literal=K=V|--image=I]`,
+#     `get configmaps|deployments [-n NS] -o name` and `delete configmap|deployment NAME [-n NS]`
+#     read and write them. (Nodes stay in the registry above, outside the datastore.)
+#   - `k3s etcd-snapshot save` (embedded etcd only, with the server running) writes
+#     server/db/snapshots/on-demand-<node>-<unix time>, a consistent copy of the database (the
+#     double's stand-in for etcd's snapshot API; pkg/etcd/snapshot.go names on-demand snapshots
+#     so); `k3s etcd-snapshot ls` lists them. Scheduled etcd snapshots are K3s's own cron and are
+#     not simulated.
+#   - `k3s server --cluster-reset --cluster-reset-restore-path=P`: refused on SQLite and while the
+#     server runs; otherwise the etcd database is replaced by the snapshot P (with `etcd-s3: true`
+#     in config.yaml and no --etcd-s3=false, P names an S3 object, which the double cannot reach:
+#     it fails), the members reset to this server, and it exits 0 printing K3s's "Managed etcd
+#     cluster membership has been reset, restart without --cluster-reset flag now" (pkg/etcd/
+#     etcd.go). A server with `server:` whose server/db/etcd is gone joins again when it starts,
+#     as K3s's rejoin after `rm -rf server/db` (k3s-io/docs datastore/backup-restore.md).
 # k3s-killall.sh and the uninstall scripts behave as the real ones: the uninstall removes
 # /etc/rancher/k3s, /var/lib/rancher/k3s, the binary and the scripts.
 # shellcheck disable=SC2317 # functions are reached through the name dispatch at the bottom
@@ -549,6 +570,142 @@ join() {
     done
 }
 
+# The datastore file: etcd's stand-in for embedded etcd, kine's state.db for SQLite.
+datastore() {
+    if [ "$(config_value cluster-init)" = true ] || [ -n "$(config_value server)" ]; then
+        echo "$SERVER_DIR/db/etcd/double-etcd.db"
+    else
+        echo "$SERVER_DIR/db/state.db"
+    fi
+}
+
+need_sqlite3() {
+    command -v sqlite3 >/dev/null 2>&1 || fatal "the double keeps its datastore in SQLite: install sqlite3 on this Pi"
+}
+
+init_datastore() {
+    db=$(datastore)
+    mkdir -p "${db%/*}"
+    command -v sqlite3 >/dev/null 2>&1 || return 0  # the tests that never store an object
+    sqlite3 "$db" 'PRAGMA journal_mode=WAL;' 'CREATE TABLE IF NOT EXISTS kine (name TEXT PRIMARY KEY, value TEXT);' >/dev/null
+    chmod 600 "$db"
+}
+
+# Quote a value for an SQL string literal.
+sql_quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/''/g")"; }
+
+# objects VERB ARGS...: create | get | delete of configmaps and deployments in the datastore.
+objects() {
+    need_sqlite3
+    verb=$1 && shift
+    kind=${1:-} && shift
+    case "$kind" in
+        configmap | configmaps | cm) resource=configmaps single=configmap ;;
+        deployment | deployments | deploy) resource=deployments single=deployment.apps ;;
+        *) fatal "the double stores configmaps and deployments only, not $kind" ;;
+    esac
+    namespace=default name="" value=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -n | --namespace) namespace=$2 && shift 2 ;;
+            --from-literal=* | --image=*) value="$value${value:+,}${1#--*=}" && shift ;;
+            -o) shift 2 ;;
+            -*) shift ;;
+            *) name=$1 && shift ;;
+        esac
+    done
+    db=$(datastore)
+    [ -s "$db" ] || fatal "no datastore at $db"
+    prefix="/registry/$resource/$namespace/"
+    case "$verb" in
+        create)
+            [ -n "$name" ] || fatal "the double needs a name"
+            if [ -n "$(sqlite3 "$db" "SELECT name FROM kine WHERE name = $(sql_quote "$prefix$name");")" ]; then
+                echo "Error from server (AlreadyExists): $resource \"$name\" already exists" >&2
+                exit 1
+            fi
+            sqlite3 "$db" ".timeout 5000" "INSERT INTO kine (name, value) VALUES ($(sql_quote "$prefix$name"), $(sql_quote "$value"));"
+            echo "$single/$name created"
+            ;;
+        get)
+            sqlite3 "$db" "SELECT name FROM kine WHERE name LIKE $(sql_quote "$prefix%") ORDER BY name;" |
+                sed "s|^$prefix|$single/|"
+            ;;
+        delete)
+            if [ -z "$(sqlite3 "$db" "SELECT name FROM kine WHERE name = $(sql_quote "$prefix$name");")" ]; then
+                echo "Error from server (NotFound): $resource \"$name\" not found" >&2
+                exit 1
+            fi
+            sqlite3 "$db" ".timeout 5000" "DELETE FROM kine WHERE name = $(sql_quote "$prefix$name");"
+            echo "$single \"$name\" deleted"
+            ;;
+    esac
+}
+
+etcd_snapshot() {
+    db=$(datastore)
+    case "$db" in
+        */etcd/*) ;;
+        *) fatal "etcd datastore disabled (this server runs SQLite: K3s snapshots embedded etcd only)" ;;
+    esac
+    need_sqlite3
+    dir=$SERVER_DIR/db/snapshots
+    case "${1:-save}" in
+        save)
+            systemctl is-active --quiet k3s || fatal "the K3s server is not running"
+            mkdir -p "$dir"
+            name=on-demand-$(node_name)-$(date +%s)
+            (umask 077 && sqlite3 "$db" ".timeout 10000" ".backup '$dir/$name'")
+            record "etcd-snapshot save $name"
+            echo "Snapshot $name saved."
+            ;;
+        ls | list)
+            printf '%-45s %-70s %-10s %s\n' Name Location Size Created
+            for file in "$dir"/*; do
+                [ -f "$file" ] || continue
+                printf '%-45s %-70s %-10s %s\n' "${file##*/}" "file://$file" "$(stat -c %s "$file")" \
+                    "$(date -u -d "@$(stat -c %Y "$file")" +%Y-%m-%dT%H:%M:%SZ)"
+            done
+            ;;
+        *) fatal "the double implements etcd-snapshot save and ls only" ;;
+    esac
+}
+
+cluster_reset() {
+    restore_path="" s3=$(config_value etcd-s3)
+    for arg in "$@"; do
+        case "$arg" in
+            --cluster-reset-restore-path=*) restore_path=${arg#*=} ;;
+            --etcd-s3=false) s3=false ;;
+        esac
+    done
+    db=$(datastore)
+    case "$db" in
+        */etcd/*) ;;
+        *) fatal "--cluster-reset is for embedded etcd; this server runs SQLite" ;;
+    esac
+    systemctl is-active --quiet k3s && fatal "K3s is running: stop it before --cluster-reset (the ports are in use)"
+    parse_token
+    if [ ! -f "$BOOTSTRAP" ] || [ "$(cat "$BOOTSTRAP")" != "$(printf '%s' "$TOKEN_PASSWORD" | sha256)" ]; then
+        fatal "bootstrap data already found and encrypted with different token"
+    fi
+    if [ -n "$restore_path" ]; then
+        [ "$s3" = true ] && fatal "failed to initialize S3 client: the double cannot reach S3 (restore path $restore_path)"
+        [ -s "$restore_path" ] || fatal "failed to restore snapshot: $restore_path: no such file"
+        need_sqlite3
+        rm -rf "${db%/*}"
+        mkdir -p "${db%/*}"
+        (umask 077 && sqlite3 "$restore_path" ".backup '$db'")
+        record "cluster-reset restored $restore_path"
+    else
+        record "cluster-reset"
+    fi
+    node_name >"${db%/*}/double-members"
+    # shellcheck disable=SC2016 # K3s prints ${datadir} literally
+    echo 'level=info msg="Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. Backup and delete ${datadir}/server/db on each peer etcd server and rejoin the nodes"' >&2
+    exit 0
+}
+
 run_server() {
     parse_token
     mkdir -p "$SERVER_DIR/tls" "$SERVER_DIR/cred" "$SERVER_DIR/db" "$REGISTRY"
@@ -567,6 +724,10 @@ run_server() {
             } >"$CA_FILE"
         fi
         echo "$password_hash" >"$BOOTSTRAP"
+    elif [ -n "$server" ] && [ ! -d "$SERVER_DIR/db/etcd" ]; then
+        # Its etcd data was deleted (a restore's rejoin): it joins the cluster as a new member.
+        join "$server" server
+        record "rejoined $server"
     elif [ "$(cat "$BOOTSTRAP")" != "$password_hash" ]; then
         echo 'level=fatal msg="starting kubernetes: preparing server: failed to bootstrap cluster data: bootstrap data already found and encrypted with different token"' >&2
         exit 1
@@ -577,6 +738,7 @@ run_server() {
         echo 'level=fatal msg="the datastore holds Secrets encrypted at rest, and this server starts without secrets-encryption: they cannot be read (k3s secrets-encrypt disable, then reencrypt)"' >&2
         exit 1
     fi
+    init_datastore
     (umask 077 && printf 'K10%s::server:%s\n' "$(sha256 <"$CA_FILE")" "$TOKEN_PASSWORD" >"$SERVER_TOKEN")
     if [ ! -s "$NODE_PASSWORD" ]; then
         mkdir -p "${NODE_PASSWORD%/*}"
@@ -780,6 +942,7 @@ kubectl() {
                     shift
                     get_node "$@"
                     ;;
+                configmap* | cm | deployment* | deploy) objects get "$@" ;;
                 pv)
                     # PersistentVolumes a test lists in $PVS: `NAME NODE NAMESPACE CLAIM PHASE
                     # RECLAIM` lines,
@@ -787,7 +950,7 @@ kubectl() {
                     case " $* " in *" -o custom-columns="*) ;; *) fatal "the double lists pv with custom-columns only" ;; esac
                     [ ! -f "$PVS" ] || cat "$PVS"
                     ;;
-                *) fatal "the double only gets nodes and pv" ;;
+                *) fatal "the double only gets nodes, pv, configmaps and deployments" ;;
             esac
             ;;
         label | annotate | taint)
@@ -820,8 +983,9 @@ kubectl() {
             echo "node/$name cordoned"
             echo "node/$name drained"
             ;;
+        create) objects create "$@" ;;
         delete)
-            [ "${1:-}" = node ] || fatal "the double only deletes nodes"
+            [ "${1:-}" = node ] || { objects delete "$@"; return 0; }
             name=${2:-}
             [ -n "$(node_status "$name")" ] || not_found "$name"
             record "kubectl delete $*"
@@ -842,7 +1006,15 @@ k3s() {
             echo "k3s version $K3S_DOUBLE_VERSION (double)"
             echo "go version go1.22.9 (double)"
             ;;
-        server | agent) run_service "$1" ;;
+        server)
+            case " $* " in *" --cluster-reset "*) shift && cluster_reset "$@" ;; esac
+            run_service server
+            ;;
+        agent) run_service agent ;;
+        etcd-snapshot)
+            shift
+            etcd_snapshot "$@"
+            ;;
         kubectl)
             shift
             kubectl "$@"
