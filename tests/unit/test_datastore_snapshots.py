@@ -80,7 +80,11 @@ def k3s_config(command: Registration) -> dict[str, Any]:
 def test_embedded_etcd_servers_get_k3s_snapshot_and_s3_keys(ha: Run) -> None:
     for server in ("cp-a", "cp-b", "cp-c"):
         config = k3s_config(ha.named(f"cluster-{server}-k3s"))
-        assert {k: v for k, v in config.items() if k.startswith("etcd-snapshot") or k.startswith("etcd-s3")} == {
+        assert {
+            k: v
+            for k, v in config.items()
+            if k.startswith("etcd-snapshot") or k.startswith("etcd-s3")
+        } == {
             "etcd-snapshot-schedule-cron": "0 */6 * * *",
             "etcd-snapshot-retention": 14,
             "etcd-s3": True,
