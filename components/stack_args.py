@@ -86,6 +86,7 @@ def k3s_cluster_args(
         agent_config=k3s.agent_config,
         protect_servers=k3s.protect_server_data,
         install_url=k3s.install_url,
+        drain_timeout=k3s.drain_timeout,
     )
 
 
