@@ -57,7 +57,8 @@ API_PORT = 6443
 READY_TIMEOUT_SECONDS = 600
 DRAIN_TIMEOUT_SECONDS = 300
 """How long a node's drain may take by default: on two or three Pis, the evicted pods' graceful
-stop plus, where a PodDisruptionBudget holds one, a replacement's start (an image pull) elsewhere."""
+stop plus, where a PodDisruptionBudget holds one, a replacement's start (an image pull) on
+another Pi."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,10 +48,9 @@ node_registered() {
     done
 }
 
-# `NAME KUBELET-VERSION UNSCHEDULABLE STATUS` for every node (UNSCHEDULABLE: true or <no value>).
+# `NAME KUBELET-VERSION UNSCHEDULABLE READY` for every node (true/false, True/False/Unknown).
 nodes() {
-    # shellcheck disable=SC2016 # a Go template's variables, not the shell's
-    k3s kubectl get nodes -o 'go-template={{range .items}}{{.metadata.name}} {{.status.nodeInfo.kubeletVersion}} {{.spec.unschedulable}} {{range .status.conditions}}{{if eq .type "Ready"}}{{.status}}{{end}}{{end}}{{"\n"}}{{end}}'
+    k3s kubectl get nodes -o 'go-template={{range .items}}{{.metadata.name}} {{.status.nodeInfo.kubeletVersion}} {{if .spec.unschedulable}}true{{else}}false{{end}} {{range .status.conditions}}{{if eq .type "Ready"}}{{.status}}{{end}}{{end}}{{"\n"}}{{end}}'
 }
 
 # Refuse before anything changes when a node runs a newer release than the target.

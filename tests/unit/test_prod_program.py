@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ def test_nodes_go_one_at_a_time_drain_install_join_servers_first(unseen: Run) ->
     for node in ROLLOUT:
         assert f"cluster-{node}-drain" in depends_on(unseen, unseen.named(f"cluster-{node}-k3s"))
         assert f"cluster-{node}-k3s" in depends_on(unseen, unseen.named(f"cluster-{node}-join"))
-    for earlier, later in zip(ROLLOUT, ROLLOUT[1:], strict=False):
+    for earlier, later in itertools.pairwise(ROLLOUT):
         deps = depends_on(unseen, unseen.named(f"cluster-{later}-drain"))
         # (A dependency on the PiNode component is one on its steps.)
         assert deps == {f"{later}-prepare", f"{later}-gate", f"cluster-{earlier}-join"}, deps
