@@ -17,14 +17,15 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
   node's install; on destroy it drains the node and (for an agent) removes it before the node's
   K3s is uninstalled; another server removes itself in its uninstall.
 
-One node at a time, servers first (the first server initialises, etcd admits one new member at a
-time), then agents: drain(n) -> install(n) -> join(n) -> drain(n+1) ... So a version change is a
-rolling upgrade, and the first failure stops it with every later node untouched. The graph is the
-same for the first `up`, where every drain has nothing to do: nodes join one after another.
 - `kubeconfig` on the first server (`k3s-kubeconfig.sh`): stdout is the admin kubeconfig, kept
   secret and never logged; its server address is rewritten (as YAML) to the first server. It is
   read once, not after every run of the install: the Kubernetes provider is built from it, and a
   re-read would leave every object on the cluster undiffable in a preview.
+
+One node at a time, servers first (the first server initialises, etcd admits one new member at a
+time), then agents: drain(n) -> install(n) -> join(n) -> drain(n+1) ... So a version change is a
+rolling upgrade, and the first failure stops it with every later node untouched. The graph is the
+same for the first `up`, where every drain has nothing to do: nodes join one after another.
 
 No step carries `triggers`: pulumi-command's SDK adds `replaceOnChanges: ["triggers[*]"]` to every
 Command, and a replaced install would run its `delete` (uninstall K3s) after the new one ran. What
