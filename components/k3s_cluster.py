@@ -16,7 +16,6 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
   a node registers) and uncordons it if its drain step cordoned it, again after each run of the
   node's install; on destroy it drains the node and (for an agent) removes it before the node's
   K3s is uninstalled; another server removes itself in its uninstall.
-
 - `kubeconfig` on the first server (`k3s-kubeconfig.sh`): stdout is the admin kubeconfig, kept
   secret and never logged; its server address is rewritten (as YAML) to the first server. It is
   read once, not after every run of the install: the Kubernetes provider is built from it, and a
