@@ -372,7 +372,7 @@ register() {
     : >"$dir/annotations"
     echo Ready >"$dir/status"
     report_version "$1" "$6"
-    record "register $1 role=$3 version=$6"
+    record "register $1 role=$3"
 }
 
 # The kubelet's version in the node's status (see the header); with a real control plane, in the
@@ -590,10 +590,18 @@ run_server() {
     mkdir -p "$SERVER_DIR/tls" "$SERVER_DIR/cred" "$SERVER_DIR/db" "$REGISTRY"
     password_hash=$(printf '%s' "$TOKEN_PASSWORD" | sha256)
     server=$(config_value server)
+    if [ -f "$BOOTSTRAP" ] && [ "$(cat "$BOOTSTRAP")" != "$password_hash" ]; then
+        echo 'level=fatal msg="starting kubernetes: preparing server: failed to bootstrap cluster data: bootstrap data already found and encrypted with different token"' >&2
+        exit 1
+    fi
+    if [ -n "$server" ]; then
+        # A joining server takes the cluster's CA and bootstrap data from the server it joins;
+        # and at every start its kubelet reports to the cluster's API (its version), which for
+        # the double is the registry of the server it joined.
+        join "$server" server
+    fi
     if [ ! -f "$BOOTSTRAP" ]; then
         if [ -n "$server" ]; then
-            # A joining server takes the cluster's CA and bootstrap data from the server it joins.
-            join "$server" server
             cp /run/k3s/double-cluster-ca "$CA_FILE"
         else
             {
@@ -603,9 +611,6 @@ run_server() {
             } >"$CA_FILE"
         fi
         echo "$password_hash" >"$BOOTSTRAP"
-    elif [ "$(cat "$BOOTSTRAP")" != "$password_hash" ]; then
-        echo 'level=fatal msg="starting kubernetes: preparing server: failed to bootstrap cluster data: bootstrap data already found and encrypted with different token"' >&2
-        exit 1
     fi
     if [ "$(config_value secrets-encryption)" = true ]; then
         : >"$ENCRYPTED"
