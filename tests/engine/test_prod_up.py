@@ -39,7 +39,8 @@ def ups(prod: Prod) -> Ups:
 def test_the_first_up_bootstraps_the_pis_and_deploys_everything(ups: Ups, prod: Prod) -> None:
     summary = ups.first.summary
     assert set(summary) == {"create"} and summary["create"] > 60, summary
-    assert ups.first.remote_steps == 13  # prepare, gate, install, node check x3; kubeconfig
+    # prepare, gate, drain, install, node check x3; kubeconfig
+    assert ups.first.remote_steps == 16
     for name, pi in prod.pis.items():
         assert pi.exec("k3s", "--version").stdout.startswith(f"k3s version {VERSION} "), name
     deployments = prod.get("deployments", "-A")["items"]
