@@ -5,8 +5,8 @@
 # A node the user cordoned stays cordoned (it is drained all the same, and not marked).
 #
 # Refuses a downgrade (any node's kubelet newer than the target) before it touches anything: K3s
-# cannot go back a release in place (a datastore migrated by the newer release stays migrated);
-# the way back is a snapshot restore.
+# does not support one (k3s-io/k3s#7537; a datastore migrated by the newer release stays
+# migrated); the way back is a snapshot restore.
 #
 # Nothing to do, and says so: K3s is not on this server yet (the cluster's first `up`), the node
 # has not joined yet, the node already runs the target version, or it is the only schedulable node

@@ -74,9 +74,9 @@ version_key() {
         "${BASH_REMATCH[5]:-0}"
 }
 
-# K3s cannot go back a release in place: the newer one may have migrated the datastore and
-# written state the older cannot read (k3s-io/docs upgrades: only upgrades are supported). Refuse
-# before anything on the node changes; the first server's drain step refuses first.
+# K3s does not support a downgrade (k3s-io/k3s#7537: its own k3s-upgrade image bails out of one):
+# the newer release may have migrated the datastore and written state the older cannot read.
+# Refuse before anything on the node changes; the first server's drain step refuses first.
 refuse_downgrade() {
     local current current_key target_key
     current=$(installed_version)
