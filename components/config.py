@@ -436,6 +436,8 @@ class K3sConfig(_Model):
     agent_config: dict[str, Any] = Field(default_factory=dict)
     protect_server_data: bool = True
     install_url: Annotated[str, AfterValidator(_install_url)] = "https://get.k3s.io"
+    drain_timeout: Annotated[int, Field(ge=30, le=3600, strict=True)] = 300
+    """Seconds a node's drain before its K3s upgrade may take (README: Rolling K3s upgrades)."""
     snapshots: SnapshotsConfig = SnapshotsConfig()
 
 

@@ -6,13 +6,16 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
   (built here as data) written 0600 only when it changed, the taints in a registration drop-in,
   K3s installed at the pinned version, restarted only when its version, config or token changed.
   The first server initialises and prints its CA's hash; every other node gets K3s's full token
-  (`K10<CA hash>::server:<token>`) and so checks the cluster before it sends the secret. Further
-  servers join one after another (embedded etcd); agents join in parallel once the servers are
-  up. A version change re-runs the step in that same order: servers one at a time, then agents.
+  (`K10<CA hash>::server:<token>`) and so checks the cluster before it sends the secret.
+- `<node>-drain` on the first server for every node (`k3s-drain.sh`), before the node's install:
+  its stdin carries only the target version, so only a version change re-runs it. It refuses a
+  downgrade, and cordons and drains the node (evictions: PodDisruptionBudgets hold it) unless
+  the node has not joined yet, already runs the version, or is the only schedulable node.
 - `<node>-join` on the first server for every node (`k3s-node.sh`): waits until the node is Ready
-  and applies its labels and taints through the API (K3s reads them only when a node registers),
-  again after each run of the node's install; on destroy it drains the node and (for an agent)
-  removes it before the node's K3s is uninstalled; another server removes itself in its uninstall.
+  on the pinned version, applies its labels and taints through the API (K3s reads them only when
+  a node registers) and uncordons it if its drain step cordoned it, again after each run of the
+  node's install; on destroy it drains the node and (for an agent) removes it before the node's
+  K3s is uninstalled; another server removes itself in its uninstall.
 - `<server>-snapshots` on a single server (`k3s-sqlite-snapshots.sh`): a systemd timer copying its
   SQLite datastore on the `k3s.snapshots` schedule (with more servers, K3s snapshots embedded etcd
   itself, from the `etcd-snapshot-*` / `etcd-s3-*` keys in config.yaml; `datastore_snapshots`).
@@ -20,6 +23,11 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
   secret and never logged; its server address is rewritten (as YAML) to the first server. It is
   read once, not after every run of the install: the Kubernetes provider is built from it, and a
   re-read would leave every object on the cluster undiffable in a preview.
+
+One node at a time, servers first (the first server initialises, etcd admits one new member at a
+time), then agents: drain(n) -> install(n) -> join(n) -> drain(n+1) ... So a version change is a
+rolling upgrade, and the first failure stops it with every later node untouched. The graph is the
+same for the first `up`, where every drain has nothing to do: nodes join one after another.
 
 No step carries `triggers`: pulumi-command's SDK adds `replaceOnChanges: ["triggers[*]"]` to every
 Command, and a replaced install would run its `delete` (uninstall K3s) after the new one ran. What
@@ -56,6 +64,10 @@ K3S_DIR = "/etc/rancher/k3s"
 TOKEN_FILE = f"{K3S_DIR}/picluster-token"
 API_PORT = 6443
 READY_TIMEOUT_SECONDS = 600
+DRAIN_TIMEOUT_SECONDS = 300
+"""How long a node's drain may take by default: on two or three Pis, the evicted pods' graceful
+stop plus, where a PodDisruptionBudget holds one, a replacement's start (an image pull) on
+another Pi."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +117,8 @@ class K3sClusterArgs:
     """The S3 access key of `snapshots.s3`, a secret."""
     etcd_s3_secret_key: pulumi.Input[str] | None = None
     """The S3 secret key of `snapshots.s3`, a secret."""
+    drain_timeout: int = DRAIN_TIMEOUT_SECONDS
+    """Seconds a node's drain before its upgrade may take before the upgrade stops."""
 
 
 def embedded_etcd(args: K3sClusterArgs) -> bool:
@@ -210,10 +224,22 @@ def join_token(token: str, cluster_ca_hash: str) -> str:
     return f"K10{cluster_ca_hash}::server:{token}"
 
 
-def node_values(node: ClusterNode, *, first: bool) -> dict[str, str]:
+def drain_values(node: ClusterNode, args: K3sClusterArgs) -> dict[str, str]:
+    """The values `k3s-drain.sh` receives on stdin for `node`, on the first server: nothing but
+    the target version (and the timeout) changes them, so nothing else re-runs the drain."""
+    return {
+        "NODE_NAME": node.name,
+        "K3S_VERSION": args.version,
+        "DRAIN_TIMEOUT": str(args.drain_timeout),
+        "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
+    }
+
+
+def node_values(node: ClusterNode, *, first: bool, version: str) -> dict[str, str]:
     """The values `k3s-node.sh` receives on stdin for `node`, on the first server."""
     return {
         "NODE_NAME": node.name,
+        "K3S_VERSION": version,
         "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
         "LABELS": "\n".join(f"{k}={v}" for k, v in sorted(node.labels.items())),
         "TAINTS": "\n".join(node.taints),
@@ -248,52 +274,55 @@ class K3sCluster(pulumi.ComponentResource):
         if not servers:
             raise ValueError("K3sCluster needs at least one server")
         first = servers[0]
+        first_connection = first.ssh.connection()
 
+        # One node at a time, servers first: drain(n) -> install(n) -> join(n) -> drain(n+1).
         # The first server starts with the plain token; every other node gets the full token,
         # with the hash of the CA that server created, so it checks the cluster before joining.
-        initial = self._install(name, first, args, first, args.token, depends_on=[first.ready])
-        full_token = pulumi.Output.all(args.token, initial.stdout).apply(
-            lambda parts: join_token(parts[0], ca_hash(parts[1]))
-        )
-        server_steps: list[remote.Command] = [initial]
-        for node in servers[1:]:
-            # Servers join one after another: etcd admits one new member at a time.
-            server_steps.append(
-                self._install(
-                    name, node, args, first, full_token, depends_on=[node.ready, server_steps[-1]]
+        token: pulumi.Input[str] = args.token
+        previous: list[pulumi.Resource] = []
+        installs: list[remote.Command] = []
+        joins: list[remote.Command] = []
+        for node in [*servers, *agents]:
+            drain = remote.Command(
+                f"{name}-{node.name}-drain",
+                connection=first_connection,
+                create="sudo bash -s",
+                update="sudo bash -s",
+                # No delete: removing a node drains it in its `-join` step's delete.
+                stdin=steps_payload(["k3s-drain.sh"], drain_values(node, args)),
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[node.ready, *previous]),
+            )
+            install = self._install(name, node, args, first, token, depends_on=[node.ready, drain])
+            if node is first:
+                token = pulumi.Output.all(args.token, install.stdout).apply(
+                    lambda parts: join_token(parts[0], ca_hash(parts[1]))
                 )
-            )
-
-        agent_steps = [
-            self._install(
-                name, node, args, first, full_token, depends_on=[node.ready, server_steps[-1]]
-            )
-            for node in agents
-        ]
-
-        if not embedded_etcd(args):
-            self._sqlite_snapshots(name, first, args, depends_on=initial)
-
-        first_connection = first.ssh.connection()
-        joins = [
-            remote.Command(
+                if not embedded_etcd(args):
+                    self._sqlite_snapshots(name, first, args, depends_on=install)
+            join = remote.Command(
                 f"{name}-{node.name}-join",
                 connection=first_connection,
                 create="sudo bash -s",
                 update="sudo bash -s",
                 delete="sudo bash -s -- delete",
                 # A re-run of the node's install (an upgrade, a new config) re-runs this wait.
-                stdin=step.stdout.apply(
+                stdin=install.stdout.apply(
                     lambda out, node=node: steps_payload(
                         ["k3s-node.sh"],
-                        {**node_values(node, first=node is first), "AFTER_RUN": run_marker(out)},
+                        {
+                            **node_values(node, first=node is first, version=args.version),
+                            "AFTER_RUN": run_marker(out),
+                        },
                     )
                 ),
                 add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[step]),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[install]),
             )
-            for node, step in zip([*servers, *agents], [*server_steps, *agent_steps], strict=True)
-        ]
+            installs.append(install)
+            joins.append(join)
+            previous = [join]
 
         read = remote.Command(
             f"{name}-kubeconfig",
@@ -312,7 +341,7 @@ class K3sCluster(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[server_steps[0]],
+                depends_on=[installs[0]],
                 additional_secret_outputs=["stdout"],
             ),
         )

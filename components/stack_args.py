@@ -88,6 +88,7 @@ def k3s_cluster_args(
         agent_config=k3s.agent_config,
         protect_servers=k3s.protect_server_data,
         install_url=k3s.install_url,
+        drain_timeout=k3s.drain_timeout,
         snapshots=datastore_snapshots(k3s.snapshots),
         etcd_s3_access_key=config.secret("etcdS3AccessKey"),
         etcd_s3_secret_key=config.secret("etcdS3SecretKey"),

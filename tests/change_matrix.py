@@ -262,18 +262,24 @@ def _object(reg: Registration) -> str:
 
 
 def _install_waves(result: Outcome, nodes: set[str]) -> list[list[str]]:
-    """The nodes whose K3s install runs, in waves: a wave waits for the one before it."""
+    """The nodes whose K3s install runs, in waves: a wave waits (through any steps in between,
+    such as the next node's drain) for the one before it."""
+    registrations = {r.urn: r for r in result.after.registrations}
     installs = {
-        r.urn: r
-        for r in result.after.registrations
-        if r.type == COMMAND and r.name.endswith("-k3s")
+        urn: r for urn, r in registrations.items() if r.type == COMMAND and r.name.endswith("-k3s")
     }
     depth: dict[str, int] = {}
 
     def level(urn: str) -> int:
         if urn not in depth:
-            before = [level(d) + 1 for d in installs[urn].dependencies if d in installs]
-            depth[urn] = max(before, default=0)
+            depth[urn] = max(
+                (
+                    level(d) + (1 if d in installs else 0)
+                    for d in registrations[urn].dependencies
+                    if d in registrations
+                ),
+                default=0,
+            )
         return depth[urn]
 
     waves: dict[int, list[str]] = {}
@@ -328,6 +334,7 @@ def restarts(result: Outcome) -> list[str]:
 _STEP_KINDS = (
     ("-prepare", "prepare"),
     ("-gate", "gate"),
+    ("-drain", "drain"),
     ("-k3s", "K3s install"),
     ("-join", "node check (Ready, labels, taints)"),
     ("-kubeconfig", "kubeconfig read"),

@@ -67,6 +67,27 @@ install_private() {
     return 0
 }
 
+# A release's sort key: v1.31.10+k3s2 -> 00001 00031 00010 00002 (fixed-width, compared as text).
+version_key() {
+    [[ "$1" =~ ^v([0-9]+)\.([0-9]+)\.([0-9]+)(\+k3s([0-9]+))?$ ]] || return 1
+    printf '%05d%05d%05d%05d' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}" \
+        "${BASH_REMATCH[5]:-0}"
+}
+
+# K3s does not support a downgrade (k3s-io/k3s#7537: its own k3s-upgrade image bails out of one):
+# the newer release may have migrated the datastore and written state the older cannot read.
+# Refuse before anything on the node changes; the first server's drain step refuses first.
+refuse_downgrade() {
+    local current current_key target_key
+    current=$(installed_version)
+    [[ -n "$current" ]] || return 0
+    current_key=$(version_key "$current") || return 0
+    target_key=$(version_key "$K3S_VERSION") || die "K3S_VERSION $K3S_VERSION is not a K3s release"
+    if [[ "$current_key" > "$target_key" ]]; then
+        die "refusing to downgrade K3s on $NODE_NAME from $current to $K3S_VERSION: K3s cannot go back in place; set picluster:k3s.version back to $current, or go back through a datastore snapshot (README: Datastore snapshots and restore)"
+    fi
+}
+
 installed_version() {
     if command -v k3s >/dev/null 2>&1; then
         k3s --version 2>/dev/null | awk 'NR == 1 { print $3 }'
@@ -312,6 +333,7 @@ main() {
 
     # Everything that refuses does so before the node changes.
     refuse_role_change
+    refuse_downgrade
     refuse_token_change
     refuse_encryption_off
     write_files

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# picluster k3s-node: on the first server, wait until a node has joined and is Ready, then make its
-# labels and taints the configured ones through the API (K3s's node-label/node-taint act only when
-# a node registers, so a later change must go through the API).
+# picluster k3s-node: on the first server, wait until a node has joined and is Ready on the pinned
+# K3s release, then make its labels and taints the configured ones through the API (K3s's
+# node-label/node-taint act only when a node registers, so a later change must go through the
+# API), and uncordon it when picluster cordoned it for its upgrade (k3s-drain.sh).
 # `bash -s -- delete` drains the node and removes it from the cluster (before its K3s is
 # uninstalled), so its pods move elsewhere first; it refuses while local-path volumes live on the
 # node, since their data goes with it.
@@ -14,11 +15,13 @@
 #   FIRST_SERVER   1 for the first server itself: it leaves the cluster with its uninstall
 #   ROLE           server | agent: another server is only drained here; its uninstall stops K3s
 #                  and then deletes its Node, so it cannot register again in between
+#   K3S_VERSION    the release the node must report (its kubelet version) before it counts as up
 # Output: progress on stderr; last line on stdout: picluster k3s-node: no changes | changed: ...
 set -euo pipefail
 
 readonly LABELS_ANNOTATION=picluster.io/managed-labels
 readonly TAINTS_ANNOTATION=picluster.io/managed-taints
+readonly CORDONED_ANNOTATION=picluster.io/cordoned-for-upgrade
 
 CHANGED=()
 log() { printf 'picluster k3s-node: %s\n' "$*" >&2; }
@@ -43,17 +46,37 @@ node_registered() {
     done
 }
 
+node_version() {
+    k3s kubectl get node "$NODE_NAME" -o 'go-template={{.status.nodeInfo.kubeletVersion}}' 2>/dev/null
+}
+
+# Ready, and (after an upgrade) on the new release: the kubelet reports its version when it
+# starts, so an old version means the node has not come back from its restart yet.
 wait_ready() {
-    local deadline=$((SECONDS + READY_TIMEOUT)) status=""
+    local deadline=$((SECONDS + READY_TIMEOUT)) status="" version=""
     while ((SECONDS < deadline)); do
         status=$(node_status || true)
         # A cordoned node is `Ready,SchedulingDisabled`: joined and Ready all the same.
         if [[ "$status" == Ready || "$status" == Ready,* ]]; then
-            return 0
+            version=$(node_version || true)
+            [[ -z "${K3S_VERSION:-}" || "$version" == "$K3S_VERSION" ]] && return 0
         fi
         sleep 3
     done
+    if [[ -n "$version" ]]; then
+        die "$NODE_NAME is Ready but runs ${version}, not $K3S_VERSION, after ${READY_TIMEOUT}s; it stays cordoned if picluster cordoned it; on the node: k3s --version, journalctl -u k3s-agent (or -u k3s on a server)"
+    fi
     die "$NODE_NAME is not Ready after ${READY_TIMEOUT}s (status: ${status:-not registered}); on the node: journalctl -u k3s-agent (or -u k3s on a server)"
+}
+
+# Uncordon a node picluster cordoned for its upgrade (k3s-drain.sh marked it); a node cordoned by
+# hand carries no mark and stays cordoned.
+uncordon() {
+    [[ -n "$(annotation "$CORDONED_ANNOTATION")" ]] || return 0
+    k3s kubectl uncordon "$NODE_NAME" >&2 || die "could not uncordon $NODE_NAME"
+    k3s kubectl annotate node "$NODE_NAME" "$CORDONED_ANNOTATION-" >&2 ||
+        die "could not remove $CORDONED_ANNOTATION from $NODE_NAME"
+    CHANGED+=(uncordoned)
 }
 
 annotation() {
@@ -177,6 +200,7 @@ main() {
     wait_ready
     reconcile_labels
     reconcile_taints
+    uncordon
     if ((${#CHANGED[@]} == 0)); then
         echo "picluster k3s-node: no changes ($NODE_NAME is Ready)"
     else

@@ -1,6 +1,6 @@
 """The real engine runs K3sCluster on simulated Pis: `pulumi up`, a K3s version bump as an in-place
-update (every node upgraded, the agent keeping its data), a no-op `up`, and a `destroy` the
-engine refuses for the protected server.
+update (a rolling upgrade: every node drained, upgraded and uncordoned in turn, the agent keeping
+its data), a no-op `up`, and a `destroy` the engine refuses for the protected server.
 
 A small Pulumi program (written below, run by the real CLI) builds the project's own K3sCluster
 on three simulated Pis, one server and two agents as in the committed prod stack. The K3s
@@ -131,6 +131,9 @@ class Runs:
     versions_after_first: dict[str, str]
     preview: dict[str, Any]
     bump: dict[str, Any]
+    bump_log: list[str]
+    """What the bump added to the K3s double's event log on the server (cordons, drains,
+    registrations, uncordons), in order."""
     again: dict[str, Any]
 
 
@@ -147,9 +150,12 @@ def runs(lab: Lab) -> Runs:
     assert lab.project.pulumi("config", "set", "version", NEW, "-s", "e2e").returncode == 0
     preview = lab.project.pulumi("preview", "--diff", "--json", "-s", "e2e")
     assert preview.returncode == 0, preview.stdout[-4000:] + preview.stderr[-2000:]
+    server = lab.pis["e2e-server"]
+    before = len(server.read(DOUBLE_LOG).splitlines())
     bump = lab.up()
+    bump_log = server.read(DOUBLE_LOG).splitlines()[before:]
     again = lab.up()
-    return Runs(first, versions, json.loads(preview.stdout), bump, again)
+    return Runs(first, versions, json.loads(preview.stdout), bump, bump_log, again)
 
 
 def test_the_first_up_creates_the_cluster(runs: Runs, lab: Lab) -> None:
@@ -175,6 +181,26 @@ def test_the_bump_upgrades_every_node_in_place_and_keeps_the_agent_data(
         log = pi.read(DOUBLE_LOG).splitlines()
         assert not [line for line in log if line.startswith("uninstall")], (name, log)
     assert lab.pis["e2e-agent-1"].exists(AGENT_DATA)
+
+
+def test_the_engine_drains_and_upgrades_one_node_at_a_time(runs: Runs) -> None:
+    # The real engine's schedule: each node cordoned, drained, back on the new version and
+    # uncordoned before the next one is cordoned; the server first.
+    events = [
+        line.split(" --")[0]
+        for line in runs.bump_log
+        if line.startswith(("kubectl cordon", "kubectl drain", "kubectl uncordon", "register"))
+    ]
+    assert events == [
+        event
+        for name, _ in NODES
+        for event in (
+            f"kubectl cordon {name}",
+            f"kubectl drain {name}",
+            f"register {name} again version={NEW}",
+            f"kubectl uncordon {name}",
+        )
+    ], runs.bump_log
 
 
 def test_a_second_up_changes_nothing(runs: Runs) -> None:

@@ -48,9 +48,9 @@ def test_prod_preview_on_a_fresh_stack_plans_every_step_as_a_create(project: Pro
     steps = preview["steps"]
     assert {s["op"] for s in steps} == {"create"}
     types = Counter(s["urn"].split("::")[2].rsplit("$", 1)[-1] for s in steps)
-    # Three Pis: prepare, gate, K3s install and node check on each, one kubeconfig read, and the
-    # single server's SQLite snapshot timer.
-    assert types["command:remote:Command"] == 14
+    # Three Pis: prepare, gate, drain, K3s install and node check on each, one kubeconfig read,
+    # and the single server's SQLite snapshot timer.
+    assert types["command:remote:Command"] == 17
     assert types["pulumi:providers:command"] == 1
     assert types["pulumi:providers:kubernetes"] == 1
     assert types["kubernetes:apps/v1:StatefulSet"] == 1

@@ -11,6 +11,9 @@ applied with `pulumi up`, one after the other:
 - and the change must show where the user looks: the new K3s on every Pi, the label on the
   Node, the rotated password in the cluster's Secret, the fourth Pi Ready in the cluster.
 
+The version bump is watched while it runs: the nodes are cordoned one at a time (server first)
+and every pod that was on a node before it was really evicted by `kubectl drain`.
+
 Then a `kubectl scale` by hand is reported by `pulumi refresh` and undone by the next `up`, and
 `pulumi destroy --exclude-protected` drains and removes the agents, keeps the protected server
 and the database's claim, and the output says what is left and how to finish.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,11 +55,60 @@ def _change(title: str) -> Change:
     return change
 
 
+def movable_pods(prod: Prod) -> dict[str, str]:
+    """{uid: `namespace/name on node`} of the running pods a drain moves (not DaemonSets')."""
+    pods: dict[str, str] = {}
+    for pod in prod.get("pods", "-A")["items"]:
+        owners = {o["kind"] for o in pod["metadata"].get("ownerReferences") or []}
+        node = pod["spec"].get("nodeName")
+        if node and "DaemonSet" not in owners and pod["status"].get("phase") == "Running":
+            meta = pod["metadata"]
+            pods[meta["uid"]] = f"{meta['namespace']}/{meta['name']} on {node}"
+    return pods
+
+
+class CordonWatch:
+    """Polls which nodes are cordoned while an `up` runs: distinct states, in order."""
+
+    def __init__(self, prod: Prod) -> None:
+        self.prod = prod
+        self.states: list[tuple[str, ...]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            listed = kubectl(self.prod.kubeconfig, "get", "nodes", "-o", "json")
+            if listed.returncode == 0:
+                state = tuple(
+                    sorted(
+                        n["metadata"]["name"]
+                        for n in json.loads(listed.stdout)["items"]
+                        if n["spec"].get("unschedulable")
+                    )
+                )
+                if not self.states or self.states[-1] != state:
+                    self.states.append(state)
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> CordonWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
 class Lab:
     """The prod lab and the configuration last written to its stack."""
 
     def __init__(self, prod: Prod) -> None:
         self.prod = prod
+        self.cordons: list[tuple[str, ...]] = []
+        """The cordoned nodes during the version bump's `up`, each distinct state in order."""
+        self.pods_before_bump: dict[str, str] = {}
+        self.pods_after_bump: dict[str, str] = {}
         self.config: Config = {**base("prod"), "k3sToken": "e2e-k3sToken-0123456789abcdef"}
         self.config["k3s"]["version"] = VERSION
 
@@ -110,7 +163,14 @@ def test_a_routine_change_previews_and_applies_as_the_change_matrix_says(
         [(s["op"], s["urn"], s.get("diffReasons")) for s in preview["steps"] if s["op"] != "same"],
         indent=1,
     )
-    applied = lab.prod.up()
+    if title == "K3s version bump":
+        lab.pods_before_bump = movable_pods(lab.prod)
+        with CordonWatch(lab.prod) as watch:
+            applied = lab.prod.up()
+        lab.cordons = watch.states
+        lab.pods_after_bump = movable_pods(lab.prod)
+    else:
+        applied = lab.prod.up()
     assert applied.remote_steps == len(outcome(change).plan.remote_steps), applied
     assert not {"replace", "delete"} & set(applied.summary), applied.summary
     again = lab.prod.up()
@@ -133,6 +193,27 @@ def test_the_new_snapshot_schedule_reached_the_server_timer(lab: Lab) -> None:
     assert "Environment=RETENTION=10" in server.read(f"{unit}.service")
     active = server.exec("systemctl", "is-active", "picluster-datastore-snapshot.timer")
     assert active.stdout.strip() == "active"
+
+
+def test_the_version_bump_drained_one_node_at_a_time_evicting_its_pods(lab: Lab) -> None:
+    # Never two nodes cordoned at once; each in turn, the server first; none left cordoned.
+    assert all(len(state) <= 1 for state in lab.cordons), lab.cordons
+    turns = [state[0] for state in lab.cordons if state]
+    assert turns == ["pi-server-1", "pi-agent-1", "pi-agent-2"], lab.cordons
+    assert lab.cordons[-1] == (), lab.cordons
+    # Every pod that ran on one of the stack's nodes before the bump was evicted (its controller
+    # made a new one). (The standby Pi's Node exists from the start, not in the stack yet: its
+    # pods stay.)
+    drained = {
+        uid: pod for uid, pod in lab.pods_before_bump.items() if not pod.endswith(f" on {STANDBY}")
+    }
+    assert drained, "no pods to drain: the lab's app did not run"
+    stayed = set(drained) & set(lab.pods_after_bump)
+    assert not stayed, sorted(lab.pods_before_bump[uid] for uid in stayed)
+    nodes = {n["metadata"]["name"]: n for n in lab.prod.get("nodes")["items"]}
+    for name in ("pi-server-1", "pi-agent-1", "pi-agent-2"):
+        assert not nodes[name]["spec"].get("unschedulable"), name
+        assert nodes[name]["status"]["nodeInfo"]["kubeletVersion"] == lab.config["k3s"]["version"]
 
 
 def test_the_label_is_on_the_node(lab: Lab) -> None:

@@ -41,8 +41,9 @@ def ups(prod: Prod) -> Ups:
 def test_the_first_up_bootstraps_the_pis_and_deploys_everything(ups: Ups, prod: Prod) -> None:
     summary = ups.first.summary
     assert set(summary) == {"create"} and summary["create"] > 60, summary
-    # prepare, gate, install, node check x3; kubeconfig; the single server's snapshot timer
-    assert ups.first.remote_steps == 14
+    # prepare, gate, drain, install, node check x3; kubeconfig; the single server's snapshot
+    # timer
+    assert ups.first.remote_steps == 17
     server = prod.pis["pi-server-1"]
     timer = server.exec("systemctl", "is-active", "picluster-datastore-snapshot.timer", check=False)
     assert timer.stdout.strip() == "active"

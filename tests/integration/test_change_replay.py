@@ -130,11 +130,14 @@ def test_a_version_bump_is_an_in_place_update_of_every_install(bump: Bump) -> No
     assert not changes.refusals and not changes.delete_commands, changes.summary()
     assert not changes.names(Action.REPLACE) and not changes.names(Action.DELETE)
     installs = {f"cluster-{n}-k3s" for n in (*SERVERS, AGENT)}
+    drains = {f"cluster-{n}-drain" for n in (*SERVERS, AGENT)}
     checks = {f"cluster-{n}-join" for n in (*SERVERS, AGENT)}
-    assert changes.names(Action.UPDATE) == installs  # what changed in the program's inputs
-    # What ran: the installs, then what follows their new output (each node's check), every
-    # one an update; not the kubeconfig read, which the Kubernetes provider is built from.
-    assert {r.name for r in bump.upgraded.ran} == installs | checks
+    # What changed in the program's inputs: each node's drain, install and check (all three
+    # carry the new version).
+    assert changes.names(Action.UPDATE) == installs | drains | checks
+    # What ran: exactly those, every one an update; not the kubeconfig read, which the
+    # Kubernetes provider is built from.
+    assert {r.name for r in bump.upgraded.ran} == installs | drains | checks
     assert {r.action for r in bump.upgraded.ran} == {Action.UPDATE}
 
 

@@ -24,17 +24,25 @@ EVERY_INSTALL_AND_CHECK = [
 ]
 """Each node's K3s install and its check: what a new version or a new token re-runs."""
 
+EVERY_DRAIN_INSTALL_AND_CHECK = sorted(
+    [*EVERY_INSTALL_AND_CHECK]
+    + [f"Command cluster-{node}-drain" for node in ("pi-agent-1", "pi-agent-2", "pi-server-1")]
+)
+"""A new version also re-runs each node's drain before its install: a rolling upgrade."""
+
 # (stack, change) -> {action: sorted "Kind name" labels}; actions with nothing are left out.
 EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
-    ("prod", "K3s version bump"): {"update": EVERY_INSTALL_AND_CHECK},
+    ("prod", "K3s version bump"): {"update": EVERY_DRAIN_INSTALL_AND_CHECK},
     ("prod", "a label on one node"): {"update": ["Command cluster-pi-agent-1-join"]},
     ("prod", "a taint on one node"): {
         "update": ["Command cluster-pi-agent-2-join", "Command cluster-pi-agent-2-k3s"]
     },
     ("prod", "1 → 3 servers"): {
         "create": [
+            "Command cluster-pi-server-2-drain",
             "Command cluster-pi-server-2-join",
             "Command cluster-pi-server-2-k3s",
+            "Command cluster-pi-server-3-drain",
             "Command cluster-pi-server-3-join",
             "Command cluster-pi-server-3-k3s",
             "Command pi-server-2-gate",
@@ -51,6 +59,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     },
     ("prod", "add an agent"): {
         "create": [
+            "Command cluster-pi-agent-3-drain",
             "Command cluster-pi-agent-3-join",
             "Command cluster-pi-agent-3-k3s",
             "Command pi-agent-3-gate",
@@ -59,6 +68,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     },
     ("prod", "remove an agent"): {
         "delete": [
+            "Command cluster-pi-agent-2-drain",
             "Command cluster-pi-agent-2-join",
             "Command cluster-pi-agent-2-k3s",
             "Command pi-agent-2-gate",
@@ -67,6 +77,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     },
     ("prod", "an agent becomes a server (with a third server)"): {
         "create": [
+            "Command cluster-pi-server-3-drain",
             "Command cluster-pi-server-3-join",
             "Command cluster-pi-server-3-k3s",
             "Command pi-server-3-gate",

@@ -244,6 +244,11 @@ def test_k3s_base_is_valid() -> None:
             "is not an installer URL",
         ),
         (
+            {"k3s": {"version": "v1.31.4+k3s1", "drainTimeout": 5}},
+            "picluster:k3s.drainTimeout",
+            "greater than or equal to 30",
+        ),
+        (
             {"k3s": {"version": "v1.31.4+k3s1", "disable": ["local-storage"]}},
             "picluster:k3s.disable[0]",
             "local-path StorageClass",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -134,20 +135,43 @@ def test_prepare_then_gate_then_k3s_on_each_node(unseen: Run) -> None:
     assert stdin_values(unseen.named("worker-2-prepare"))["UPGRADE"] == "1"
 
 
-def test_servers_join_one_after_another(unseen: Run) -> None:
-    assert "cluster-cp-a-k3s" in depends_on(unseen, unseen.named("cluster-cp-b-k3s"))
-    assert "cluster-cp-b-k3s" in depends_on(unseen, unseen.named("cluster-cp-c-k3s"))
-    assert "cluster-cp-c-k3s" not in depends_on(unseen, unseen.named("cluster-cp-a-k3s"))
+ROLLOUT = ("cp-a", "cp-b", "cp-c", "worker-1", "worker-2", "worker-3")
+"""The committed order of the unseen stack's nodes: servers first, then agents."""
 
 
-def test_agents_join_in_parallel_after_the_servers(unseen: Run) -> None:
-    agents = ("worker-1", "worker-2", "worker-3")
-    for agent in agents:
-        deps = depends_on(unseen, unseen.named(f"cluster-{agent}-k3s"))
-        assert "cluster-cp-c-k3s" in deps  # the last server
-        others = {f"cluster-{a}-k3s" for a in agents if a != agent}
-        assert not deps & others, f"{agent} waits for another agent"
-        assert not any(d.startswith(tuple(a for a in agents if a != agent)) for d in deps)
+def test_nodes_go_one_at_a_time_drain_install_join_servers_first(unseen: Run) -> None:
+    # drain(n) -> install(n) -> join(n) -> drain(n+1): each step waits for exactly the one
+    # before it (and its own Pi), so a failure stops the rollout with every later node untouched.
+    for node in ROLLOUT:
+        assert f"cluster-{node}-drain" in depends_on(unseen, unseen.named(f"cluster-{node}-k3s"))
+        assert f"cluster-{node}-k3s" in depends_on(unseen, unseen.named(f"cluster-{node}-join"))
+    for earlier, later in itertools.pairwise(ROLLOUT):
+        deps = depends_on(unseen, unseen.named(f"cluster-{later}-drain"))
+        # (A dependency on the PiNode component is one on its steps.)
+        assert deps == {f"{later}-prepare", f"{later}-gate", f"cluster-{earlier}-join"}, deps
+    assert depends_on(unseen, unseen.named("cluster-cp-a-drain")) == {"cp-a-prepare", "cp-a-gate"}
+
+
+def test_every_drain_runs_on_the_first_server_with_only_the_version_in_its_stdin(
+    unseen: Run,
+) -> None:
+    first = unseen.named("cluster-cp-a-join").inputs["connection"]
+    for node in ROLLOUT:
+        drain = unseen.named(f"cluster-{node}-drain")
+        assert drain.inputs["connection"] == first, node
+        assert not drain.value("delete"), node  # removing a node drains it in its join's delete
+        values = stdin_values(drain)
+        assert set(values) == {"NODE_NAME", "K3S_VERSION", "DRAIN_TIMEOUT", "READY_TIMEOUT"}
+        assert values["NODE_NAME"] == node and values["K3S_VERSION"] == "v1.30.6+k3s1"
+        assert values["DRAIN_TIMEOUT"] == "300"
+        assert "picluster k3s-drain" in drain.value("stdin")
+        # The node's check waits for the same version before it uncordons the node.
+        assert stdin_values(unseen.named(f"cluster-{node}-join"))["K3S_VERSION"] == "v1.30.6+k3s1"
+
+
+def test_the_drain_timeout_is_the_configured_one() -> None:
+    longer = run_prod({**UNSEEN, "k3s": {**UNSEEN["k3s"], "drainTimeout": 900}})
+    assert stdin_values(longer.named("cluster-worker-2-drain"))["DRAIN_TIMEOUT"] == "900"
 
 
 def test_token_never_in_a_command_line_and_always_secret(unseen: Run) -> None:
@@ -352,14 +376,15 @@ def test_servers_are_protected_unless_the_user_opts_out(committed: Run) -> None:
     assert not unprotected.named("cluster-pi-server-1-k3s").protect
 
 
-def test_committed_prod_chain_is_five_steps_deep(committed: Run) -> None:
+def test_committed_prod_chain_is_eleven_steps_deep(committed: Run) -> None:
+    # prepare -> gate, then drain -> install -> join for each of the three nodes in turn.
     def depth(resource: Registration) -> int:
         parents = [committed.by_urn(u) for u in resource.dependencies]
         remote = [p for p in parents if p.type == COMMAND]
         return 1 + max((depth(p) for p in remote), default=0)
 
     deepest = max(depth(c) for c in committed.of_type(COMMAND))
-    assert deepest == 5
+    assert deepest == 11
 
 
 def test_docker_target_on_a_pi_prepares_it_and_installs_docker() -> None:

@@ -59,9 +59,13 @@
 #   get node NAME [--no-headers] [-o go-template=...]   status, labels, annotations or taints
 #   get --raw /readyz                                   `ok` once the server is READY
 #   get pv -o custom-columns=...                        the volumes a test lists in double-pvs
+#   get nodes -o go-template=...   `NAME KUBELET-VERSION UNSCHEDULABLE READY` per node
+#   get pods -A --field-selector spec.nodeName=NAME -o go-template=...   the node's pods
 #   label | annotate | taint node NAME ARGS [--overwrite]
-#   drain NAME [--force] ...    cordons; refuses pods without a controller unless --force
-#                               (a test lists them in the node's `unmanaged-pods` file)
+#   cordon | uncordon NAME      sets or clears the node's spec.unschedulable
+#   drain NAME [--force] ...    cordons, then evicts the node's pods; refuses pods without a
+#                               controller unless --force (a test lists them in the node's
+#                               `unmanaged-pods` file)
 #   delete node NAME            (with --server https://OTHER:6443: on that server, through its API)
 # The datastore and its snapshots (picluster's snapshot and restore drill):
 #   - The datastore is a real SQLite file (needs the sqlite3 CLI on the Pi): kine's
@@ -84,6 +88,20 @@
 #     cluster membership has been reset, restart without --cluster-reset flag now" (pkg/etcd/
 #     etcd.go). A server with `server:` whose server/db/etcd is gone joins again when it starts,
 #     as K3s's rejoin after `rm -rf server/db` (k3s-io/docs datastore/backup-restore.md).
+#
+# Each node's kubelet version is the version of the K3s that last registered it, as a kubelet
+# reports its own version in status.nodeInfo.kubeletVersion every time it starts (kubernetes
+# pkg/kubelet/nodestatus/setters.go, VersionInfo): so after an upgrade the node shows the new
+# version only once its restarted K3s is back. The double's deviation: a joining node tells the
+# server its version in its registration (K3s-Node-Version), having no API client of its own;
+# with a real control plane, the server then writes it into the real Node's status.
+# Pods on a node (for drain) are lines `NAMESPACE/NAME` of the node's `pods` file in the
+# registry, a test's stand-in for the scheduler; `NAMESPACE/NAME pdb` is a pod whose
+# PodDisruptionBudget allows no disruption now: its eviction is refused with 429 and kubectl
+# drain retries it until --timeout, then fails naming it and leaves the node cordoned
+# (kubectl pkg/drain/drain.go evictPods; pkg/cmd/drain/drain.go RunDrain).
+# The first server's log records cordon, eviction, uncordon and each (re)registration with its
+# version, in order, so a test can assert the order of a rolling upgrade.
 # k3s-killall.sh and the uninstall scripts behave as the real ones: the uninstall removes
 # /etc/rancher/k3s, /var/lib/rancher/k3s, the binary and the scripts.
 # shellcheck disable=SC2317 # functions are reached through the name dispatch at the bottom
@@ -349,14 +367,18 @@ arch() {
     esac
 }
 
-# register NAME PASSWORD ROLE LABELS TAINTS (LABELS and TAINTS comma separated): 0 registered or
-# already known with that password, 2 another password (K3s: "Node password rejected").
+# register NAME PASSWORD ROLE LABELS TAINTS VERSION (LABELS and TAINTS comma separated): 0
+# registered or already known with that password, 2 another password (K3s: "Node password
+# rejected").
 register() {
     dir=$REGISTRY/$1
     if [ -d "$dir" ]; then
         [ "$(cat "$dir/password")" = "$2" ] || return 2
-        # Known node: labels and taints stay as registered (kubelet registers a Node once).
+        # Known node: labels and taints stay as registered (kubelet registers a Node once), and
+        # so does a cordon (spec.unschedulable); the kubelet reports its (new) version.
         echo Ready >"$dir/status"
+        report_version "$1" "$6"
+        record "register $1 again version=$6"
         return 0
     fi
     mkdir -p "$dir"
@@ -371,7 +393,20 @@ register() {
     printf '%s' "$5" | tr ',' '\n' | sed '/^$/d' | sed 's/^\([^=:]*\):/\1=:/' >"$dir/taints"
     : >"$dir/annotations"
     echo Ready >"$dir/status"
+    report_version "$1" "$6"
     record "register $1 role=$3"
+}
+
+# The kubelet's version in the node's status (see the header); with a real control plane, in the
+# real Node object too.
+report_version() {
+    [ -n "$2" ] || return 0
+    echo "$2" >"$REGISTRY/$1/version"
+    if [ -s "$REAL_KUBECONFIG" ] && [ -x "$REAL_KUBECTL" ]; then
+        "$REAL_KUBECTL" --kubeconfig "$REAL_KUBECONFIG" patch node "$1" --subresource=status \
+            --type=merge -p "{\"status\":{\"nodeInfo\":{\"kubeletVersion\":\"$2\"}}}" >/dev/null ||
+            echo "could not report the kubelet version of $1 to the real API server" >&2
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +438,7 @@ authorized() {
 api() {
     cr=$(printf '\r')
     IFS=' ' read -r method path _ || exit 0
-    auth="" name="" node_password="" labels="" taints="" role=agent
+    auth="" name="" node_password="" labels="" taints="" role=agent version=""
     while IFS= read -r line; do
         line=${line%"$cr"}
         [ -n "$line" ] || break
@@ -415,6 +450,7 @@ api() {
             k3s-node-labels) labels=$value ;;
             k3s-node-taints) taints=$value ;;
             k3s-node-role) role=$value ;;
+            k3s-node-version) version=$value ;;
         esac
     done
     case "$method $path" in
@@ -429,7 +465,7 @@ api() {
                 exit 0
             fi
             status=0
-            register "$name" "$node_password" "$role" "$labels" "$taints" || status=$?
+            register "$name" "$node_password" "$role" "$labels" "$taints" "$version" || status=$?
             if [ "$status" -eq 2 ]; then
                 record "register refused $name: node password"
                 respond_text 403 "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag"
@@ -541,6 +577,7 @@ join() {
         printf 'K3s-Node-Name: %s\n' "$(node_name)"
         printf 'K3s-Node-Password: %s\n' "$(cat "$NODE_PASSWORD")"
         printf 'K3s-Node-Role: %s\n' "$2"
+        printf 'K3s-Node-Version: %s\n' "$K3S_DOUBLE_VERSION"
         printf 'K3s-Node-Labels: %s\n' "$(config_list node-label | paste -sd, -)"
         printf 'K3s-Node-Taints: %s\n' "$(config_list node-taint | paste -sd, -)"
     ) >"$headers"
@@ -711,10 +748,18 @@ run_server() {
     mkdir -p "$SERVER_DIR/tls" "$SERVER_DIR/cred" "$SERVER_DIR/db" "$REGISTRY"
     password_hash=$(printf '%s' "$TOKEN_PASSWORD" | sha256)
     server=$(config_value server)
+    if [ -f "$BOOTSTRAP" ] && [ "$(cat "$BOOTSTRAP")" != "$password_hash" ]; then
+        echo 'level=fatal msg="starting kubernetes: preparing server: failed to bootstrap cluster data: bootstrap data already found and encrypted with different token"' >&2
+        exit 1
+    fi
+    if [ -n "$server" ]; then
+        # A joining server takes the cluster's CA and bootstrap data from the server it joins;
+        # and at every start its kubelet reports to the cluster's API (its version), which for
+        # the double is the registry of the server it joined.
+        join "$server" server
+    fi
     if [ ! -f "$BOOTSTRAP" ]; then
         if [ -n "$server" ]; then
-            # A joining server takes the cluster's CA and bootstrap data from the server it joins.
-            join "$server" server
             cp /run/k3s/double-cluster-ca "$CA_FILE"
         else
             {
@@ -725,12 +770,8 @@ run_server() {
         fi
         echo "$password_hash" >"$BOOTSTRAP"
     elif [ -n "$server" ] && [ ! -d "$SERVER_DIR/db/etcd" ]; then
-        # Its etcd data was deleted (a restore's rejoin): it joins the cluster as a new member.
-        join "$server" server
+        # Its etcd data was deleted (a restore's rejoin): it joined again above, as a new member.
         record "rejoined $server"
-    elif [ "$(cat "$BOOTSTRAP")" != "$password_hash" ]; then
-        echo 'level=fatal msg="starting kubernetes: preparing server: failed to bootstrap cluster data: bootstrap data already found and encrypted with different token"' >&2
-        exit 1
     fi
     if [ "$(config_value secrets-encryption)" = true ]; then
         : >"$ENCRYPTED"
@@ -745,7 +786,8 @@ run_server() {
         (umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$NODE_PASSWORD")
     fi
     register "$(node_name)" "$(cat "$NODE_PASSWORD")" server \
-        "$(config_list node-label | paste -sd, -)" "$(config_list node-taint | paste -sd, -)" ||
+        "$(config_list node-label | paste -sd, -)" "$(config_list node-taint | paste -sd, -)" \
+        "$K3S_DOUBLE_VERSION" ||
         fatal "Node password rejected for $(node_name)"
     systemctl start --no-block double-k3s-api.socket
     write_kubeconfig
@@ -776,7 +818,53 @@ node_status() {
     if [ -z "$status" ] && [ -f "$REGISTRY/$1/status" ]; then
         status=$(cat "$REGISTRY/$1/status")
     fi
+    # kubectl prints a cordoned node as Ready,SchedulingDisabled.
+    if [ "$status" = Ready ] && [ -f "$REGISTRY/$1/unschedulable" ]; then
+        status=Ready,SchedulingDisabled
+    fi
     echo "$status"
+}
+
+# The kubelet version of NAME: the one it last registered with, else this binary's.
+node_version() {
+    if [ -s "$REGISTRY/$1/version" ]; then
+        cat "$REGISTRY/$1/version"
+    else
+        echo "$K3S_DOUBLE_VERSION"
+    fi
+}
+
+# Every node the API server knows, one name per line.
+node_names() {
+    {
+        [ ! -f "$READY_NODES" ] || awk '{ print $1 }' "$READY_NODES"
+        [ ! -d "$REGISTRY" ] || ls -1 "$REGISTRY"
+    } | sed '/^$/d' | sort -u
+}
+
+# `get nodes -o go-template=...`: NAME KUBELET-VERSION UNSCHEDULABLE READY per node, as the
+# template k3s-drain.sh uses prints them (true/false, then the Ready condition's status).
+list_nodes() {
+    case " $* " in
+        *" -o go-template="*"kubeletVersion"*) ;;
+        *) fatal "the double lists nodes only with the kubeletVersion go-template" ;;
+    esac
+    for name in $(node_names); do
+        status=$(node_status "$name")
+        [ -n "$status" ] || continue
+        unschedulable=false
+        [ ! -f "$REGISTRY/$name/unschedulable" ] || unschedulable=true
+        ready=False
+        case "$status" in Ready | Ready,*) ready=True ;; esac
+        echo "$name $(node_version "$name") $unschedulable $ready"
+    done
+}
+
+# `get pods -A --field-selector spec.nodeName=NAME -o go-template=...`: NAMESPACE/NAME per line.
+list_pods() {
+    node=$(printf '%s' "$*" | sed -n 's/.*spec\.nodeName=\([^ ]*\).*/\1/p')
+    [ -n "$node" ] || fatal "the double lists pods only with --field-selector spec.nodeName=NAME"
+    [ ! -f "$REGISTRY/$node/pods" ] || awk '{ print $1 }' "$REGISTRY/$node/pods"
 }
 
 not_found() {
@@ -853,6 +941,10 @@ get_node() {
             cat "$(node_dir "$name")/taints"
             return 0
             ;;
+        *" -o go-template="*".status.nodeInfo.kubeletVersion"*)
+            node_version "$name"
+            return 0
+            ;;
         *" -o go-template="*".metadata.annotations"*)
             key=$(printf '%s' "$*" | sed -n 's/.*index \.metadata\.annotations "\([^"]*\)".*/\1/p')
             value=$(sed -n "s|^$key=||p" "$(node_dir "$name")/annotations")
@@ -867,16 +959,7 @@ get_node() {
         *" --no-headers "*) ;;
         *) printf '%-16s %-28s %-22s %-5s %s\n' NAME STATUS ROLES AGE VERSION ;;
     esac
-    printf '%-16s %-28s %-22s %-5s %s\n' "$name" "$status" "$roles" 5m "$K3S_DOUBLE_VERSION"
-}
-
-set_status() {
-    if [ -f "$READY_NODES" ] && awk -v n="$1" '$1 == n { found = 1 } END { exit !found }' "$READY_NODES"; then
-        awk -v n="$1" '$1 != n' "$READY_NODES" >"$READY_NODES.tmp"
-        echo "$1 $2" >>"$READY_NODES.tmp"
-        mv -f "$READY_NODES.tmp" "$READY_NODES"
-    fi
-    [ ! -d "$REGISTRY/$1" ] || echo "$2" >"$REGISTRY/$1/status"
+    printf '%-16s %-28s %-22s %-5s %s\n' "$name" "$status" "$roles" 5m "$(node_version "$name")"
 }
 
 # `kubectl --server https://OTHER:6443 delete node NAME`: the double reaches another server's
@@ -938,11 +1021,19 @@ kubectl() {
                 return 0
             fi
             case "${1:-}" in
-                node | nodes)
+                nodes)
+                    shift
+                    list_nodes "$@"
+                    ;;
+                node)
                     shift
                     get_node "$@"
                     ;;
                 configmap* | cm | deployment* | deploy) objects get "$@" ;;
+                pods)
+                    shift
+                    list_pods "$@"
+                    ;;
                 pv)
                     # PersistentVolumes a test lists in $PVS: `NAME NODE NAMESPACE CLAIM PHASE
                     # RECLAIM` lines,
@@ -950,7 +1041,7 @@ kubectl() {
                     case " $* " in *" -o custom-columns="*) ;; *) fatal "the double lists pv with custom-columns only" ;; esac
                     [ ! -f "$PVS" ] || cat "$PVS"
                     ;;
-                *) fatal "the double only gets nodes, pv, configmaps and deployments" ;;
+                *) fatal "the double only gets nodes, pods, pv, configmaps and deployments" ;;
             esac
             ;;
         label | annotate | taint)
@@ -966,6 +1057,24 @@ kubectl() {
             esac
             echo "node/$name ${verb}ed"
             ;;
+        cordon | uncordon)
+            name=${1:-}
+            dir=$(node_dir "$name")
+            record "kubectl $verb $name"
+            if [ "$verb" = cordon ]; then
+                if [ -f "$dir/unschedulable" ]; then
+                    echo "node/$name already cordoned"
+                else
+                    : >"$dir/unschedulable"
+                    echo "node/$name cordoned"
+                fi
+            elif [ -f "$dir/unschedulable" ]; then
+                rm -f "$dir/unschedulable"
+                echo "node/$name uncordoned"
+            else
+                echo "node/$name already uncordoned"
+            fi
+            ;;
         drain)
             name=${1:-}
             dir=$(node_dir "$name")
@@ -979,8 +1088,38 @@ kubectl() {
                         ;;
                 esac
             fi
-            set_status "$name" "Ready,SchedulingDisabled"
-            echo "node/$name cordoned"
+            # kubectl drain cordons first, then evicts (pkg/cmd/drain/drain.go RunDrain).
+            if [ -f "$dir/unschedulable" ]; then
+                echo "node/$name already cordoned"
+            else
+                : >"$dir/unschedulable"
+                echo "node/$name cordoned"
+            fi
+            timeout=$(printf '%s' " $* " | sed -n 's/.* --timeout=\([^ ]*\) .*/\1/p')
+            blocked=""
+            if [ -f "$dir/pods" ]; then
+                while read -r pod pdb; do
+                    [ -n "$pod" ] || continue
+                    if [ "$pdb" = pdb ]; then
+                        # The eviction API answers 429 while the budget allows no disruption;
+                        # kubectl retries every 5 s until --timeout (pkg/drain/drain.go).
+                        echo "error when evicting pods/\"${pod#*/}\" -n \"${pod%%/*}\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget." >&2
+                        blocked="${blocked:+$blocked, }$pod"
+                    else
+                        echo "evicting pod $pod"
+                        record "kubectl drain $name evicted $pod"
+                    fi
+                done <"$dir/pods"
+                awk '$2 == "pdb"' "$dir/pods" >"$dir/pods.tmp" && mv -f "$dir/pods.tmp" "$dir/pods"
+            fi
+            if [ -n "$blocked" ]; then
+                record "kubectl drain $name timed out on $blocked"
+                # The node stays cordoned: kubectl drain does not undo its cordon.
+                first=${blocked%%,*}
+                echo "There are pending pods in node \"$name\" when an error occurred: error when evicting pods/\"${first#*/}\" -n \"${first%%/*}\": global timeout reached: ${timeout:-0s}" >&2
+                echo "error: unable to drain node \"$name\" due to error: error when evicting pods/\"${first#*/}\" -n \"${first%%/*}\": global timeout reached: ${timeout:-0s}, continuing command..." >&2
+                exit 1
+            fi
             echo "node/$name drained"
             ;;
         create) objects create "$@" ;;
