@@ -5,8 +5,10 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
 - `<node>-k3s` on every node (`k3s-install.sh`): the token into a root-only file, config.yaml
   (built here as data) written 0600 only when it changed, the taints in a registration drop-in,
   K3s installed at the pinned version, restarted only when its version, config or token changed.
-  The first server initialises and prints its CA's hash; every other node gets K3s's full token
-  (`K10<CA hash>::server:<token>`) and so checks the cluster before it sends the secret.
+  The first server initialises; every other node gets K3s's full token
+  (`K10<CA hash>::server:<token>`) and so checks the cluster before it sends the secret. The hash
+  is of the CA in the kubeconfig read (below), which is read once: a re-run of the first
+  server's install leaves it known in a preview, so the other installs do not preview as updates.
 - `<node>-drain` on the first server for every node (`k3s-drain.sh`), before the node's install:
   its stdin carries only the target version, so only a version change re-runs it. It refuses a
   downgrade, and cordons and drains the node (evictions: PodDisruptionBudgets hold it) unless
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,7 @@ from components.datastore_snapshots import (
     etcd_s3_credentials,
     sqlite_timer_values,
 )
-from components.kubeconfig import rewrite_kubeconfig
+from components.kubeconfig import ca_hash, rewrite_kubeconfig
 from components.pi_node import SshTarget
 from components.remote_script import run_marker, steps_payload
 
@@ -207,17 +208,6 @@ def install_values(
     }
 
 
-def ca_hash(first_install_stdout: str) -> str:
-    """The cluster CA's hash the first server's install printed (`picluster k3s-ca: sha256=`)."""
-    found = re.findall(r"^picluster k3s-ca: sha256=([0-9a-f]{64})$", first_install_stdout, re.M)
-    if not found:
-        raise ValueError(
-            "the first server's K3s install printed no CA hash (a 'picluster k3s-ca: "
-            "sha256=...' line), so the other nodes cannot pin the cluster's CA"
-        )
-    return found[-1]
-
-
 def join_token(token: str, cluster_ca_hash: str) -> str:
     """K3s's full ("secure") token: joiners check the CA they download against its hash before
     they send the secret (k3s-io/k3s pkg/clientaccess/token.go: `K10<hash>::server:<secret>`)."""
@@ -280,8 +270,8 @@ class K3sCluster(pulumi.ComponentResource):
         # The first server starts with the plain token; every other node gets the full token,
         # with the hash of the CA that server created, so it checks the cluster before joining.
         token: pulumi.Input[str] = args.token
+        read: remote.Command | None = None  # after the first server's install, the first step
         previous: list[pulumi.Resource] = []
-        installs: list[remote.Command] = []
         joins: list[remote.Command] = []
         for node in [*servers, *agents]:
             drain = remote.Command(
@@ -296,8 +286,13 @@ class K3sCluster(pulumi.ComponentResource):
             )
             install = self._install(name, node, args, first, token, depends_on=[node.ready, drain])
             if node is first:
-                token = pulumi.Output.all(args.token, install.stdout).apply(
-                    lambda parts: join_token(parts[0], ca_hash(parts[1]))
+                read = self._read_kubeconfig(name, first_connection, after=install)
+                # The CA's hash comes from the kubeconfig, read once: known in every preview,
+                # where the stdout of a re-run install is not.
+                token = pulumi.Output.secret(
+                    pulumi.Output.all(args.token, read.stdout).apply(
+                        lambda parts: join_token(parts[0], ca_hash(parts[1]))
+                    )
                 )
                 if not embedded_etcd(args):
                     self._sqlite_snapshots(name, first, args, depends_on=install)
@@ -320,13 +315,32 @@ class K3sCluster(pulumi.ComponentResource):
                 add_previous_output_in_env=False,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[install]),
             )
-            installs.append(install)
             joins.append(join)
             previous = [join]
 
-        read = remote.Command(
+        assert read is not None  # the first server is the loop's first node
+        self.api_server_url = pulumi.Output.from_input(f"https://{first.address}:{API_PORT}")
+        self.kubeconfig = pulumi.Output.secret(
+            read.stdout.apply(
+                lambda raw: rewrite_kubeconfig(
+                    raw, f"https://{first.address}:{API_PORT}", args.cluster_name
+                )
+            )
+        )
+        self.node_names = [n.name for n in [*servers, *agents]]
+        self.ready = list(joins)
+        self.servers_ready = joins[: len(servers)]
+        self.register_outputs(
+            {"kubeconfig": self.kubeconfig, "api_server_url": self.api_server_url}
+        )
+
+    def _read_kubeconfig(
+        self, name: str, connection: remote.ConnectionArgs, *, after: remote.Command
+    ) -> remote.Command:
+        """`kubeconfig`: the admin kubeconfig from the first server, after its install."""
+        return remote.Command(
             f"{name}-kubeconfig",
-            connection=first_connection,
+            connection=connection,
             create="sudo bash -s",
             update="sudo bash -s",
             # Read once, after the first server's install, and again only when the first server
@@ -341,24 +355,9 @@ class K3sCluster(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[installs[0]],
+                depends_on=[after],
                 additional_secret_outputs=["stdout"],
             ),
-        )
-
-        self.api_server_url = pulumi.Output.from_input(f"https://{first.address}:{API_PORT}")
-        self.kubeconfig = pulumi.Output.secret(
-            read.stdout.apply(
-                lambda raw: rewrite_kubeconfig(
-                    raw, f"https://{first.address}:{API_PORT}", args.cluster_name
-                )
-            )
-        )
-        self.node_names = [n.name for n in [*servers, *agents]]
-        self.ready = list(joins)
-        self.servers_ready = joins[: len(servers)]
-        self.register_outputs(
-            {"kubeconfig": self.kubeconfig, "api_server_url": self.api_server_url}
         )
 
     def _sqlite_snapshots(

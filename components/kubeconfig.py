@@ -8,6 +8,9 @@ clusters in a user's `~/.kube/config`.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from typing import Any
 
 import yaml
@@ -53,3 +56,25 @@ def _rewrite(raw: str, server_url: str, name: str) -> str:
         context["user"] = renames.get(context.get("user"), context.get("user"))
     document["current-context"] = name
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def ca_hash(raw: str) -> str:
+    """The sha256 of the cluster CA in K3s's kubeconfig: the hash K3s's full token carries.
+
+    K3s writes the bytes of its server CA file (server-ca.crt) into k3s.yaml's
+    `certificate-authority-data`, serves the same bytes at /cacerts, and a joining node checks
+    them against the token's hash (k3s-io/k3s pkg/clientaccess/token.go). Read from the
+    kubeconfig that is read once, the hash is known in every later preview, so a re-run of the
+    first server's install does not make every other node's token unknown.
+    """
+    try:
+        document: dict[str, Any] = yaml.safe_load(raw)
+        data = document["clusters"][0]["cluster"]["certificate-authority-data"]
+        return hashlib.sha256(base64.b64decode(data, validate=True)).hexdigest()
+    except (yaml.YAMLError, KeyError, IndexError, TypeError, binascii.Error):
+        pass
+    raise KubeconfigError(
+        f"the kubeconfig read from the first server ({len(raw)} bytes, content withheld) has no "
+        "cluster CA (certificate-authority-data), so the other nodes cannot check the cluster "
+        "they join; on that server check /etc/rancher/k3s/k3s.yaml"
+    )

@@ -31,6 +31,10 @@ source:
   as an update, "This preview may not correctly represent the changes that will be applied".
   Found with the real engine (tests/engine/test_prod_changes.py); the plan lists such providers.
 
+- **Unknown stdout in preview** (the same infer layer): the stdout of a remote step that runs is
+  unknown in a preview, so a resource whose inputs come from it previews as an update even when
+  `up`, with the real stdout, leaves it alone; the plan lists such resources as `overstated`.
+
 - **`destroy --exclude-protected`** (`pkg/cmd/pulumi/operations/destroy.go`,
   `getProtectedExcludes`; `pkg/resource/graph` `TransitiveDependenciesOf`): keeps every
   protected resource and everything it transitively depends on (parent, `dependsOn`, property
@@ -198,6 +202,9 @@ class Plan:
     blind_providers: list[str] = field(default_factory=list)
     """Existing providers whose configuration is unknown in a preview (it comes from a resource
     that changes): the preview shows every resource they manage as an update."""
+    overstated: list[str] = field(default_factory=list)
+    """Resources the preview shows as updates though `up` leaves them alone: an input comes from
+    the stdout of a remote step that runs, unknown until it ran, and is the same afterwards."""
 
     def names(self, action: Action) -> set[str]:
         """Names of the resources that get `action`."""
@@ -221,7 +228,9 @@ class Plan:
     def summary(self) -> str:
         """One line per step, for assertion messages."""
         lines = [f"{s.action.value:8} {s.name} {', '.join(s.paths)} {s.reason}" for s in self.steps]
-        return "\n".join([*lines, *self.refusals, *self.rejected, *self.blind_providers])
+        return "\n".join(
+            [*lines, *self.refusals, *self.rejected, *self.blind_providers, *self.overstated]
+        )
 
 
 def _scripts(stdin: str) -> tuple[str, ...]:
@@ -323,7 +332,14 @@ def plan(before: Sequence[Registration], after: Sequence[Registration]) -> Plan:
                 f"unable to delete resource {urn!r} as it is currently marked for protection"
             )
         _delete_command(previous, delete_commands)
-    return Plan(steps, refusals, rejected, delete_commands, _blind_providers(old, new, steps))
+    return Plan(
+        steps,
+        refusals,
+        rejected,
+        delete_commands,
+        _blind_providers(old, new, steps),
+        _overstated(old, new, steps),
+    )
 
 
 def _blind_providers(
@@ -346,6 +362,27 @@ def _blind_providers(
                 f"{managed} resources it manages and shows each as an update"
             )
     return blind
+
+
+def _overstated(
+    old: Mapping[str, Registration], new: Mapping[str, Registration], steps: Sequence[Step]
+) -> list[str]:
+    """Existing resources left alone whose inputs come from a remote step that runs: its stdout
+    is unknown in the preview, so the preview shows them as updates `up` does not make."""
+    running = {s.urn: s.name for s in steps if s.type == COMMAND and s.action is not Action.DELETE}
+    stepping = {s.urn for s in steps}
+    found = []
+    for urn, reg in new.items():
+        if urn not in old or urn in stepping or reg.type.startswith("pulumi:providers:"):
+            continue
+        inputs_from = {d for deps in reg.property_dependencies.values() for d in deps}
+        sources = sorted({running[d] for d in inputs_from if d in running})
+        if sources:
+            found.append(
+                f"{reg.name}: an input comes from the stdout of {', '.join(sources)}, unknown "
+                "until it runs: the preview shows an update that `up` does not make"
+            )
+    return found
 
 
 def _paths(paths: Sequence[PathTokens]) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ compared with `engine_rules.plan` give what the engine would create, update, rep
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import runpy
@@ -113,10 +114,15 @@ class Registration:
         return _is_secret(self.inputs.get(key))
 
 
-K3S_KUBECONFIG = """apiVersion: v1
+MOCK_CA = b"CA-DATA"
+"""The bytes of the cluster's server CA under the mocks."""
+MOCK_CA_HASH = hashlib.sha256(MOCK_CA).hexdigest()
+"""Its hash, which the full join token carries."""
+
+K3S_KUBECONFIG = f"""apiVersion: v1
 clusters:
 - cluster:
-    certificate-authority-data: Q0EtREFUQQ==
+    certificate-authority-data: {base64.b64encode(MOCK_CA).decode()}
     server: https://127.0.0.1:6443
   name: default
 contexts:
@@ -126,7 +132,7 @@ contexts:
   name: default
 current-context: default
 kind: Config
-preferences: {}
+preferences: {{}}
 users:
 - name: default
   user:
@@ -134,10 +140,6 @@ users:
     client-key-data: S0VZLURBVEE=
 """
 """What K3s writes to /etc/rancher/k3s/k3s.yaml (certificates shortened)."""
-
-
-MOCK_CA_HASH = hashlib.sha256(b"the mocked cluster CA").hexdigest()
-"""The CA hash a server's install prints under the mocks."""
 
 
 def mock_image_id(ref: str) -> str:
@@ -174,9 +176,6 @@ class ProgramMocks(pulumi_mocks.Mocks):
             summary = f"picluster step: no changes (run {run_id})"
             if args.name.endswith("-kubeconfig"):
                 state["stdout"] = K3S_KUBECONFIG
-            elif args.name.endswith("-k3s") and "\nROLE=server\n" in stdin:
-                # A server's install also prints the hash of the cluster CA it holds.
-                state["stdout"] = f"picluster k3s-ca: sha256={MOCK_CA_HASH}\n{summary}"
             else:
                 state["stdout"] = summary
             state["stderr"] = ""

@@ -14,8 +14,7 @@
 #   K3S_INSTALL_URL  the installer (default https://get.k3s.io; tests point it at a double)
 #   READY_TIMEOUT    seconds to wait for the node to be Ready (server) or the agent to join
 #   CLOCK_TIMEOUT    seconds to wait for the clock to be synchronised (default 180)
-# Output: progress on stderr; on stdout, for a server, `picluster k3s-ca: sha256=<hash>` (the hash
-# of the cluster CA, which joiners pin through the full K10 token), then the last line:
+# Output: progress on stderr; on stdout one line:
 # picluster k3s-install: no changes | changed: ...
 #
 # K3s's unit is Type=notify with TimeoutStartSec=0: `systemctl restart` would block until K3s is
@@ -28,7 +27,6 @@ readonly CONFIG_DIR=/etc/rancher/k3s
 readonly CONFIG_FILE=$CONFIG_DIR/config.yaml
 readonly REGISTRATION_FILE=$CONFIG_DIR/config.yaml.d/50-picluster-registration.yaml
 readonly TOKEN_FILE=$CONFIG_DIR/picluster-token
-readonly SERVER_CA=/var/lib/rancher/k3s/server/tls/server-ca.crt
 
 CHANGED=()
 PREVIOUS_INVOCATION=""
@@ -311,12 +309,6 @@ write_registration() {
     fi
 }
 
-print_ca_hash() {
-    [[ "$ROLE" == server ]] || return 0
-    [[ -s "$SERVER_CA" ]] || die "K3s is ready but $SERVER_CA is missing"
-    echo "picluster k3s-ca: sha256=$(sha256sum <"$SERVER_CA" | cut -d' ' -f1)"
-}
-
 main() {
     exec </dev/null
     : "${ROLE:?ROLE is required}" "${NODE_NAME:?NODE_NAME is required}"
@@ -354,7 +346,6 @@ main() {
         start_service start
     fi
     wait_ready
-    print_ca_hash
 
     if ((${#CHANGED[@]} == 0)); then
         echo "picluster k3s-install: no changes"

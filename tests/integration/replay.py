@@ -8,8 +8,8 @@ command the provider would run (pulumi-command `remote/commandController.go`: `c
 on delete) with its stdin, on the Pi its connection names.
 
 As the engine does, a step's outputs reach the steps that depend on it: after each step the
-program is evaluated again with the stdout every step really printed (the first server's CA
-hash goes into the joiners' token, an install's output into the Ready check's `AFTER_RUN`), so a
+program is evaluated again with the stdout every step really printed (the CA in the kubeconfig
+read goes into the joiners' token, an install's output into the Ready check's `AFTER_RUN`), so a
 step's stdin is what the engine would send at that point of the update. The engine runs steps
 whose dependencies are done in parallel; replay runs them one at a time in a topological order
 of the same graph, so an order the graph does not impose is never relied on.

@@ -227,3 +227,6 @@ def test_the_preview_of_a_change_shows_its_real_blast_radius(change: Change) -> 
     # A provider configured from a step that re-runs cannot diff in a preview: every object it
     # manages would show as an update, hiding the few that really change.
     assert not outcome(change).plan.blind_providers
+    # Nor may a step that re-runs make a preview show updates `up` does not make (the other
+    # nodes' installs once took the CA's hash from the first server's install stdout).
+    assert not outcome(change).plan.overstated

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 import yaml
 
 from components.config import ConfigError
-from components.kubeconfig import rewrite_kubeconfig
+from components.kubeconfig import ca_hash, rewrite_kubeconfig
 from tests.engine_rules import kept_by_exclude_protected
 from tests.harness import (
     K3S_KUBECONFIG,
@@ -313,14 +315,15 @@ def test_labels_and_taints_go_through_the_api_and_taints_also_to_registration(
 
 
 def test_joiners_pin_the_cluster_ca_with_the_full_token(unseen: Run) -> None:
-    # The first server starts with the plain token and prints its CA's hash; every other node
-    # gets K3s's full token, K10<CA hash>::server:<token>, and checks the CA before joining.
+    # The first server starts with the plain token; every other node gets K3s's full token,
+    # K10<CA hash>::server:<token>, and checks the CA before joining. The hash is of the CA in
+    # the kubeconfig, read once, not of anything a re-run of the first install prints.
     assert stdin_values(unseen.named("cluster-cp-a-k3s"))["K3S_TOKEN"] == TOKEN
     for node in ("cp-b", "cp-c", "worker-1", "worker-3"):
         install = unseen.named(f"cluster-{node}-k3s")
         assert stdin_values(install)["K3S_TOKEN"] == f"K10{MOCK_CA_HASH}::server:{TOKEN}", node
         assert install.is_secret("stdin")
-        assert "cluster-cp-a-k3s" in depends_on(unseen, install)
+        assert "cluster-kubeconfig" in depends_on(unseen, install)
 
 
 def test_version_and_config_reach_the_install_step_on_stdin_never_as_triggers(
@@ -460,12 +463,21 @@ def test_kubeconfig_rewrite_parses_yaml_and_renames_every_entry() -> None:
         K3S_KUBECONFIG.replace("Q0EtREFUQQ==", "S0VZ-SECRET-KEY")[: K3S_KUBECONFIG.index("users")],
     ],
 )
-def test_a_broken_kubeconfig_fails_without_quoting_it(raw: str) -> None:
+@pytest.mark.parametrize(
+    "read", [lambda raw: rewrite_kubeconfig(raw, "https://x:6443", "y"), ca_hash]
+)
+def test_a_broken_kubeconfig_fails_without_quoting_it(raw: str, read: Callable[[str], str]) -> None:
     # A YAML error quotes the offending line; the kubeconfig holds the admin credentials.
     with pytest.raises(ValueError) as failure:
-        rewrite_kubeconfig(raw, "https://x:6443", "y")
+        read(raw)
     assert "S0VZ-SECRET-KEY" not in str(failure.value)
     assert failure.value.__cause__ is None and failure.value.__context__ is None
+
+
+def test_the_ca_hash_is_of_the_kubeconfig_ca_bytes_as_k3s_serves_them() -> None:
+    # K3s: k3s.yaml's certificate-authority-data is server-ca.crt, which /cacerts serves and
+    # the full token's hash covers (pkg/clientaccess/token.go hashes the /cacerts body).
+    assert ca_hash(K3S_KUBECONFIG) == hashlib.sha256(b"CA-DATA").hexdigest() == MOCK_CA_HASH
 
 
 def test_kubeconfig_read_prints_the_credentials_last_so_nothing_fails_after() -> None:

@@ -50,8 +50,9 @@
 # shell cannot send READY from its main process.
 # With a real control plane (the end-to-end tests put its admin kubeconfig at
 # /etc/rancher/k3s/double-real-apiserver.yaml and a kubectl at /usr/local/bin/kubectl-real on the
-# first server), the server writes that kubeconfig as its k3s.yaml and `k3s kubectl` is the real
-# kubectl against the real API server.
+# first server), the server writes that kubeconfig as its k3s.yaml, its server CA is that
+# kubeconfig's CA (so /cacerts and the full token's hash match k3s.yaml, as in K3s), and
+# `k3s kubectl` is the real kubectl against the real API server.
 #
 # `k3s kubectl` on a server answers from the node registry the registrations above fill
 # (/var/lib/rancher/k3s/server/double-nodes), plus /etc/rancher/k3s/double-ready-nodes (`NAME` or
@@ -761,6 +762,11 @@ run_server() {
     if [ ! -f "$BOOTSTRAP" ]; then
         if [ -n "$server" ]; then
             cp /run/k3s/double-cluster-ca "$CA_FILE"
+        elif [ -s "$REAL_KUBECONFIG" ]; then
+            # The server CA is the real API server's: K3s's k3s.yaml carries the very bytes of
+            # server-ca.crt, which /cacerts serves and the full token hashes.
+            sed -n 's/^ *certificate-authority-data: *//p' "$REAL_KUBECONFIG" | head -n 1 |
+                base64 -d >"$CA_FILE"
         else
             {
                 echo "-----BEGIN CERTIFICATE-----"
