@@ -5,9 +5,9 @@
 
 Program figures, under Pulumi's mocks: evaluation time for 3, 10 and 50 nodes next to an empty
 program; SSH sessions per server and per agent (one remote command is one session); the longest
-chain of remote steps from bare Pis to a ready cluster; and the memory the default app and
-monitoring request on the cluster. With --pi: wall time of the first and second run of the node
-scripts (facts, prepare, reboot; then the gate after the reboot) on a simulated Raspberry Pi.
+chain of remote steps from bare Pis to a ready cluster (memory and CPU: bench/footprint.py).
+With --pi: wall time of the first and second run of the node scripts (facts, prepare, reboot;
+then the gate after the reboot) on a simulated Raspberry Pi.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import Registration, Run, run, run_main, unwrap  # noqa: E402
-from tests.k8s_manifests import manifests  # noqa: E402
 
 COMMAND = "command:remote:Command"
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nbench\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -88,23 +87,6 @@ def sessions_per_node(result: Run) -> Counter[str]:
     return Counter(unwrap(r.inputs["connection"])["host"] for r in result.of_type(COMMAND))
 
 
-def memory_requests(result: Run, nodes: int) -> dict[str, float]:
-    """MiB of memory requested by namespace, DaemonSets counted once per node."""
-    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
-    totals: dict[str, float] = {}
-    for m in manifests(result):
-        kind = m["kind"]
-        if kind not in ("Deployment", "StatefulSet", "DaemonSet"):
-            continue
-        copies = nodes if kind == "DaemonSet" else m["spec"].get("replicas", 1)
-        for container in m["spec"]["template"]["spec"]["containers"]:
-            value = container["resources"]["requests"]["memory"]
-            mib = copies * float(value[:-2]) * units[value[-2:]]
-            namespace = m["metadata"]["namespace"]
-            totals[namespace] = totals.get(namespace, 0.0) + mib
-    return totals
-
-
 def program_figures() -> None:
     empty, _ = timed(lambda: run(lambda: None, {}))
     print("Program evaluation under mocks (median of 3 runs)")
@@ -121,8 +103,8 @@ def program_figures() -> None:
     first, agent = "10.0.0.1", "10.0.0.5"
     print("\nSSH sessions on a first `pulumi up` (one remote command each)")
     print(
-        f"  first server           {sessions[first]:3d}   (prepare, gate, k3s, kubeconfig, "
-        "+1 node check per node: Ready, labels, taints)"
+        f"  first server           {sessions[first]:3d}   (prepare, gate, k3s, kubeconfig, SQLite "
+        "snapshot timer, +1 drain and +1 node check per node)"
     )
     print(f"  each agent             {sessions[agent]:3d}   (prepare, gate, k3s)")
     print("  a re-run with no change opens none: commands only run when their inputs change")
@@ -130,13 +112,9 @@ def program_figures() -> None:
     print("\nLongest chain of remote steps, bare Pis to a ready cluster")
     for nodes, result in results.items():
         print(f"  {nodes:3d} nodes, 1 server     {longest_chain(result)}")
-    print(f"   10 nodes, 3 servers    {longest_chain(ha)}   (servers join one at a time)")
+    print(f"   10 nodes, 3 servers    {longest_chain(ha)}   (nodes join one at a time)")
 
-    print("\nMemory requested on the cluster by the default app and monitoring (3 Pis)")
-    requests = memory_requests(results[3], nodes=3)
-    for namespace, mib in sorted(requests.items()):
-        print(f"  {namespace:22s} {mib:7.0f} MiB")
-    print(f"  {'total':22s} {sum(requests.values()):7.0f} MiB   (budget 1536 MiB)")
+    print("\n(Memory and CPU each workload requests: bench/footprint.py.)")
 
 
 def pi_figures() -> None:
