@@ -222,9 +222,9 @@ class FakeKubectl:
         elif verb == "logs":
             stdout = "picluster restore: ...\n"
         elif verb == "annotate":
-            annotations = self.deployment(rest[-2].removeprefix("deployment/"))["metadata"]
-            annotations = annotations.setdefault("annotations", {})
-            key, _, value = rest[-1].partition("=")
+            metadata = self.deployment(rest[-2].removeprefix("deployment/"))["metadata"]
+            annotations: dict[str, str] = metadata.setdefault("annotations", {})
+            key, _sep, value = rest[-1].partition("=")
             if key.endswith("-"):
                 annotations.pop(key[:-1], None)
             else:
