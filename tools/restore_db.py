@@ -326,8 +326,15 @@ class KubernetesTarget:
             self.sleep(POLL_SECONDS)
 
     def _pods(self, name: str) -> list[dict[str, Any]]:
-        selector = f"batch.kubernetes.io/job-name={name}"
-        return self._get("pods", "--selector", selector).get("items", [])
+        """The pods of job/`name`, by owner (its labels' names differ between K8s versions)."""
+        return [
+            pod
+            for pod in self._get("pods").get("items", [])
+            if any(
+                (owner.get("kind"), owner.get("name")) == ("Job", name)
+                for owner in pod["metadata"].get("ownerReferences") or []
+            )
+        ]
 
     def _pods_ended(self, name: str) -> None:
         """Wait until the failed Job's pod has stopped (a Job can be marked failed, past its
@@ -366,7 +373,7 @@ class KubernetesTarget:
         raise StillRunningError(
             f"job/{name} ({why}) could not be deleted with its pod ({problem}): pg-restore.sh "
             "may still be running, so the writers stay stopped. Check "
-            f"`kubectl -n {self.namespace} get pods -l batch.kubernetes.io/job-name={name}`; "
+            f"`kubectl -n {self.namespace} get pods -l job-name={name}`; "
             "once no pod is left, check the data (a database picluster_pre_restore means it "
             "replaced the old one) and bring the writers back"
         )

@@ -214,7 +214,23 @@ class FakeKubectl:
             stdout = json.dumps({"status": status})
         elif verb == "get" and rest[0] == "pods":
             phase = {"succeeded": "Succeeded", "failed": "Failed", "running": "Running"}
-            pods = [] if self.pod_gone else [{"status": {"phase": phase[self.outcome]}}]
+            pods = [
+                {
+                    "metadata": {
+                        "ownerReferences": [{"kind": "Job", "name": job["metadata"]["name"]}]
+                    },
+                    "status": {"phase": phase[self.outcome]},
+                }
+                for job in self.created
+                if not self.pod_gone
+            ]
+            # Another Job's pod, still running: not this restore's.
+            pods.append(
+                {
+                    "metadata": {"ownerReferences": [{"kind": "Job", "name": "postgres-backup-1"}]},
+                    "status": {"phase": "Running"},
+                }
+            )
             stdout = json.dumps({"items": pods})
         elif verb == "create":
             assert input is not None
