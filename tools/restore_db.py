@@ -298,7 +298,10 @@ class KubernetesTarget:
             why = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
             self._print_logs(name)
             self._stop(name, why)
-            raise RestoreError(f"job/{name}: {why}; it was deleted with its pod") from error
+            raise RestoreError(
+                f"job/{name}: {why}; it was deleted with its pod. Check the data (a database "
+                "picluster_pre_restore means it replaced the old one)"
+            ) from error
         self._print_logs(name)
         if not succeeded:
             say(f"job/{name} failed: kubectl -n {self.namespace} describe job/{name}")
