@@ -26,6 +26,9 @@ RESTORE_NAME = "postgres-restore"
 RESTORE_CONTAINER = "pg-restore"
 NEVER = "0 0 30 2 *"
 """February 30th: the CronJob is suspended too, and a restore only ever runs when asked for."""
+RESTORE_DEADLINE_SECONDS = 1800
+"""A restore's pod is stopped by the Job controller after this long (`activeDeadlineSeconds`),
+so one left behind by an interrupted `bin/restore-db` cannot rename the database later."""
 
 
 def render_restore(
@@ -84,6 +87,7 @@ def render_restore(
                 spec=k8s.batch.v1.JobSpecArgs(
                     # A failed restore is looked at, never retried on its own.
                     backoff_limit=0,
+                    active_deadline_seconds=RESTORE_DEADLINE_SECONDS,
                     ttl_seconds_after_finished=86400,
                     # Reads the password when it runs: no checksum annotation, so a password
                     # rotation leaves this template alone.

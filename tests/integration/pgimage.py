@@ -1,17 +1,23 @@
 """A local stand-in for the pinned PostgreSQL image, for tests that run it in Docker.
 
-No registry is reachable here, so `postgres:17-alpine` cannot be pulled. This builds an image
-under that very name from Debian bookworm (debootstrap minbase, Debian's `postgresql` and `gosu`)
-with what the official image offers the scripts picluster runs in it: the `postgres` user and
+No registry is reachable here, so `postgres:17-alpine` cannot be pulled. This builds a stand-in
+for it from Debian bookworm (debootstrap minbase, Debian's `postgresql` and `gosu`) under a tag
+of its own, `TAG`, never the real one: a `pulumi up -s local` on the same machine must not run
+Debian's PostgreSQL 15 in place of 17 (it would initialise the real volume in a format the real
+image refuses). The tests pass `TAG` explicitly where they create containers of the pinned
+image. The stand-in offers what the official image offers the scripts picluster runs in it: the
+`postgres` user and
 group with id 70 (as in the alpine image), the server and client binaries on `PATH`, `gzip`,
 `sh`, `bash`, `/var/run/postgresql`, `PGDATA=/var/lib/postgresql/data`, and
 `docker-entrypoint.sh` as ENTRYPOINT with CMD `postgres`: the entrypoint is the test double in
 `doubles/postgres-docker-entrypoint.sh`, which mirrors upstream's functions and `_main`.
 Debian's PostgreSQL is 15, not 17: the scripts use nothing that differs between the two.
-(`docker import` cannot set STOPSIGNAL: the tests remove their containers with `docker rm -f`.)
+`docker import` cannot set the image's STOPSIGNAL (SIGINT upstream): the tests give containers
+of it `--stop-signal SIGINT` (`STOP_SIGNAL`).
 
-The image carries the label `picluster.test-double` with the recipe's hash. A `postgres:17-alpine`
-without that label is a real one (a machine that can pull): it is used as it is, never replaced.
+The image carries the label `picluster.test-double` with the recipe's hash, and is rebuilt when
+that changes. An older stand-in that earlier versions of this module built under the real tag is
+left alone (it may be in use); `docker image rm postgres:17-alpine` removes it.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import time
 from pathlib import Path
 from typing import IO
 
-from components import versions
 from tests.integration import simpi
 
-TAG = versions.POSTGRES
+TAG = "picluster-test/postgres:17-alpine-double"
+"""The stand-in's tag: not `versions.POSTGRES`, which only a real pull may fill."""
+STOP_SIGNAL = "SIGINT"
+"""The official image's STOPSIGNAL (docker-library/postgres, Dockerfile-alpine.template)."""
 LABEL = "picluster.test-double"
 ENTRYPOINT_DOUBLE = Path(__file__).parent / "doubles" / "postgres-docker-entrypoint.sh"
 PG_MAJOR = "15"
@@ -119,7 +127,7 @@ def unavailable_reason() -> str | None:
     reason = simpi.docker_unavailable_reason()
     if reason:
         return reason
-    if _label(TAG) in ("", recipe_hash()):
+    if _label(TAG) == recipe_hash():
         return None
     if shutil.which("debootstrap") is None:
         return "debootstrap not found (apt-get install -y debootstrap)"
@@ -131,10 +139,10 @@ def _is_root() -> bool:
 
 
 def ensure_image() -> float:
-    """Make `postgres:17-alpine` available (built once per recipe); the seconds it took."""
+    """Make the stand-in `TAG` available (built once per recipe); the seconds it took."""
     start = time.monotonic()
     with simpi._build_lock():  # one builder at a time on the machine
-        if _label(TAG) not in ("", recipe_hash()):
+        if _label(TAG) != recipe_hash():
             _build()
     return time.monotonic() - start
 

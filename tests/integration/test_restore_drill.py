@@ -5,16 +5,19 @@ containers are then created on this machine's Docker exactly as the Docker provi
 (`docker create` with the rendered name, image, command, user, network and aliases, volumes and
 environment, then each `upload` copied in as a tar entry of mode 0644 at `/`, as
 terraform-provider-docker's resource_docker_container_funcs.go does), from the local stand-in of
-the pinned image (`pgimage.py`). Around them:
+the pinned image (`pgimage.py`, under a test-only tag, with the real image's stop signal), which
+takes the rendered image's place. Around them:
 
 - the drill: a table with rows, one run of the backup job, the data broken, `bin/restore-db`'s
-  Docker flow (writers stopped, `pg-restore.sh` in the backup container, writers started), the
-  rows back; a damaged dump refused with the database untouched;
+  Docker flow (writers stopped, `pg-restore.sh` in the backup container, writers started, also
+  one a killed run left stopped), the rows back; a damaged dump refused with the database
+  untouched; a restore past its time limit leaves the writers stopped while the script runs on;
 - the K3s restore pod: kwok runs no pods, so the rendered `postgres-restore` pod template runs
   here as a container with the same user, read-only root, dropped capabilities, no privilege
   escalation, mounts, arguments and environment (the password from the rendered Secret);
-- the schedule: `* * * * *` with `keep: 2` makes a dump within a minute and a bit and keeps
-  the newest two, and the container stops at once on `docker stop`.
+- the schedule: `* * * * *` with `keep: 2`, three old dumps seeded, makes a dump within a
+  minute and a bit and keeps the newest two; `docker stop` (SIGINT, as the real image's
+  STOPSIGNAL) ends it cleanly, with exit code 0.
 
 The writer is a stand-in (the node image cannot be pulled either): a container named and
 configured as the rendered `api` one, running `sleep`. Every wait is bounded.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -37,11 +41,12 @@ from typing import Any
 
 import pytest
 
+from components import versions
 from components.app_model import SecretKey
 from tests.availability import INTEGRATION, unavailable
 from tests.harness import Registration, Run, mock_image_id, run_main, stack_file_config, unwrap
 from tests.integration import pgimage
-from tools.restore_db import DockerTarget
+from tools.restore_db import DockerTarget, StillRunningError
 
 pytestmark = pytest.mark.integration
 
@@ -111,9 +116,15 @@ class Stack:
         return by_id[container.value("image")]
 
     def create(
-        self, resource: str, *, command: list[str] | None = None, image: str | None = None
+        self,
+        resource: str,
+        *,
+        image: str,
+        command: list[str] | None = None,
+        stop_signal: str | None = None,
     ) -> str:
-        """`docker create` + uploads, as the Docker provider does; the container's name."""
+        """`docker create` + uploads, as the Docker provider does, of `image` (the stand-in of the
+        rendered one, which cannot be pulled here); the container's name."""
         spec = self.container(resource)
         name = spec.value("name")
         env_file = self.workdir / f"{name}.env"
@@ -127,7 +138,9 @@ class Stack:
             argv += ["--volume", f"{volume['volumeName']}:{volume['containerPath']}"]
         if spec.value("user"):
             argv += ["--user", spec.value("user")]
-        argv += [image or self.image_of(spec), *(command or spec.value("command") or [])]
+        if stop_signal:
+            argv += ["--stop-signal", stop_signal]
+        argv += [image, *(command or spec.value("command") or [])]
         docker(*argv)
         self.containers.append(name)
         uploads = spec.value("uploads") or []
@@ -141,12 +154,21 @@ class Stack:
         self.volumes.append(name)
         return name
 
+    def postgres(self, resource: str, *, command: list[str] | None = None) -> str:
+        """Create a container of the rendered pinned postgres image, from its stand-in."""
+        assert self.image_of(self.container(resource)) == versions.POSTGRES
+        return self.create(
+            resource, image=pgimage.TAG, command=command, stop_signal=pgimage.STOP_SIGNAL
+        )
+
     def remove(self) -> None:
         for name in reversed(self.containers):
             docker("rm", "--force", "--volumes", name, check=False)
         docker("network", "rm", self.network, check=False)
         for name in self.volumes:
             docker("volume", "rm", "--force", name, check=False)
+        # The env files hold the database's password.
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def tar_of(files: dict[str, str], mode: int = 0o644) -> bytes:
@@ -173,7 +195,7 @@ def start_database(stack: Stack) -> str:
     docker("network", "create", stack.network)
     stack.volume("app-db-data")
     stack.volume("app-postgres-backups")
-    db = stack.create("app-postgres")
+    db = stack.postgres("app-postgres")
     docker("start", db)
     health = stack.container("app-postgres").value("healthcheck")["tests"][1:]
 
@@ -195,7 +217,7 @@ def drill(image: str) -> Iterator[Stack]:
     stack = new_stack("drill", {"schedule": NEVER, "keep": 3})
     try:
         start_database(stack)
-        docker("start", stack.create("app-postgres-backup"))
+        docker("start", stack.postgres("app-postgres-backup"))
         # The writer stand-in: the rendered api container's name, network and environment.
         # (The node image cannot be pulled here: the postgres one stands in, running `sleep`.)
         docker("start", stack.create("app-api-1", command=["sleep", "infinity"], image=image))
@@ -233,6 +255,8 @@ def test_restore_drill_on_docker(drill: Stack, capfd: pytest.CaptureFixture[str]
     assert DUMP_NAME.match(dump), dump
     # The data broken after the backup: a table dropped, another one that must not survive.
     sql(db, "DROP TABLE scores; CREATE TABLE junk (x int); INSERT INTO junk VALUES (1);")
+    # The writer as a run of bin/restore-db that was killed after stopping it leaves it.
+    docker("stop", writer)
     writer_started = started_at(writer)
 
     target = DockerTarget(prefix=drill.prefix)
@@ -251,7 +275,7 @@ def test_restore_drill_on_docker(drill: Stack, capfd: pytest.CaptureFixture[str]
                         "WHERE datname LIKE 'picluster%' ORDER BY 1")  # fmt: skip
     assert kept.split() == ["picluster_pre_restore|f"]
     assert f"picluster restore: restored {dump} into game (1 tables)" in out
-    # The writer was stopped for the restore and is running again.
+    # The writer, stopped, is running again.
     assert docker("inspect", "--format", "{{.State.Running}}", writer).strip() == "true"
     assert started_at(writer) != writer_started
     assert PASSWORD not in out
@@ -346,7 +370,8 @@ def _restore_pod(stack: Stack, prod: Run) -> tuple[list[str], str]:
             assert (ref["name"], ref["key"]) == ("app-secrets", SecretKey.DB_PASSWORD.value)
             env_lines.append(f"{variable['name']}={secret[ref['key']]}")
     command = container["command"]
-    argv += ["--entrypoint", command[0], container["image"], *command[1:]]
+    assert container["image"] == versions.POSTGRES
+    argv += ["--entrypoint", command[0], pgimage.TAG, *command[1:]]
     return argv, "".join(f"{e}\n" for e in env_lines)
 
 
@@ -389,7 +414,7 @@ def scheduled(image: str) -> Iterator[Stack]:
 
 def test_the_schedule_makes_a_dump_and_keeps_the_newest(scheduled: Stack) -> None:
     old = [f"game-20200101T00000{i}Z.sql.gz" for i in (1, 2, 3)]
-    backup = scheduled.create("app-postgres-backup")
+    backup = scheduled.postgres("app-postgres-backup")
     # Dumps of an earlier life of the volume, put there before the job starts.
     docker("cp", "-", f"{backup}:/backups", input=tar_of({n: "old" for n in old}))
     docker("start", backup)
@@ -402,6 +427,48 @@ def test_the_schedule_makes_a_dump_and_keeps_the_newest(scheduled: Stack) -> Non
     assert f"removed /backups/{old[0]}" in logs and f"removed /backups/{old[1]}" in logs
     owner = docker("exec", backup, "stat", "-c", "%u %a", "/backups", f"/backups/{found[1]}")
     assert owner.split()[:3] == ["70", "700", "70"], owner
-    start = time.monotonic()
-    docker("stop", backup)
-    assert time.monotonic() - start < 5, "the schedule does not answer docker stop"
+    # As Docker stops the real image: its STOPSIGNAL (SIGINT), SIGKILL only after 30 s.
+    assert docker("inspect", "--format", "{{.Config.StopSignal}}", backup).strip() == "SIGINT"
+    docker("stop", "--time", "30", backup)
+    assert docker("inspect", "--format", "{{.State.ExitCode}}", backup).strip() == "0"
+    assert docker("logs", backup).rstrip().endswith("picluster backup: stopping")
+
+
+def test_a_restore_past_its_time_leaves_the_writers_stopped_while_it_runs(drill: Stack) -> None:
+    """`docker exec` killed at the time limit leaves pg-restore.sh running in the container:
+    the writers must stay stopped until it has ended."""
+    backup = f"{drill.prefix}-postgres-backup"
+    writer = f"{drill.prefix}-api-1"
+    db = f"{drill.prefix}-postgres"
+    sql(db, "CREATE TABLE IF NOT EXISTS slow_marker (x int); INSERT INTO slow_marker VALUES (7);")
+    # A dump that loads for a while, then fails: the database stays as it is.
+    slow = "game-20000101T000001Z.sql.gz"
+    docker("exec", "--user", "postgres", backup, "sh", "-c",
+           f"printf 'SELECT pg_sleep(15);\\nSELECT 1/0;\\n' | gzip > /backups/{slow}")  # fmt: skip
+    target = DockerTarget(prefix=drill.prefix, timeout=4)
+    try:
+        with pytest.raises(StillRunningError, match="the writers stay stopped"):
+            target.restore(slow)
+        assert target.script_running()
+        assert docker("inspect", "--format", "{{.State.Running}}", writer).strip() == "false"
+        wait_until(lambda: not target.script_running(), "pg-restore.sh ended", timeout=60)
+        assert sql(db, "SELECT x FROM slow_marker") == "7\n"
+    finally:
+        docker("start", writer)
+        docker("exec", backup, "rm", "-f", f"/backups/{slow}")
+
+
+def test_the_stand_in_never_takes_the_real_images_tag(drill: Stack) -> None:
+    assert pgimage.TAG != versions.POSTGRES
+    for name in (f"{drill.prefix}-postgres", f"{drill.prefix}-postgres-backup"):
+        image = docker("inspect", "--format", "{{.Config.Image}}", name).strip()
+        assert image == pgimage.TAG, (name, image)
+
+
+def test_removing_a_stack_removes_its_env_files(image: str) -> None:
+    del image
+    stack = new_stack("rm", {"schedule": NEVER})
+    secret = stack.workdir / "picluster-rm-postgres.env"
+    secret.write_text(f"PASSWORD={PASSWORD}\n")
+    stack.remove()
+    assert not stack.workdir.exists(), "env files with the password left in /tmp"

@@ -1,11 +1,15 @@
 """The backup job on the Docker target, under mocks: the same pg_dump job as on K3s, on its
-schedule, into a retained volume, with the password in a secret file only."""
+schedule, into a retained volume, with the password in a secret file only; and bin/restore-db's
+Docker flow against a `docker` test double (tests/integration/test_restore_drill.py runs it
+against the real daemon)."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import pulumi
 import pulumi_docker as docker
@@ -17,6 +21,7 @@ from components.config import AppConfig
 from components.on_docker.containers import DockerPlatform
 from components.secrets import StackSecrets
 from tests.harness import Run, run
+from tools.restore_db import DockerTarget, RestoreError, RestoreTimeoutError, StillRunningError
 
 CONTAINER = "docker:index/container:Container"
 DB_PW = "unit-backup:pw\\x"
@@ -181,3 +186,104 @@ def test_backup_scripts_are_posix_sh_and_shellcheck_clean(script: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+@dataclass
+class FakeDocker:
+    """Test double of the `docker` CLI for bin/restore-db's Docker flow: `ps` lists the running
+    containers unless given `--all` (as the real one does), `inspect` gives the variables'
+    names, `stop`/`start` change state, `exec` of pg-restore.sh ends as told (`timeout`: the
+    CLI is killed at the limit, as `run` reports it), and `top` shows whether the script still
+    runs in the backup container."""
+
+    exec_outcome: Literal["ok", "fails", "timeout", "interrupted"] = "ok"
+    script_still_running: bool = False
+    failing_starts: set[str] = field(default_factory=set)
+    running: dict[str, bool] = field(
+        default_factory=lambda: {
+            "p-postgres": True, "p-postgres-backup": True, "p-api-1": True,
+            "p-scores-1": True, "p-frontend": True,
+        }
+    )  # fmt: skip
+    calls: list[list[str]] = field(default_factory=list)
+
+    def __call__(self, argv: Sequence[str], **_: Any) -> Any:
+        args = list(argv)
+        assert args[0] == "docker", args
+        verb, rest = args[1], args[2:]
+        self.calls.append([verb, *rest])
+        stdout, code = "", 0
+        if verb == "ps":
+            names = [n for n, up in self.running.items() if up or "--all" in rest]
+            stdout = "\n".join(names)
+        elif verb == "inspect":
+            writers = {"p-api-1", "p-scores-1"}
+            stdout = "".join(
+                f"/{n} PATH{' DATABASE_URL' if n in writers else ''}\n" for n in rest[2:]
+            )
+        elif verb == "stop":
+            for name in rest:
+                self.running[name] = False
+        elif verb == "start":
+            if rest[0] in self.failing_starts:
+                code = 1
+            else:
+                self.running[rest[0]] = True
+        elif verb == "exec":
+            if self.exec_outcome == "timeout":
+                raise RestoreTimeoutError("`docker exec ...` did not end in 5 s")
+            if self.exec_outcome == "interrupted":
+                raise KeyboardInterrupt
+            code = 0 if self.exec_outcome == "ok" else 1
+        elif verb == "top":
+            stdout = "UID PID CMD\n70 1 sh /opt/picluster/pg-backup-schedule.sh\n"
+            if self.script_still_running:
+                stdout += "70 99 sh /opt/picluster/pg-restore.sh game-x.sql.gz\n"
+        return subprocess.CompletedProcess(args, code, stdout=stdout, stderr="")
+
+    def started(self) -> list[str]:
+        return [call[1] for call in self.calls if call[0] == "start"]
+
+
+def test_the_docker_flow_stops_the_writers_restores_and_starts_them() -> None:
+    fake = FakeDocker()
+    assert DockerTarget(prefix="p", run=fake).restore("game-x.sql.gz") is True
+    assert ["stop", "p-api-1", "p-scores-1"] in fake.calls
+    assert fake.started() == ["p-api-1", "p-scores-1"]
+    assert fake.running["p-api-1"] and fake.running["p-scores-1"]
+
+
+def test_writers_a_killed_run_left_stopped_are_started() -> None:
+    fake = FakeDocker()
+    fake.running["p-api-1"] = False  # what a run killed after `docker stop` leaves
+    assert DockerTarget(prefix="p", run=fake).writers() == ["p-api-1", "p-scores-1"]
+    assert DockerTarget(prefix="p", run=fake).restore(None) is True
+    assert fake.running["p-api-1"]
+
+
+@pytest.mark.parametrize("outcome", ["timeout", "interrupted"])
+def test_writers_stay_stopped_while_the_script_may_still_run(
+    outcome: Literal["timeout", "interrupted"],
+) -> None:
+    fake = FakeDocker(exec_outcome=outcome, script_still_running=True)
+    with pytest.raises(StillRunningError, match=r"pg-restore\.sh may still be running") as raised:
+        DockerTarget(prefix="p", run=fake, timeout=5).restore(None)
+    assert "docker start p-api-1 p-scores-1" in str(raised.value)
+    assert fake.started() == []
+    assert not fake.running["p-api-1"] and not fake.running["p-scores-1"]
+
+
+def test_writers_come_back_once_an_interrupted_script_has_ended() -> None:
+    fake = FakeDocker(exec_outcome="timeout", script_still_running=False)
+    with pytest.raises(RestoreError, match=r"pg-restore\.sh has ended") as raised:
+        DockerTarget(prefix="p", run=fake, timeout=5).restore(None)
+    assert not isinstance(raised.value, StillRunningError)
+    assert fake.started() == ["p-api-1", "p-scores-1"]
+
+
+def test_every_writer_is_started_and_every_failure_reported() -> None:
+    fake = FakeDocker(exec_outcome="fails", failing_starts={"p-api-1"})
+    with pytest.raises(RestoreError, match="the restore failed, but not every writer is back"):
+        DockerTarget(prefix="p", run=fake).restore(None)
+    assert fake.started() == ["p-api-1", "p-scores-1"]
+    assert fake.running["p-scores-1"]

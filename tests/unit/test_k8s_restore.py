@@ -7,11 +7,12 @@ bin/restore-db picks its target and asks before it restores."""
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -21,11 +22,20 @@ from components.app_model import ASSETS, build_app
 from components.app_stack import AppStack, AppStackArgs
 from components.config import AppConfig
 from components.on_kubernetes.platform import KubernetesPlatform
+from components.on_kubernetes.restore import RESTORE_DEADLINE_SECONDS
 from components.secrets import StackSecrets
 from tests.harness import Run, run
 from tests.k8s_manifests import manifests, validate_manifests
 from tools import restore_db
-from tools.restore_db import DockerTarget, KubernetesTarget, job_from_cronjob, target_for
+from tools.restore_db import (
+    REPLICAS_ANNOTATION,
+    DockerTarget,
+    KubernetesTarget,
+    RestoreError,
+    StillRunningError,
+    job_from_cronjob,
+    target_for,
+)
 
 DB_PW = "k8s-restore-db-password"
 APP_CONFIG: dict[str, Any] = {
@@ -76,6 +86,10 @@ def test_the_restore_is_a_suspended_cronjob_that_never_fires(game: Run) -> None:
     assert cron["spec"]["schedule"] == "0 0 30 2 *"  # February 30th
     job = cron["spec"]["jobTemplate"]["spec"]
     assert job["backoffLimit"] == 0, "a failed restore is never retried on its own"
+    # A pod left behind by an interrupted bin/restore-db is stopped by the Job controller;
+    # bin/restore-db waits a little longer, so the Job normally ends first.
+    assert job["activeDeadlineSeconds"] == RESTORE_DEADLINE_SECONDS
+    assert KubernetesTarget(namespace="game").timeout > RESTORE_DEADLINE_SECONDS
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     script = of_kind(game, "ConfigMap")["postgres-restore"]["data"]["pg-restore.sh"]
     assert script == (ASSETS / "backup" / "pg-restore.sh").read_text()
@@ -159,58 +173,158 @@ def test_the_job_bin_restore_db_makes_is_valid_and_keeps_the_template(game: Run)
     assert "args" not in template["spec"]["containers"][0], "the template is left as it was"
 
 
+Outcome = Literal["succeeded", "failed", "running"]
+
+
 class FakeKubectl:
     """Test double of `kubectl` for bin/restore-db's K3s flow: answers `get` from the rendered
-    objects, records every command, scales Deployments, and ends each Job as told."""
+    objects, records every command, annotates and scales Deployments, and ends each Job as told:
+    `running` never ends; its pod goes only with a foreground `delete` (the only kind that waits
+    for the pod), unless `delete_works` is False (an API server that cannot be reached)."""
 
-    def __init__(self, result: Run, *, job_succeeds: bool) -> None:
-        self.objects = {
-            "cronjob/postgres-restore": live(restore_cronjob(result)),
-            "deployments": {"items": list(of_kind(result, "Deployment").values())},
-        }
-        self.job_succeeds = job_succeeds
+    def __init__(
+        self, result: Run, *, outcome: Outcome, delete_works: bool = True,
+        failing_scales: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        self.cronjob = live(restore_cronjob(result))
+        self.deployments = copy.deepcopy(list(of_kind(result, "Deployment").values()))
+        self.outcome: Outcome = outcome
+        self.delete_works = delete_works
+        self.failing_scales = set(failing_scales)
         self.calls: list[list[str]] = []
         self.created: list[dict[str, Any]] = []
+        self.pod_gone = False
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        (found,) = [d for d in self.deployments if d["metadata"]["name"] == name]
+        return found
 
     def __call__(self, argv: Sequence[str], *, input: str | None = None, **_: Any) -> Any:
         args = list(argv)
         assert args[:3] == ["kubectl", "--namespace", "game"], args
         verb, rest = args[3], args[4:]
         self.calls.append([verb, *rest])
-        stdout = ""
-        if verb == "get" and rest[0] in self.objects:
-            stdout = json.dumps(self.objects[rest[0]])
+        stdout, code = "", 0
+        if verb == "get" and rest[0] == "cronjob/postgres-restore":
+            stdout = json.dumps(self.cronjob)
+        elif verb == "get" and rest[0] == "deployments":
+            stdout = json.dumps({"items": self.deployments})
         elif verb == "get" and rest[0].startswith("job/"):
-            stdout = json.dumps({"status": {"succeeded" if self.job_succeeds else "failed": 1}})
+            status = {} if self.outcome == "running" else {self.outcome: 1}
+            stdout = json.dumps({"status": status})
+        elif verb == "get" and rest[0] == "pods":
+            phase = {"succeeded": "Succeeded", "failed": "Failed", "running": "Running"}
+            pods = [
+                {
+                    "metadata": {
+                        "ownerReferences": [{"kind": "Job", "name": job["metadata"]["name"]}]
+                    },
+                    "status": {"phase": phase[self.outcome]},
+                }
+                for job in self.created
+                if not self.pod_gone
+            ]
+            # Another Job's pod, still running: not this restore's.
+            pods.append(
+                {
+                    "metadata": {"ownerReferences": [{"kind": "Job", "name": "postgres-backup-1"}]},
+                    "status": {"phase": "Running"},
+                }
+            )
+            stdout = json.dumps({"items": pods})
         elif verb == "create":
             assert input is not None
             self.created.append(json.loads(input))
         elif verb == "logs":
             stdout = "picluster restore: ...\n"
-        return subprocess.CompletedProcess(args, 0, stdout=stdout, stderr="")
+        elif verb == "annotate":
+            metadata = self.deployment(rest[-2].removeprefix("deployment/"))["metadata"]
+            annotations: dict[str, str] = metadata.setdefault("annotations", {})
+            key, _sep, value = rest[-1].partition("=")
+            if key.endswith("-"):
+                annotations.pop(key[:-1], None)
+            else:
+                annotations[key] = value
+        elif verb == "scale":
+            name = rest[0].removeprefix("deployment/")
+            if f"{name} {rest[1]}" in self.failing_scales:
+                code = 1
+            else:
+                self.deployment(name)["spec"]["replicas"] = int(rest[1].split("=")[1])
+        elif verb == "delete":
+            if self.delete_works and "--cascade=foreground" in rest:
+                self.pod_gone = True
+            elif not self.delete_works:
+                code = 1
+        return subprocess.CompletedProcess(args, code, stdout=stdout, stderr="")
+
+    def steps(self) -> list[str]:
+        return [" ".join(call[:2]) if call[0] != "get" else call[1] for call in self.calls]
+
+    def replicas(self) -> dict[str, int]:
+        """The writers' replica counts (the frontend is not one)."""
+        return {
+            d["metadata"]["name"]: int(d["spec"]["replicas"])
+            for d in self.deployments
+            if d["metadata"]["name"] != "frontend"
+        }
+
+    def annotations(self) -> dict[str, dict[str, str]]:
+        return {
+            d["metadata"]["name"]: d["metadata"].get("annotations") or {} for d in self.deployments
+        }
 
 
-@pytest.mark.parametrize("job_succeeds", [True, False])
+class Clock:
+    """A clock that moves only when the flow sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def target(kubectl: FakeKubectl, *, timeout: float = 60) -> KubernetesTarget:
+    clock = Clock()
+    return KubernetesTarget(
+        namespace="game", run=kubectl, timeout=timeout, clock=clock, sleep=clock.sleep
+    )
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 def test_the_k3s_flow_stops_the_writers_runs_the_job_and_brings_them_back(
-    game: Run, job_succeeds: bool
+    game: Run, outcome: Outcome
 ) -> None:
-    kubectl = FakeKubectl(game, job_succeeds=job_succeeds)
-    target = KubernetesTarget(namespace="game", run=kubectl, sleep=lambda _: None)
-    assert target.restore("game-20261126T031700Z.sql.gz") is job_succeeds
-    steps = [" ".join(call[:2]) if call[0] != "get" else call[1] for call in kubectl.calls]
+    kubectl = FakeKubectl(game, outcome=outcome)
+    before = kubectl.replicas()
+    assert target(kubectl).restore("game-20261126T031700Z.sql.gz") is (outcome == "succeeded")
+    job_name = kubectl.created[0]["metadata"]["name"]
     # The writers are the Deployments given DATABASE_URL: the services, not the frontend.
-    assert steps == [
+    # Each one's replica count is recorded on it before it is scaled to 0.
+    assert kubectl.steps()[:10] == [
         "deployments",
+        "annotate --overwrite",
         "scale deployment/lobby",
+        "annotate --overwrite",
         "scale deployment/scores",
         "wait --for=delete",
         "wait --for=delete",
         "cronjob/postgres-restore",
         "create --filename",
-        f"job/{kubectl.created[0]['metadata']['name']}",
-        f"logs job/{kubectl.created[0]['metadata']['name']}",
+        f"job/{job_name}",
+    ]
+    # A failed Job's pod is seen to have stopped before the writers come back.
+    assert kubectl.steps()[10:] == [
+        f"logs job/{job_name}",
+        *(["pods"] if outcome == "failed" else []),
         "scale deployment/lobby",
+        "annotate deployment/lobby",
         "scale deployment/scores",
+        "annotate deployment/scores",
     ]
     scales = [call for call in kubectl.calls if call[0] == "scale"]
     assert [c[2] for c in scales] == [
@@ -219,6 +333,10 @@ def test_the_k3s_flow_stops_the_writers_runs_the_job_and_brings_them_back(
         "--replicas=3",
         "--replicas=1",
     ]
+    recorded = [c[-1] for c in kubectl.calls if c[:2] == ["annotate", "--overwrite"]]
+    assert recorded == [f"{REPLICAS_ANNOTATION}=3", f"{REPLICAS_ANNOTATION}=1"]
+    assert kubectl.replicas() == before
+    assert not any(REPLICAS_ANNOTATION in a for a in kubectl.annotations().values())
     (job,) = kubectl.created
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "game-20261126T031700Z.sql.gz"
@@ -228,6 +346,87 @@ def test_the_k3s_flow_stops_the_writers_runs_the_job_and_brings_them_back(
         "--selector",
         "app.kubernetes.io/name=lobby,app.kubernetes.io/part-of=picluster",
     ]
+
+
+def test_a_job_past_its_time_is_deleted_with_its_pod_before_the_writers_come_back(
+    game: Run,
+) -> None:
+    kubectl = FakeKubectl(game, outcome="running")
+    with pytest.raises(RestoreError, match="deleted with its pod") as raised:
+        target(kubectl, timeout=30).restore(None)
+    assert not isinstance(raised.value, StillRunningError)
+    steps = kubectl.steps()
+    delete = steps.index(f"delete job/{kubectl.created[0]['metadata']['name']}")
+    (call,) = [c for c in kubectl.calls if c[0] == "delete"]
+    assert "--cascade=foreground" in call and "--wait=true" in call
+    # Only once the Job and its pod are gone do the writers come back.
+    assert steps.index("pods", delete) < steps.index("scale deployment/lobby", delete)
+    assert kubectl.replicas() == {"lobby": 3, "scores": 1}
+
+
+def test_writers_stay_stopped_while_a_restore_that_cannot_be_stopped_may_still_run(
+    game: Run, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubectl = FakeKubectl(game, outcome="running", delete_works=False)
+    with pytest.raises(StillRunningError) as raised:
+        target(kubectl, timeout=30).restore(None)
+    message = str(raised.value)
+    assert "may still be running, so the writers stay stopped" in message
+    assert "kubectl -n game scale deployment/lobby --replicas=3" in message
+    assert kubectl.replicas() == {"lobby": 0, "scores": 0}
+    # The counts stay recorded on the Deployments for the next run.
+    assert kubectl.annotations()["lobby"][REPLICAS_ANNOTATION] == "3"
+    # And bin/restore-db says so, without claiming the database is as it was.
+    monkeypatch.setattr(restore_db, "target_for", lambda _: target(kubectl, timeout=30))
+    capsys.readouterr()
+    assert restore_db.main(["--stack", "prod", "--yes"]) == 2
+    out = capsys.readouterr().out
+    assert "writers stay stopped" in out and "as it was" not in out
+
+
+def test_an_interrupted_wait_deletes_the_job_before_the_writers_come_back(game: Run) -> None:
+    kubectl = FakeKubectl(game, outcome="running")
+    flow = target(kubectl)
+
+    def interrupt(_: float) -> None:
+        raise KeyboardInterrupt
+
+    flow.sleep = interrupt
+    with pytest.raises(RestoreError, match="interrupted; it was deleted with its pod"):
+        flow.restore(None)
+    assert kubectl.pod_gone
+    assert kubectl.replicas() == {"lobby": 3, "scores": 1}
+
+
+def test_a_run_after_a_killed_one_brings_back_the_recorded_replicas(game: Run) -> None:
+    kubectl = FakeKubectl(game, outcome="succeeded")
+    # What a run killed after scaling leaves: 0 replicas, the count before in the annotation.
+    kubectl.deployment("lobby")["spec"]["replicas"] = 0
+    kubectl.deployment("lobby")["metadata"]["annotations"] = {REPLICAS_ANNOTATION: "3"}
+    flow = target(kubectl)
+    assert [(name, n) for name, n, _ in flow.writers()] == [("lobby", 3), ("scores", 1)]
+    assert flow.restore(None) is True
+    assert kubectl.replicas() == {"lobby": 3, "scores": 1}
+    assert REPLICAS_ANNOTATION not in kubectl.annotations()["lobby"]
+
+
+def test_every_writer_is_brought_back_and_every_failure_reported(
+    game: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubectl = FakeKubectl(game, outcome="succeeded", failing_scales=["lobby --replicas=3"])
+    with pytest.raises(RestoreError, match="not every writer is back") as raised:
+        target(kubectl).restore(None)
+    assert "scale deployment/lobby --replicas=3` failed" in str(raised.value)
+    assert kubectl.replicas()["scores"] == 1, "a failure does not stop the others"
+    assert kubectl.annotations()["lobby"][REPLICAS_ANNOTATION] == "3"
+    # When the restore itself failed, its error is the one raised; the scale failure is said.
+    kubectl = FakeKubectl(game, outcome="succeeded", failing_scales=["lobby --replicas=3"])
+    kubectl.cronjob = {"metadata": {}, "spec": {}}  # no template: the Job cannot be made
+    capsys.readouterr()
+    with pytest.raises(KeyError):
+        target(kubectl).restore(None)
+    assert "scale deployment/lobby --replicas=3` failed" in capsys.readouterr().out
+    assert kubectl.replicas()["scores"] == 1
 
 
 def test_the_stack_names_the_target() -> None:
