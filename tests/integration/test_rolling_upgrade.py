@@ -579,3 +579,26 @@ def test_a_join_that_cannot_read_the_mark_fails_instead_of_leaving_the_node_cord
     assert rc == 0, err
     assert "uncordoned" in parse_summaries(out)[-1].changed, out
     assert (lab.node(AGENT_1)[0], lab.mark(AGENT_1)) == ("Ready", "")
+
+
+def test_a_node_missing_from_the_node_list_stops_the_drain_saying_so(quiet_lab: Lab) -> None:
+    """The API server knew the node a moment before (deleted in between): the drain must fail
+    with a reason, not stop silently under `set -e`. A shim ahead of the double on sudo's PATH
+    leaves the node out of `kubectl get nodes`."""
+    lab = quiet_lab
+    shim = (
+        "#!/bin/sh\n"
+        'if [ "$1 $2 $3" = "kubectl get nodes" ]; then\n'
+        f'    /usr/local/bin/k3s "$@" | grep -v "^{AGENT_2} "\n'
+        "    exit 0\n"
+        "fi\n"
+        'exec /usr/local/bin/k3s "$@"\n'
+    )
+    lab.first.put("/usr/local/sbin/k3s", shim.encode())
+    try:
+        rc, out, err = _session(lab.first, lab.stdin(FUTURE, f"{AGENT_2}-drain"))
+    finally:
+        lab.first.exec("rm", "-f", "/usr/local/sbin/k3s")
+    assert rc == 1, out + err
+    assert f"{AGENT_2} is registered but not in the node list" in err
+    assert lab.node(AGENT_2)[0] == "Ready"
