@@ -11,7 +11,9 @@
 # Nothing to do, and says so: K3s is not on this server yet (the cluster's first `up`), the node
 # has not joined yet, the node already runs the target version, or it is the only schedulable node
 # (draining it would leave its pods Pending until it is back, longer than K3s's restart, which
-# leaves running containers alone).
+# leaves running containers alone). In the last two cases a node that still carries picluster's
+# mark is uncordoned (and unmarked): it was cordoned for an upgrade that did not happen (its
+# install failed, then the version was set back), and only this step re-runs then, not its `-join`.
 #
 # Inputs (NAME='value' lines on stdin before this script, run as `sudo bash -s`):
 #   NODE_NAME      the node about to be upgraded
@@ -74,6 +76,9 @@ schedulable_elsewhere() {
     awk -v n="$NODE_NAME" '$1 != n && $3 != "true" && $4 == "True"' <<<"$NODES" | wc -l
 }
 
+# picluster's mark on the node ("" when it has none). Call it only in a plain assignment
+# (`mark=$(annotation)`): inside `[[ ]]` or an `if`, the `die` of the subshell would not stop the
+# script, and a failed read would pass for "no mark".
 annotation() {
     local value
     value=$(k3s kubectl get node "$NODE_NAME" \
@@ -81,6 +86,22 @@ annotation() {
         die "could not read $CORDONED_ANNOTATION of $NODE_NAME"
     [[ "$value" == "<no value>" ]] && value=""
     printf '%s' "$value"
+}
+
+# An early exit (nothing to drain): says why, and uncordons a node picluster cordoned for an
+# upgrade that did not happen, removing the mark.
+nothing_to_drain() {
+    local why=$1 mark
+    mark=$(annotation)
+    if [[ -z "$mark" ]]; then
+        echo "picluster k3s-drain: no changes ($why)"
+        return 0
+    fi
+    k3s kubectl uncordon "$NODE_NAME" >&2 || die "could not uncordon $NODE_NAME"
+    k3s kubectl annotate node "$NODE_NAME" "$CORDONED_ANNOTATION-" >&2 ||
+        die "could not remove $CORDONED_ANNOTATION from $NODE_NAME"
+    log "$NODE_NAME was cordoned by picluster for an upgrade to $mark that did not happen: schedulable again"
+    echo "picluster k3s-drain: changed: uncordoned ($why)"
 }
 
 # Pods still on the node that a drain has to move (not DaemonSet pods, not finished ones).
@@ -107,21 +128,26 @@ main() {
     NODES=$(nodes) || die "could not list the nodes"
     refuse_downgrade
     local current unschedulable
-    read -r _ current unschedulable _ < <(awk -v n="$NODE_NAME" '$1 == n' <<<"$NODES")
+    read -r _ current unschedulable _ < <(awk -v n="$NODE_NAME" '$1 == n' <<<"$NODES") ||
+        die "$NODE_NAME is registered but not in the node list (kubectl get nodes), so it was not drained: was it deleted meanwhile? run pulumi up again"
     if [[ "$current" == "$K3S_VERSION" ]]; then
-        echo "picluster k3s-drain: no changes ($NODE_NAME already runs $K3S_VERSION)"
+        nothing_to_drain "$NODE_NAME already runs $K3S_VERSION"
         return 0
     fi
     if (($(schedulable_elsewhere) == 0)); then
-        echo "picluster k3s-drain: no changes ($NODE_NAME is the only schedulable node: not drained, its pods stay through the restart)"
+        nothing_to_drain "$NODE_NAME is the only schedulable node: not drained, its pods stay through the restart"
         return 0
     fi
 
-    local changed=()
+    local changed=() mark ours=true
+    mark=$(annotation)
     # Marked before it is cordoned: a run that stops in between leaves the mark, so the node's
     # `-join` step still uncordons it. A node the user cordoned is not marked.
-    if [[ "$unschedulable" != true || -n "$(annotation)" ]]; then
-        if [[ -z "$(annotation)" ]]; then
+    if [[ "$unschedulable" == true && -z "$mark" ]]; then
+        ours=false
+        log "$NODE_NAME was cordoned by hand: it stays cordoned after its upgrade"
+    else
+        if [[ -z "$mark" ]]; then
             k3s kubectl annotate node "$NODE_NAME" --overwrite \
                 "$CORDONED_ANNOTATION=$K3S_VERSION" >&2 || die "could not annotate $NODE_NAME"
         fi
@@ -129,22 +155,24 @@ main() {
             k3s kubectl cordon "$NODE_NAME" >&2 || die "could not cordon $NODE_NAME"
             changed+=(cordoned)
         fi
-    else
-        log "$NODE_NAME was cordoned by hand: it stays cordoned after its upgrade"
     fi
     log "draining $NODE_NAME before its upgrade ($current -> $K3S_VERSION, at most ${DRAIN_TIMEOUT}s)"
     # Evictions (never plain deletes): a PodDisruptionBudget that cannot be met holds the drain
     # until the timeout. No --force: a pod without a controller would be gone for good.
     if ! k3s kubectl drain "$NODE_NAME" --ignore-daemonsets --delete-emptydir-data \
         --timeout="${DRAIN_TIMEOUT}s" >&2; then
-        local left
+        local left after
         left=$(pods_left || true)
-        if [[ -n "$(annotation)" ]]; then
-            k3s kubectl uncordon "$NODE_NAME" >&2 || log "could not uncordon $NODE_NAME"
+        if [[ "$ours" != true ]]; then
+            after="it stays cordoned, as it was cordoned by hand"
+        elif k3s kubectl uncordon "$NODE_NAME" >&2; then
+            after="it is schedulable again as before"
             k3s kubectl annotate node "$NODE_NAME" "$CORDONED_ANNOTATION-" >&2 ||
-                log "could not remove $CORDONED_ANNOTATION from $NODE_NAME"
+                log "could not remove $CORDONED_ANNOTATION from $NODE_NAME (the next pulumi up does)"
+        else
+            after="it could not be uncordoned and stays cordoned (kubectl uncordon $NODE_NAME; else the next pulumi up does, its $CORDONED_ANNOTATION stays)"
         fi
-        die "could not drain $NODE_NAME within ${DRAIN_TIMEOUT}s, so its upgrade (and every node after it) did not start; it is schedulable again as before; pods that stayed: ${left:-none listed}; a PodDisruptionBudget that cannot be met (kubectl get pdb -A), or a pod without a controller (delete or move it), or give the drain more time: picluster:k3s.drainTimeout"
+        die "could not drain $NODE_NAME within ${DRAIN_TIMEOUT}s, so its upgrade (and every node after it) did not start; $after; pods that stayed: ${left:-none listed}; a PodDisruptionBudget that cannot be met (kubectl get pdb -A), or a pod without a controller (delete or move it), or give the drain more time: picluster:k3s.drainTimeout"
     fi
     changed+=(drained)
     log "$NODE_NAME is drained: its K3s goes to $K3S_VERSION next"

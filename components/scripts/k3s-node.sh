@@ -72,13 +72,18 @@ wait_ready() {
 # Uncordon a node picluster cordoned for its upgrade (k3s-drain.sh marked it); a node cordoned by
 # hand carries no mark and stays cordoned.
 uncordon() {
-    [[ -n "$(annotation "$CORDONED_ANNOTATION")" ]] || return 0
+    local mark
+    # Assigned first: a failed read inside `[[ ]]` would print its error and pass for "no mark".
+    mark=$(annotation "$CORDONED_ANNOTATION")
+    [[ -n "$mark" ]] || return 0
     k3s kubectl uncordon "$NODE_NAME" >&2 || die "could not uncordon $NODE_NAME"
     k3s kubectl annotate node "$NODE_NAME" "$CORDONED_ANNOTATION-" >&2 ||
         die "could not remove $CORDONED_ANNOTATION from $NODE_NAME"
     CHANGED+=(uncordoned)
 }
 
+# Annotation $1 of the node ("" when it has none). Call it only in a plain assignment or a
+# pipeline under pipefail, never inside `[[ ]]` or an `if`, where its `die` would not stop us.
 annotation() {
     local value
     value=$(k3s kubectl get node "$NODE_NAME" \

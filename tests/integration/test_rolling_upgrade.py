@@ -1,7 +1,9 @@
 """A rolling K3s upgrade on three simulated Pis, as the engine would run it: one node at a time,
 servers first, each drained before its K3s restarts and uncordoned once Ready on the new version;
 a node that cannot be drained stops the rollout with the rest untouched; a downgrade is refused
-before anything changes.
+before anything changes; a node cordoned for an upgrade whose install failed is schedulable again
+once the version is set back; an API server that fails a request never leaves a node cordoned
+behind a message that says otherwise.
 
 K3sCluster (the real component) is evaluated under mocks for each version; the engine's rules turn
 two runs into a plan and `replay.py` runs its remote steps over SSH in the engine's dependency
@@ -34,7 +36,9 @@ from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI
 
 pytestmark = pytest.mark.integration
 
-OLD, NEW, NEWER = "v1.31.4+k3s1", "v1.31.5+k3s1", "v1.31.6+k3s1"
+OLD, NEW, NEWER, LATEST = "v1.31.4+k3s1", "v1.31.5+k3s1", "v1.31.6+k3s1", "v1.31.7+k3s1"
+FUTURE = "v1.32.0+k3s1"
+"""Newer than anything the lab runs: a drain run by hand for it is never a downgrade."""
 TOKEN = f"K10picluster-rolling-{secrets.token_hex(16)}"
 SERVER, AGENT_1, AGENT_2 = "roll-server-1", "roll-agent-1", "roll-agent-2"
 NODES = (SERVER, AGENT_1, AGENT_2)
@@ -110,9 +114,21 @@ class Lab:
         return "" if value == "<no value>" else value
 
     def pods(self, name: str, *pods: str) -> None:
-        """Put pods on the node (the double's stand-in for the scheduler)."""
+        """Put pods on the node (the double's stand-in for the scheduler): `NS/NAME [TAG...]`,
+        tags `pdb` (its budget allows no eviction) and `emptydir` (it has an emptyDir volume)."""
         lines = "".join(f"{pod}\n" for pod in pods)
         self.first.put(f"{REGISTRY}/{name}/pods", lines.encode(), mode="0644")
+
+    def api_errors(self, name: str, *requests: str) -> None:
+        """Make the API server fail these requests about the node (`annotation KEY`, `uncordon`);
+        none when no request is given."""
+        lines = "".join(f"{request}\n" for request in requests)
+        self.first.put(f"{REGISTRY}/{name}/api-errors", lines.encode(), mode="0644")
+
+    def stdin(self, version: str, step: str) -> str:
+        """The stdin the engine sends to the step `cluster-<step>` for `version`."""
+        registrations = self.evaluate(version)({}).registrations
+        return str(next(r for r in registrations if r.name == f"cluster-{step}").value("stdin"))
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +177,9 @@ def rollout(lab: Lab) -> Rollout:
     installed = lab.up(OLD, State())
     _ok(installed)
     for name in NODES:
-        lab.pods(name, f"game/lobby-{name}", f"monitoring/grafana-{name}")
+        # Grafana keeps its scratch space in an emptyDir: kubectl drain refuses to evict such a
+        # pod without --delete-emptydir-data.
+        lab.pods(name, f"game/lobby-{name}", f"monitoring/grafana-{name} emptydir")
     before = len(lab.log())
     upgraded = lab.up(NEW, installed.state)
     _ok(upgraded)
@@ -219,7 +237,31 @@ def test_each_node_is_drained_upgraded_and_uncordoned_before_the_next_is_touched
     drains = [line for line in rollout.log if line.startswith("kubectl drain") and " --" in line]
     for line in drains:
         assert "--timeout=45s" in line and "--ignore-daemonsets" in line, line
+        assert "--delete-emptydir-data" in line, line
         assert "--force" not in line, line
+
+
+def test_the_double_refuses_an_emptydir_pod_without_its_flag(rollout: Rollout, lab: Lab) -> None:
+    """The rollout above evicted emptyDir pods because the drain passes --delete-emptydir-data:
+    without it kubectl (and so the double) refuses, evicting nothing."""
+    lab.pods(AGENT_2, f"game/lobby-{AGENT_2}", f"game/cache-{AGENT_2} emptydir")
+    try:
+        refused = lab.first.exec(
+            "k3s", "kubectl", "drain", AGENT_2, "--ignore-daemonsets", "--timeout=5s", check=False
+        )
+        assert refused.returncode == 1
+        assert (
+            "cannot delete Pods with local storage (use --delete-emptydir-data to override): "
+            f"game/cache-{AGENT_2}"
+        ) in refused.stderr
+        assert lab.kubectl(
+            "get", "pods", "-A", "--field-selector", f"spec.nodeName={AGENT_2}", "-o", "go-template"
+        ).split() == [f"game/lobby-{AGENT_2}", f"game/cache-{AGENT_2}"]
+        lab.kubectl("drain", AGENT_2, "--ignore-daemonsets", "--delete-emptydir-data")
+        assert f"kubectl drain {AGENT_2} evicted game/cache-{AGENT_2}" in lab.log()
+    finally:
+        lab.pods(AGENT_2)
+        lab.kubectl("uncordon", AGENT_2)
 
 
 def test_every_node_ends_ready_on_the_new_version_schedulable_and_unmarked(
@@ -350,6 +392,78 @@ def test_a_downgrade_is_refused_before_anything_changes(blocked: Blocked, lab: L
     assert lab.pis[AGENT_2].exec("k3s", "--version").stdout.startswith(f"k3s version {NEWER} ")
 
 
+def _engine_state(lab: Lab, version: str, before: State, update: Update) -> State:
+    """The state the engine keeps after a failed `up` (replay keeps `before` whole): each step
+    that succeeded with its new inputs and stdout, the rest as they were. The failed step keeps
+    its old state too, so its node's `-join` step has nothing to re-run once the version is set
+    back."""
+    succeeded = {r.name: r.stdout.removesuffix("\n") for r in update.ran if r.rc == 0}
+    stdouts = {**before.stdouts, **succeeded}
+    new = {r.urn: r for r in lab.evaluate(version)(stdouts).registrations}
+    registrations = [
+        new[r.urn] if r.name in succeeded and r.urn in new else r for r in before.registrations
+    ]
+    return State(registrations, stdouts)
+
+
+@dataclass(frozen=True)
+class Reverted:
+    failed: Update
+    """The next version, whose install failed on the first server after its drain."""
+    cordoned: tuple[str, str]
+    """The server's STATUS and picluster's mark on it after that failure."""
+    reverted: Update
+    """The version set back."""
+    after: tuple[str, str]
+    """The server's STATUS and mark after that."""
+    again: Update
+
+
+@pytest.fixture(scope="module")
+def reverted(blocked: Blocked, lab: Lab) -> Reverted:
+    """`up` to the next version stops at the first server's install (its installer cannot be
+    downloaded); the user sets the version back and runs `up` again, twice."""
+    _ok(blocked.retried)
+    start = blocked.retried.state
+    server = lab.pis[SERVER]
+    server.exec("mv", DOUBLE_ON_PI, f"{DOUBLE_ON_PI}.away")
+    try:
+        failed = lab.up(LATEST, start)
+    finally:
+        server.exec("mv", f"{DOUBLE_ON_PI}.away", DOUBLE_ON_PI)
+    cordoned = (lab.node(SERVER)[0], lab.mark(SERVER))
+    back = lab.up(NEWER, _engine_state(lab, LATEST, start, failed))
+    after = (lab.node(SERVER)[0], lab.mark(SERVER))
+    again = lab.up(NEWER, back.state)
+    return Reverted(failed, cordoned, back, after, again)
+
+
+def test_an_install_that_fails_after_the_drain_leaves_the_node_cordoned_and_marked(
+    reverted: Reverted,
+) -> None:
+    failed = reverted.failed.failed()
+    assert failed is not None and failed.name == f"cluster-{SERVER}-k3s", reverted.failed.ran
+    assert "could not download the K3s installer" in failed.stderr
+    assert [r.name for r in reverted.failed.ran] == [f"cluster-{SERVER}-drain", failed.name]
+    assert _last(reverted.failed.ran[0]) == "picluster k3s-drain: changed: cordoned, drained"
+    assert reverted.cordoned == ("Ready,SchedulingDisabled", LATEST)
+
+
+def test_setting_the_version_back_uncordons_the_node_its_drain_cordoned(
+    reverted: Reverted, lab: Lab
+) -> None:
+    _ok(reverted.reverted)
+    # Only the drain's stdin changed back: the install and its `-join` never ran for the new
+    # version, so the drain is the step that must give the node back.
+    assert [r.name for r in reverted.reverted.ran] == [f"cluster-{SERVER}-drain"]
+    assert _last(reverted.reverted.ran[0]) == (
+        f"picluster k3s-drain: changed: uncordoned ({SERVER} already runs {NEWER})"
+    )
+    assert reverted.after == ("Ready", "")
+    assert not reverted.again.ran
+    assert lab.node(SERVER) == ("Ready", NEWER)
+
+
 def test_the_only_schedulable_node_is_not_drained_and_a_hand_cordon_stays(
     blocked: Blocked, lab: Lab
 ) -> None:
@@ -358,7 +472,7 @@ def test_the_only_schedulable_node_is_not_drained_and_a_hand_cordon_stays(
     for name in (AGENT_1, AGENT_2):
         lab.kubectl("cordon", name)
     try:
-        next_version = "v1.31.7+k3s1"
+        next_version = LATEST
         before = len(lab.log())
         update = lab.up(next_version, blocked.retried.state)
         _ok(update)
@@ -377,3 +491,114 @@ def test_the_only_schedulable_node_is_not_drained_and_a_hand_cordon_stays(
     finally:
         for name in (AGENT_1, AGENT_2):
             lab.kubectl("uncordon", name)
+
+
+# --- an API server that fails a request -----------------------------------------------------
+
+
+@pytest.fixture
+def quiet_lab(blocked: Blocked, lab: Lab) -> Iterator[Lab]:
+    """The lab after the rollouts above, put back as it was after each test: no failing
+    requests, no pods, every node uncordoned and unmarked."""
+    _ok(blocked.retried)
+    yield lab
+    for name in NODES:
+        lab.api_errors(name)
+        lab.pods(name)
+        lab.kubectl("uncordon", name)
+        lab.kubectl("annotate", "node", name, f"{CORDONED}-")
+
+
+def test_a_drain_that_cannot_read_the_mark_stops_before_it_drains(quiet_lab: Lab) -> None:
+    """A node picluster cordoned earlier (marked) must not pass for one cordoned by hand, which
+    would be drained, left unmarked and never uncordoned."""
+    lab = quiet_lab
+    lab.kubectl("cordon", AGENT_2)
+    lab.kubectl("annotate", "node", AGENT_2, f"{CORDONED}={LATEST}")
+    lab.api_errors(AGENT_2, f"annotation {CORDONED}")
+    before = len(lab.log())
+    rc, out, err = _session(lab.first, lab.stdin(FUTURE, f"{AGENT_2}-drain"))
+    assert rc == 1, out + err
+    assert f"could not read {CORDONED} of {AGENT_2}" in err
+    assert "cordoned by hand" not in err
+    assert not [line for line in lab.log()[before:] if line.startswith("kubectl drain")]
+    lab.api_errors(AGENT_2)
+    assert lab.mark(AGENT_2) == LATEST
+
+
+def test_a_failed_drain_says_so_when_the_node_could_not_be_uncordoned(quiet_lab: Lab) -> None:
+    lab = quiet_lab
+    lab.pods(AGENT_2, f"game/scores-{AGENT_2} pdb")
+    lab.api_errors(AGENT_2, "uncordon")
+    rc, out, err = _session(lab.first, lab.stdin(FUTURE, f"{AGENT_2}-drain"))
+    assert rc == 1, out + err
+    assert f"could not drain {AGENT_2} within 45s" in err
+    assert f"it could not be uncordoned and stays cordoned (kubectl uncordon {AGENT_2}" in err
+    assert "schedulable again" not in err
+    lab.api_errors(AGENT_2)
+    assert (lab.node(AGENT_2)[0], lab.mark(AGENT_2)) == ("Ready,SchedulingDisabled", FUTURE)
+    # Its mark stays, so a later run gives it back: here the drain for the version it runs.
+    lab.pods(AGENT_2)
+    running = lab.node(AGENT_2)[1]
+    rc, out, err = _session(lab.first, lab.stdin(running, f"{AGENT_2}-drain"))
+    assert rc == 0, err
+    assert parse_summaries(out)[-1].line == (
+        f"picluster k3s-drain: changed: uncordoned ({AGENT_2} already runs {running})"
+    )
+    assert (lab.node(AGENT_2)[0], lab.mark(AGENT_2)) == ("Ready", "")
+
+
+def test_a_failed_drain_of_a_node_cordoned_by_hand_says_it_stays_cordoned(
+    quiet_lab: Lab,
+) -> None:
+    lab = quiet_lab
+    lab.kubectl("cordon", AGENT_2)
+    lab.pods(AGENT_2, f"game/scores-{AGENT_2} pdb")
+    rc, out, err = _session(lab.first, lab.stdin(FUTURE, f"{AGENT_2}-drain"))
+    assert rc == 1, out + err
+    assert "it stays cordoned, as it was cordoned by hand" in err
+    assert "schedulable again" not in err
+    assert (lab.node(AGENT_2)[0], lab.mark(AGENT_2)) == ("Ready,SchedulingDisabled", "")
+
+
+def test_a_join_that_cannot_read_the_mark_fails_instead_of_leaving_the_node_cordoned(
+    quiet_lab: Lab,
+) -> None:
+    lab = quiet_lab
+    lab.kubectl("cordon", AGENT_1)
+    lab.kubectl("annotate", "node", AGENT_1, f"{CORDONED}={LATEST}")
+    lab.api_errors(AGENT_1, f"annotation {CORDONED}")
+    join = lab.stdin(lab.node(AGENT_1)[1], f"{AGENT_1}-join")  # Ready on the version it runs
+    rc, out, err = _session(lab.first, join)
+    assert rc == 1, out + err
+    assert f"could not read {CORDONED} of {AGENT_1}" in err
+    assert not parse_summaries(out), out  # no "no changes (... is Ready)"
+    # Once the API server answers, the same step uncordons it.
+    lab.api_errors(AGENT_1)
+    rc, out, err = _session(lab.first, join)
+    assert rc == 0, err
+    assert "uncordoned" in parse_summaries(out)[-1].changed, out
+    assert (lab.node(AGENT_1)[0], lab.mark(AGENT_1)) == ("Ready", "")
+
+
+def test_a_node_missing_from_the_node_list_stops_the_drain_saying_so(quiet_lab: Lab) -> None:
+    """The API server knew the node a moment before (deleted in between): the drain must fail
+    with a reason, not stop silently under `set -e`. A shim ahead of the double on sudo's PATH
+    leaves the node out of `kubectl get nodes`."""
+    lab = quiet_lab
+    shim = (
+        "#!/bin/sh\n"
+        'if [ "$1 $2 $3" = "kubectl get nodes" ]; then\n'
+        f'    /usr/local/bin/k3s "$@" | grep -v "^{AGENT_2} "\n'
+        "    exit 0\n"
+        "fi\n"
+        'exec /usr/local/bin/k3s "$@"\n'
+    )
+    lab.first.put("/usr/local/sbin/k3s", shim.encode())
+    try:
+        rc, out, err = _session(lab.first, lab.stdin(FUTURE, f"{AGENT_2}-drain"))
+    finally:
+        lab.first.exec("rm", "-f", "/usr/local/sbin/k3s")
+    assert rc == 1, out + err
+    assert f"{AGENT_2} is registered but not in the node list" in err
+    assert lab.node(AGENT_2)[0] == "Ready"

@@ -64,9 +64,10 @@
 #   get pods -A --field-selector spec.nodeName=NAME -o go-template=...   the node's pods
 #   label | annotate | taint node NAME ARGS [--overwrite]
 #   cordon | uncordon NAME      sets or clears the node's spec.unschedulable
-#   drain NAME [--force] ...    cordons, then evicts the node's pods; refuses pods without a
-#                               controller unless --force (a test lists them in the node's
-#                               `unmanaged-pods` file)
+#   drain NAME [--force] [--delete-emptydir-data] ...   cordons, then evicts the node's pods;
+#                               refuses (evicting nothing) pods without a controller unless --force
+#                               (a test lists them in the node's `unmanaged-pods` file) and pods
+#                               with an emptyDir volume unless --delete-emptydir-data
 #   delete node NAME            (with --server https://OTHER:6443: on that server, through its API)
 # The datastore and its snapshots (picluster's snapshot and restore drill):
 #   - The datastore is a real SQLite file (needs the sqlite3 CLI on the Pi): kine's
@@ -96,11 +97,17 @@
 # version only once its restarted K3s is back. The double's deviation: a joining node tells the
 # server its version in its registration (K3s-Node-Version), having no API client of its own;
 # with a real control plane, the server then writes it into the real Node's status.
-# Pods on a node (for drain) are lines `NAMESPACE/NAME` of the node's `pods` file in the
-# registry, a test's stand-in for the scheduler; `NAMESPACE/NAME pdb` is a pod whose
-# PodDisruptionBudget allows no disruption now: its eviction is refused with 429 and kubectl
-# drain retries it until --timeout, then fails naming it and leaves the node cordoned
-# (kubectl pkg/drain/drain.go evictPods; pkg/cmd/drain/drain.go RunDrain).
+# Pods on a node (for drain) are lines `NAMESPACE/NAME [TAG...]` of the node's `pods` file in the
+# registry, a test's stand-in for the scheduler. Tag `pdb`: the pod's PodDisruptionBudget allows
+# no disruption now, so its eviction is refused with 429; kubectl drain retries it every 5 s
+# until --timeout, then fails naming it and leaves the node cordoned (kubectl pkg/drain/drain.go
+# evictPods; pkg/cmd/drain/drain.go RunDrain). The double does not wait: it fails at once, as
+# kubectl does when --timeout has passed, with the timeout it was given. Tag `emptydir`: the pod
+# has an emptyDir volume, which kubectl refuses to evict without --delete-emptydir-data
+# (pkg/drain/filters.go localStorageFilter).
+# A test makes one request fail as an API server that errs would (`Error from server`): lines of
+# the node's `api-errors` file in the registry, `annotation KEY` (reading that annotation) or
+# `uncordon`.
 # The first server's log records cordon, eviction, uncordon and each (re)registration with its
 # version, in order, so a test can assert the order of a rolling upgrade.
 # k3s-killall.sh and the uninstall scripts behave as the real ones: the uninstall removes
@@ -932,6 +939,15 @@ set_taints() {
     done
 }
 
+# api_error NODE REQUEST WHAT: fail as the API server does when REQUEST is listed in the node's
+# `api-errors` file (see the header).
+api_error() {
+    if [ -f "$REGISTRY/$1/api-errors" ] && grep -qxF "$2" "$REGISTRY/$1/api-errors"; then
+        echo "Error from server (InternalError): an error on the server (\"\") has prevented the request from succeeding ($3)" >&2
+        exit 1
+    fi
+}
+
 get_node() {
     name=${1:-}
     [ -n "$name" ] || fatal "the double needs a node name"
@@ -953,6 +969,7 @@ get_node() {
             ;;
         *" -o go-template="*".metadata.annotations"*)
             key=$(printf '%s' "$*" | sed -n 's/.*index \.metadata\.annotations "\([^"]*\)".*/\1/p')
+            api_error "$name" "annotation $key" "get nodes $name"
             value=$(sed -n "s|^$key=||p" "$(node_dir "$name")/annotations")
             echo "${value:-<no value>}"
             return 0
@@ -1066,6 +1083,7 @@ kubectl() {
         cordon | uncordon)
             name=${1:-}
             dir=$(node_dir "$name")
+            api_error "$name" "$verb" "patch nodes $name"
             record "kubectl $verb $name"
             if [ "$verb" = cordon ]; then
                 if [ -f "$dir/unschedulable" ]; then
@@ -1085,38 +1103,54 @@ kubectl() {
             name=${1:-}
             dir=$(node_dir "$name")
             record "kubectl drain $*"
-            if [ -s "$dir/unmanaged-pods" ]; then
-                case " $* " in
-                    *" --force "*) ;;
-                    *)
-                        echo "error: unable to drain node \"$name\" due to error: cannot delete Pods that declare no controller (use --force to override): $(paste -sd, "$dir/unmanaged-pods")" >&2
-                        exit 1
-                        ;;
-                esac
-            fi
-            # kubectl drain cordons first, then evicts (pkg/cmd/drain/drain.go RunDrain).
+            # kubectl drain cordons first, then lists the pods to evict and refuses them all when
+            # one may not go (pkg/cmd/drain/drain.go RunDrain; pkg/drain/filters.go).
             if [ -f "$dir/unschedulable" ]; then
                 echo "node/$name already cordoned"
             else
                 : >"$dir/unschedulable"
                 echo "node/$name cordoned"
             fi
+            refused=""
+            if [ -s "$dir/unmanaged-pods" ]; then
+                case " $* " in
+                    *" --force "*) ;;
+                    *) refused="cannot delete Pods that declare no controller (use --force to override): $(paste -sd, "$dir/unmanaged-pods" | sed 's/,/, /g')" ;;
+                esac
+            fi
+            local_storage=""
+            [ ! -f "$dir/pods" ] || local_storage=$(awk '/ emptydir( |$)/ { print $1 }' "$dir/pods" | paste -sd, - | sed 's/,/, /g')
+            if [ -n "$local_storage" ]; then
+                case " $* " in
+                    *" --delete-emptydir-data "*) ;;
+                    *) refused="${refused:+$refused, }cannot delete Pods with local storage (use --delete-emptydir-data to override): $local_storage" ;;
+                esac
+            fi
+            if [ -n "$refused" ]; then
+                record "kubectl drain $name refused"
+                echo "error: unable to drain node \"$name\" due to error: $refused, continuing command..." >&2
+                exit 1
+            fi
             timeout=$(printf '%s' " $* " | sed -n 's/.* --timeout=\([^ ]*\) .*/\1/p')
             blocked=""
             if [ -f "$dir/pods" ]; then
-                while read -r pod pdb; do
+                while read -r pod tags; do
                     [ -n "$pod" ] || continue
-                    if [ "$pdb" = pdb ]; then
-                        # The eviction API answers 429 while the budget allows no disruption;
-                        # kubectl retries every 5 s until --timeout (pkg/drain/drain.go).
-                        echo "error when evicting pods/\"${pod#*/}\" -n \"${pod%%/*}\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget." >&2
-                        blocked="${blocked:+$blocked, }$pod"
-                    else
-                        echo "evicting pod $pod"
-                        record "kubectl drain $name evicted $pod"
-                    fi
+                    case " $tags " in
+                        *" pdb "*)
+                            # The eviction API answers 429 while the budget allows no disruption;
+                            # kubectl retries every 5 s until --timeout (pkg/drain/drain.go); the
+                            # double fails at once, as kubectl does when the timeout has passed.
+                            echo "error when evicting pods/\"${pod#*/}\" -n \"${pod%%/*}\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget." >&2
+                            blocked="${blocked:+$blocked, }$pod"
+                            ;;
+                        *)
+                            echo "evicting pod $pod"
+                            record "kubectl drain $name evicted $pod"
+                            ;;
+                    esac
                 done <"$dir/pods"
-                awk '$2 == "pdb"' "$dir/pods" >"$dir/pods.tmp" && mv -f "$dir/pods.tmp" "$dir/pods"
+                awk '/ pdb( |$)/' "$dir/pods" >"$dir/pods.tmp" && mv -f "$dir/pods.tmp" "$dir/pods"
             fi
             if [ -n "$blocked" ]; then
                 record "kubectl drain $name timed out on $blocked"
