@@ -144,11 +144,12 @@ restore_sqlite() {
 }
 
 restore_etcd() {
-    local out
+    local out aside=""
     snapshot_path
     # Kept for a look back, and so that a restore never destroys the only copy of anything.
     if [[ -d "$DB_DIR/etcd" ]]; then
-        cp -a "$DB_DIR/etcd" "$(aside_dir)/" || die "could not copy $DB_DIR/etcd aside"
+        aside=$(aside_dir)
+        cp -a "$DB_DIR/etcd" "$aside/" || die "could not copy $DB_DIR/etcd aside"
     fi
     log "k3s server --cluster-reset --cluster-reset-restore-path=$RESTORE_PATH ${RESTORE_FLAGS[*]-}"
     out=$(mktemp)
@@ -156,7 +157,13 @@ restore_etcd() {
         --cluster-reset-restore-path="$RESTORE_PATH" "${RESTORE_FLAGS[@]}" >"$out" 2>&1; then
         tail -n 20 "$out" >&2
         rm -f "$out"
-        die "k3s server --cluster-reset failed on $NODE_NAME (the output above); the old etcd data is kept under $SERVER_DIR/db-before-restore-*"
+        # K3s moves server/db/etcd away before it restores: a failed restore can leave none,
+        # and K3s started so would make a new, empty cluster. The copy goes back in its place.
+        if [[ -n "$aside" ]]; then
+            if [[ -e "$DB_DIR/etcd" ]]; then mv "$DB_DIR/etcd" "$aside/etcd-after-failed-reset"; fi
+            cp -a "$aside/etcd" "$DB_DIR/" || die "could not put the etcd data back from $aside/etcd"
+        fi
+        die "k3s server --cluster-reset failed on $NODE_NAME (the output above); its etcd data is as before the restore (a copy in ${aside:-nowhere: there was none})"
     fi
     # K3s exits after the reset and says so (pkg/cluster/..., "Managed etcd cluster membership
     # has been reset, restart without --cluster-reset flag now").
