@@ -445,6 +445,7 @@ def test_a_failed_etcd_restore_starts_the_servers_again_with_their_data(
     sim_lab: simpi.SimPiLab, etcd_cluster: EtcdCluster
 ) -> None:
     first, second = etcd_cluster.first, etcd_cluster.second
+    _kubectl(first, "create", "configmap", "before-the-failed-restore", "-n", "game")
     before = _objects(first)
     # A snapshot file that is not one: K3s has moved the etcd data away when its restore fails.
     corrupt = "on-demand-drill-etcd-1-1700000000"

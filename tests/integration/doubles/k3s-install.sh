@@ -733,7 +733,7 @@ etcd_snapshot() {
             echo "Snapshot $name saved."
             ;;
         ls | list)
-            # K3s's etcd-snapshot commands ask the running server (pkg/cli/etcdsnapshot).
+            # K3s's etcd-snapshot commands ask the running server (k3s-io/k3s#10513).
             systemctl is-active --quiet k3s || fatal "the K3s server is not running"
             printf '%-45s %-70s %-10s %s\n' Name Location Size Created
             for file in "$dir"/*; do
