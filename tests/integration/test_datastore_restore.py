@@ -237,6 +237,31 @@ def test_sqlite_drill_snapshot_break_restore(
     assert pi.exec("stat", "-c", "%a", f"{SERVER_DIR}/db/state.db").stdout.strip() == "600"
 
 
+def test_a_failed_sqlite_copy_leaves_the_datastore_in_place(
+    sim_lab: simpi.SimPiLab, sqlite_cluster: SqliteCluster
+) -> None:
+    pi = sqlite_cluster.pi
+    if not _copies(pi):
+        _timer_step(pi, sqlite_timer_values(sqlite_cluster.args.snapshots))
+        pi.exec("systemctl", "start", SERVICE)
+    _kubectl(pi, "create", "configmap", "before-the-failed-copy", "-n", "game")
+    before = _objects(pi)
+    # The copy fails as on a full SD card: an `install` first on sudo's PATH that always fails.
+    shim = "/usr/local/sbin/install"
+    pi.put(shim, b"#!/bin/sh\necho 'install: No space left on device' >&2\nexit 1\n", "0755")
+    ssh = _runner(sim_lab)
+    try:
+        target = restore_datastore.plan_for(sqlite_cluster.server, (), _copies(pi)[-1])
+        with pytest.raises(RestoreError, match=r"state\.db is untouched") as raised:
+            restore_datastore.restore(ssh.run, target)
+    finally:
+        ssh.close()
+        pi.exec("rm", "-f", shim)
+    assert raised.value.restarted == ("drill-sqlite",)
+    assert _active(pi, "k3s") == "active"
+    assert _objects(pi) == before  # state.db was never moved
+
+
 def test_a_restore_refuses_before_it_stops_anything(
     sim_lab: simpi.SimPiLab, sqlite_cluster: SqliteCluster
 ) -> None:
