@@ -421,8 +421,10 @@ class SnapshotsConfig(_Model):
     """Scheduled snapshots of the K3s datastore (etcd: K3s's own; SQLite: a timer's copy)."""
 
     enabled: bool = True
-    schedule: Annotated[str, AfterValidator(_cron)] = "0 */12 * * *"
-    retention: Annotated[int, Field(ge=1, le=1000, strict=True)] = 5
+    schedule: Annotated[str, AfterValidator(_cron)] = datastore_snapshots.DEFAULT_SCHEDULE
+    retention: Annotated[int, Field(ge=1, le=1000, strict=True)] = (
+        datastore_snapshots.DEFAULT_RETENTION
+    )
     s3: SnapshotS3Config | None = None
 
 
@@ -885,15 +887,20 @@ class StackConfig:
         return self._config.require_secret(key)
 
 
-def validate(raw: Mapping[str, Any]) -> Settings:
-    """Validate raw config values (keys without namespace) or raise one `ConfigError`."""
+def validate(raw: Mapping[str, Any], *, secret_values: bool = True) -> Settings:
+    """Validate raw config values (keys without namespace) or raise one `ConfigError`.
+
+    With `secret_values=False` the secrets' values are not checked, only which are set: for a
+    reader that sees the stack's configuration without them (`bin/restore-datastore`).
+    """
     problems: list[str] = []
     unknown = sorted(set(raw) - set(_TOP_LEVEL_KEYS))
     problems += [
         f"{NAMESPACE}:{key}: unknown key; valid keys are {', '.join(_TOP_LEVEL_KEYS)}"
         for key in unknown
     ]
-    problems += _check_secret_keys(raw)
+    if secret_values:
+        problems += _check_secret_keys(raw)
     model_input = {k: v for k, v in raw.items() if k not in SECRET_KEYS and k not in unknown}
     try:
         settings = Settings.model_validate(model_input)

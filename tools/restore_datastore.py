@@ -14,6 +14,10 @@ values on stdin, as the Pulumi steps do):
   then one at a time, every other server's old etcd data moved aside and K3s started, so it
   joins the restored cluster as a new member. Agents are not touched: they reconnect.
 
+Everything is checked before anything is stopped (etcd: the snapshot must be in the first
+server's `k3s etcd-snapshot ls`, with S3 the bucket's listing too). When a stop or the restore
+itself fails, the servers it stopped are started again with the data they had.
+
 SSH checks each Pi's pinned host key (`nodes[].hostKey`) against a known_hosts file of those keys
 only; a node without one is checked against your own known_hosts, and never accepted unseen. The
 token never travels: K3s reads its token-file from config.yaml.
@@ -39,6 +43,12 @@ from components.remote_script import parse_summary, steps_payload  # noqa: E402
 
 SCRIPT = "k3s-datastore-restore.sh"
 READY_TIMEOUT_SECONDS = 600
+COPY_ALLOWANCE_SECONDS = 600
+"""The restore's copy of the old etcd data aside (at most etcd's 2 GiB quota, K3s's default, on
+an SD card), which `READY_TIMEOUT_SECONDS` does not bound."""
+SSH_TIMEOUT_SECONDS = READY_TIMEOUT_SECONDS + COPY_ALLOWANCE_SECONDS + 120
+"""How long one step may take over SSH: more than the longest a step runs on the server (the
+restore: the copy, then `timeout READY_TIMEOUT k3s server --cluster-reset`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,12 +130,26 @@ def plan_for(first: Server, others: Sequence[Server], snapshot: str) -> Plan:
     )
 
 
+class RestoreError(RuntimeError):
+    """A step failed; the message says where and what the server printed."""
+
+    restarted: tuple[str, ...] = ()
+    """The servers started again after a failed restore (nothing was restored on them)."""
+
+
 class Ssh:
     """Runs the restore script on a server, with pinned host keys."""
 
-    def __init__(self, identity: Path, *, connect_timeout: int = 10) -> None:
+    def __init__(
+        self,
+        identity: Path,
+        *,
+        connect_timeout: int = 10,
+        step_timeout: float = SSH_TIMEOUT_SECONDS,
+    ) -> None:
         self._identity = identity
         self._timeout = connect_timeout
+        self._step_timeout = step_timeout
         self._dir = tempfile.TemporaryDirectory(prefix="picluster-restore-")
 
     def close(self) -> None:
@@ -145,6 +169,7 @@ class Ssh:
         return ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={path}"]
 
     def run(self, server: Server, values: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+        """The script's step on `server`; RestoreError when it has not answered in time."""
         argv = [
             "ssh",
             "-i",
@@ -163,21 +188,25 @@ class Ssh:
             "bash",
             "-s",
         ]
-        return subprocess.run(
-            argv,
-            input=steps_payload([SCRIPT], values),
-            capture_output=True,
-            text=True,
-            timeout=READY_TIMEOUT_SECONDS + 120,
-            check=False,
-        )
+        try:
+            return subprocess.run(
+                argv,
+                input=steps_payload([SCRIPT], values),
+                capture_output=True,
+                text=True,
+                timeout=self._step_timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise RestoreError(
+                f"{values['ACTION']} on {server.name} gave no answer in {self._step_timeout}s; "
+                f"it may still be running there: look at `systemctl status k3s` and "
+                f"`journalctl -u k3s` on {server.name}, and when it is over run the same command "
+                "again (every step can be repeated)"
+            ) from None
 
 
 Runner = Callable[[Server, Mapping[str, str]], subprocess.CompletedProcess[str]]
-
-
-class RestoreError(RuntimeError):
-    """A step failed; the message says where and what the server printed."""
 
 
 def _step(run: Runner, server: Server, action: str, datastore: str, snapshot: str = "") -> str:
@@ -210,17 +239,48 @@ def list_snapshots(run: Runner, target: Plan) -> str:
 
 
 def restore(run: Runner, target: Plan) -> None:
-    """Run the plan: check everything first, then stop, restore, start and rejoin."""
+    """Run the plan: check everything first, then stop, restore, start and rejoin.
+
+    When a stop or the restore itself fails, nothing was restored: the servers it stopped are
+    started again (with their data as it was) before the error is raised.
+    """
     _step(run, target.first, "check", target.datastore, target.snapshot)
     for server in target.others:
         _step(run, server, "check", target.datastore)
-    for server in (*target.others, target.first):
-        _step(run, server, "stop", target.datastore)
-    _step(run, target.first, "restore", target.datastore, target.snapshot)
+    stopped: list[Server] = []
+    try:
+        for server in (*target.others, target.first):
+            if _step(run, server, "stop", target.datastore).endswith("changed: stopped"):
+                stopped.append(server)
+        _step(run, target.first, "restore", target.datastore, target.snapshot)
+    except RestoreError as error:
+        _start_again(run, target, stopped, error)
+        raise
     _step(run, target.first, "start", target.datastore)
     for server in target.others:
         _step(run, server, "rejoin", target.datastore)
         _step(run, server, "start", target.datastore)
+
+
+def _start_again(run: Runner, target: Plan, stopped: Sequence[Server], error: RestoreError) -> None:
+    """After a failed stop or restore: K3s started on every server it was stopped on, all of them
+    before waiting for any (an etcd member alone has no quorum), then each waited for."""
+    if not stopped:
+        return
+    names = ", ".join(s.name for s in stopped)
+    print(
+        f"bin/restore-datastore: nothing was restored; starting K3s again on {names}",
+        file=sys.stderr,
+    )
+    try:
+        for server in stopped:
+            _step(run, server, "resume", target.datastore)
+        for server in stopped:
+            _step(run, server, "start", target.datastore)
+    except RestoreError as again:
+        error.add_note(f"starting K3s again failed too: {again}")
+        return
+    error.restarted = tuple(s.name for s in stopped)
 
 
 def stack_settings(
@@ -244,13 +304,13 @@ def stack_settings(
         if namespace != "picluster":
             continue
         if key in SECRET_KEYS:
-            raw[key] = "secret-set-in-the-stack"  # present; its value is not needed here
+            raw[key] = None  # set; its value is neither shown nor needed here
         elif "objectValue" in entry:
             raw[key] = entry["objectValue"]
         else:
             value = entry.get("value")
             raw[key] = json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
-    return validate(raw)
+    return validate(raw, secret_values=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,7 +351,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         restore(ssh.run, target)
     except RestoreError as error:
         print(f"bin/restore-datastore: {error}", file=sys.stderr)
-        if not args.list:
+        for note in getattr(error, "__notes__", ()):
+            print(f"bin/restore-datastore: {note}", file=sys.stderr)
+        if error.restarted:
+            print(
+                f"bin/restore-datastore: K3s was started again on {', '.join(error.restarted)} "
+                "with the data it had; fix the cause and run the same command again",
+                file=sys.stderr,
+            )
+        elif not args.list:
             print(
                 "bin/restore-datastore: K3s stays as the steps above left it (stopped on the "
                 "servers a `stop` reached); fix the cause and run the same command again: every "

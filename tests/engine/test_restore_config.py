@@ -23,6 +23,8 @@ def test_the_restore_reads_nodes_snapshots_and_secret_presence_from_the_stack(
         "k3sToken": "engine-restore-token-0123456789",
         "etcdS3AccessKey": ACCESS_KEY,
         "etcdS3SecretKey": SECRET_KEY,
+        # A secret whose value the config checks (an http(s) URL): read without its value.
+        "alertsWebhookUrl": "https://hooks.example.com/picluster-engine-restore",
     }
     for key, value in secrets.items():
         project.set_secret("prod", key, value)
@@ -33,6 +35,7 @@ def test_the_restore_reads_nodes_snapshots_and_secret_presence_from_the_stack(
         ("nodes[3].host", "192.168.1.14"),
         ("nodes[3].role", "server"),
         ("k3s.snapshots.s3.bucket", "pi-snapshots"),
+        ("monitoring.alerts.webhook.minSeverity", "critical"),
     ):
         result = project.pulumi("config", "set", "--path", path, value, "-s", "prod")
         assert result.returncode == 0, result.stderr
@@ -47,6 +50,7 @@ def test_the_restore_reads_nodes_snapshots_and_secret_presence_from_the_stack(
     assert settings.k3s is not None and settings.k3s.snapshots.s3 is not None
     assert settings.k3s.snapshots.s3.bucket == "pi-snapshots"
     assert settings.k3s.snapshots.retention == 9
+    assert settings.monitoring.alerts.webhook is not None
     plan = restore_datastore.plan(settings, "etcd-snapshot-pi-server-1-1700000000")
     assert plan.datastore == "etcd"
     assert (plan.first.name, plan.first.host_key) == ("pi-server-1", HOST_KEY)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
@@ -129,7 +129,7 @@ class SqliteCluster:
 
 
 @pytest.fixture(scope="module")
-def sqlite_cluster(sim_lab: simpi.SimPiLab) -> SqliteCluster:
+def sqlite_cluster(sim_lab: simpi.SimPiLab) -> Iterator[SqliteCluster]:
     start = time.monotonic()
     pi = sim_lab.start_pi("drill-sqlite")
     pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
@@ -145,7 +145,8 @@ def sqlite_cluster(sim_lab: simpi.SimPiLab) -> SqliteCluster:
     )
     _install(pi, install_values(node, args, node, TOKEN))
     TIMINGS["drill: a single server installed"] = time.monotonic() - start
-    return SqliteCluster(pi, _server(pi, "drill-sqlite"), args, node)
+    yield SqliteCluster(pi, _server(pi, "drill-sqlite"), args, node)
+    sim_lab.remove(pi)  # at the module's end, not the session's
 
 
 def _timer_step(pi: simpi.SimPi, values: Mapping[str, str], *args: str) -> str:
@@ -212,6 +213,9 @@ def test_sqlite_drill_snapshot_break_restore(
     pi.exec("systemctl", "start", SERVICE)
     snapshot = _copies(pi)[-1]
     _break(pi)
+    # What the break wrote is still in the WAL, as with kine's open connection: a restore that
+    # left it beside the copy would have SQLite replay it into the restored database.
+    assert pi.exists(f"{SERVER_DIR}/db/state.db-wal")
 
     target = restore_datastore.plan_for(sqlite_cluster.server, (), snapshot)
     assert target.datastore == "sqlite"
@@ -226,9 +230,36 @@ def test_sqlite_drill_snapshot_break_restore(
 
     assert _active(pi, "k3s") == "active"
     assert _objects(pi) == APP_OBJECTS  # the app's objects are back, the later one gone
-    aside = pi.exec("sh", "-c", f"ls -d {SERVER_DIR}/db-before-restore-*/state.db").stdout
-    assert aside.strip(), "the datastore before the restore is kept"
+    aside = pi.exec("sh", "-c", f"ls -d {SERVER_DIR}/db-before-restore-*/state.db*").stdout
+    names = {line.rsplit("/", 1)[1] for line in aside.split()}
+    assert {"state.db", "state.db-wal"} <= names, "the datastore before it, WAL and all, kept"
+    assert not pi.exists(f"{SERVER_DIR}/db/state.db.restoring")
     assert pi.exec("stat", "-c", "%a", f"{SERVER_DIR}/db/state.db").stdout.strip() == "600"
+
+
+def test_a_failed_sqlite_copy_leaves_the_datastore_in_place(
+    sim_lab: simpi.SimPiLab, sqlite_cluster: SqliteCluster
+) -> None:
+    pi = sqlite_cluster.pi
+    if not _copies(pi):
+        _timer_step(pi, sqlite_timer_values(sqlite_cluster.args.snapshots))
+        pi.exec("systemctl", "start", SERVICE)
+    _kubectl(pi, "create", "configmap", "before-the-failed-copy", "-n", "game")
+    before = _objects(pi)
+    # The copy fails as on a full SD card: an `install` first on sudo's PATH that always fails.
+    shim = "/usr/local/sbin/install"
+    pi.put(shim, b"#!/bin/sh\necho 'install: No space left on device' >&2\nexit 1\n", "0755")
+    ssh = _runner(sim_lab)
+    try:
+        target = restore_datastore.plan_for(sqlite_cluster.server, (), _copies(pi)[-1])
+        with pytest.raises(RestoreError, match=r"state\.db is untouched") as raised:
+            restore_datastore.restore(ssh.run, target)
+    finally:
+        ssh.close()
+        pi.exec("rm", "-f", shim)
+    assert raised.value.restarted == ("drill-sqlite",)
+    assert _active(pi, "k3s") == "active"
+    assert _objects(pi) == before  # state.db was never moved
 
 
 def test_a_restore_refuses_before_it_stops_anything(
@@ -280,7 +311,7 @@ class EtcdCluster:
 
 
 @pytest.fixture(scope="module")
-def etcd_cluster(sim_lab: simpi.SimPiLab) -> EtcdCluster:
+def etcd_cluster(sim_lab: simpi.SimPiLab) -> Iterator[EtcdCluster]:
     start = time.monotonic()
     first, second = sim_lab.start_pi("drill-etcd-1"), sim_lab.start_pi("drill-etcd-2")
     for pi in (first, second):
@@ -301,7 +332,9 @@ def etcd_cluster(sim_lab: simpi.SimPiLab) -> EtcdCluster:
     _install(second, install_values(nodes[1], args, nodes[0], join_token(TOKEN, ca)))
     TIMINGS["drill: two etcd servers installed"] = time.monotonic() - start
     servers = (_server(first, "drill-etcd-1"), _server(second, "drill-etcd-2"))
-    return EtcdCluster(first, second, servers, args)
+    yield EtcdCluster(first, second, servers, args)
+    for pi in (first, second):
+        sim_lab.remove(pi)
 
 
 def test_etcd_servers_get_k3s_snapshot_schedule_and_retention(etcd_cluster: EtcdCluster) -> None:
@@ -344,7 +377,9 @@ def test_etcd_drill_snapshot_break_restore(
     assert _active(second, "k3s") == "active"
     assert "rejoined https://" in second.read("/var/log/picluster-doubles/k3s-install.log")
     assert second.exec("sh", "-c", f"ls -d {SERVER_DIR}/db-before-restore-*/db/etcd").stdout
-    assert first.read(f"{SERVER_DIR}/db/etcd/double-members").strip() == "drill-etcd-1"
+    # HA again: the second server is a member of the restored cluster.
+    members = first.read(f"{SERVER_DIR}/db/etcd/double-members").split()
+    assert members == ["drill-etcd-1", "drill-etcd-2"]
 
 
 def test_restore_plan_says_what_it_does(etcd_cluster: EtcdCluster) -> None:
@@ -386,3 +421,82 @@ def test_etcd_restore_of_a_local_snapshot_with_s3_configured(
         assert f"cluster-reset restored {SNAPSHOT_DIR}/{snapshot}" in log
     finally:
         first.put(config, original.encode(), "0600")
+
+
+def _restore(lab: simpi.SimPiLab, cluster: EtcdCluster, snapshot: str) -> None:
+    ssh = _runner(lab)
+    try:
+        target = restore_datastore.plan_for(cluster.servers[0], cluster.servers[1:], snapshot)
+        restore_datastore.restore(ssh.run, target)
+    finally:
+        ssh.close()
+
+
+def _since(pi: simpi.SimPi) -> str:
+    return pi.exec("systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "k3s").stdout
+
+
+def test_etcd_restore_from_the_bucket_and_a_misspelt_name_that_stops_nothing(
+    sim_lab: simpi.SimPiLab, etcd_cluster: EtcdCluster
+) -> None:
+    first, second = etcd_cluster.first, etcd_cluster.second
+    config = "/etc/rancher/k3s/config.yaml"
+    original = first.read(config)
+    bucket = "/var/lib/picluster-doubles/s3/pi-snapshots"
+    first.put(config, (original + "etcd-s3: true\netcd-s3-bucket: pi-snapshots\n").encode(), "0600")
+    try:
+        # A snapshot only the bucket has (uploaded, then gone from the server).
+        _kubectl(first, "create", "configmap", "from-the-bucket", "-n", "game")
+        snapshot = first.exec("k3s", "etcd-snapshot", "save").stdout.split()[1]
+        first.exec("sh", "-c", f"mkdir -p {bucket} && mv {SNAPSHOT_DIR}/{snapshot} {bucket}/")
+        _kubectl(first, "delete", "configmap", "from-the-bucket", "-n", "game")
+        assert f"s3://pi-snapshots/{snapshot}" in first.exec("k3s", "etcd-snapshot", "ls").stdout
+
+        since = (_since(first), _since(second))
+        with pytest.raises(RestoreError, match="nor in the S3 bucket") as raised:
+            _restore(sim_lab, etcd_cluster, snapshot + "x")  # a typo
+        assert snapshot in str(raised.value)  # what there is, named
+        assert (_since(first), _since(second)) == since  # nothing was stopped
+
+        _restore(sim_lab, etcd_cluster, snapshot)
+        assert "configmap/from-the-bucket" in _objects(first)
+        log = first.read("/var/log/picluster-doubles/k3s-install.log")
+        assert f"cluster-reset restored {bucket}/{snapshot}" in log
+    finally:
+        first.put(config, original.encode(), "0600")
+
+
+def test_a_failed_etcd_restore_starts_the_servers_again_with_their_data(
+    sim_lab: simpi.SimPiLab, etcd_cluster: EtcdCluster
+) -> None:
+    first, second = etcd_cluster.first, etcd_cluster.second
+    _kubectl(first, "create", "configmap", "before-the-failed-restore", "-n", "game")
+    before = _objects(first)
+    # A snapshot file that is not one: K3s has moved the etcd data away when its restore fails.
+    corrupt = "on-demand-drill-etcd-1-1700000000"
+    first.put(f"{SNAPSHOT_DIR}/{corrupt}", secrets.token_hex(4096).encode(), "0600")
+    try:
+        with pytest.raises(RestoreError, match="restore on drill-etcd-1 failed") as raised:
+            _restore(sim_lab, etcd_cluster, corrupt)
+    finally:
+        first.exec("rm", "-f", f"{SNAPSHOT_DIR}/{corrupt}")
+    assert raised.value.restarted == ("drill-etcd-2", "drill-etcd-1")
+    assert _active(first, "k3s") == "active" and _active(second, "k3s") == "active"
+    assert _objects(first) == before  # its own data back, not a new empty cluster
+
+
+def test_etcd_list_with_k3s_down_lists_the_snapshot_files(
+    sim_lab: simpi.SimPiLab, etcd_cluster: EtcdCluster
+) -> None:
+    first = etcd_cluster.first
+    saved = first.exec("k3s", "etcd-snapshot", "save").stdout.split()[1]
+    first.exec("systemctl", "stop", "k3s")
+    ssh = _runner(sim_lab)
+    try:
+        target = restore_datastore.plan_for(etcd_cluster.servers[0], (), saved)
+        listing = restore_datastore.list_snapshots(ssh.run, replace(target, datastore="etcd"))
+    finally:
+        ssh.close()
+        first.exec("systemctl", "start", "k3s")
+    assert listing.splitlines()[0].split() == ["Name", "Size", "Modified"]
+    assert saved in listing.split()

@@ -74,22 +74,32 @@
 #     server/db/state.db on a single server (K3s's default without cluster-init), and for
 #     embedded etcd (cluster-init, or a server that joined one) server/db/etcd/double-etcd.db,
 #     standing in for etcd's member database. Objects live there under kine's keys
-#     (/registry/<resource>/<namespace>/<name>), in WAL mode as kine runs SQLite.
+#     (/registry/<resource>/<namespace>/<name>), in WAL mode as kine runs SQLite; writes leave
+#     their pages in state.db-wal (`.dbconfig no_ckpt_on_close`), as kine, keeping the database
+#     open, leaves them until SQLite's automatic checkpoint.
 #     `k3s kubectl create configmap|deployment NAME [-n NS] [--from-literal=K=V|--image=I]`,
 #     `get configmaps|deployments [-n NS] -o name` and `delete configmap|deployment NAME [-n NS]`
 #     read and write them. (Nodes stay in the registry above, outside the datastore.)
 #   - `k3s etcd-snapshot save` (embedded etcd only, with the server running) writes
 #     server/db/snapshots/on-demand-<node>-<unix time>, a consistent copy of the database (the
 #     double's stand-in for etcd's snapshot API; pkg/etcd/snapshot.go names on-demand snapshots
-#     so); `k3s etcd-snapshot ls` lists them. Scheduled etcd snapshots are K3s's own cron and are
-#     not simulated.
+#     so); `k3s etcd-snapshot ls` (the server running too) lists them, and with `etcd-s3: true` in config.yaml the objects
+#     of the bucket too (Location s3://BUCKET/NAME). The double cannot reach S3: the bucket is
+#     the directory /var/lib/picluster-doubles/s3/<etcd-s3-bucket> a test fills. Scheduled etcd
+#     snapshots are K3s's own cron and are not simulated.
 #   - `k3s server --cluster-reset --cluster-reset-restore-path=P`: refused on SQLite and while the
 #     server runs; otherwise the etcd database is replaced by the snapshot P (with `etcd-s3: true`
-#     in config.yaml and no --etcd-s3=false, P names an S3 object, which the double cannot reach:
-#     it fails), the members reset to this server, and it exits 0 printing K3s's "Managed etcd
+#     in config.yaml and no --etcd-s3=false, P names an object of the bucket above; none of that
+#     name fails), the members reset to this server, and it exits 0 printing K3s's "Managed etcd
 #     cluster membership has been reset, restart without --cluster-reset flag now" (pkg/etcd/
-#     etcd.go). A server with `server:` whose server/db/etcd is gone joins again when it starts,
-#     as K3s's rejoin after `rm -rf server/db` (k3s-io/docs datastore/backup-restore.md).
+#     etcd.go). As K3s, it moves server/db/etcd to server/db/etcd-old-<unix time> before it
+#     restores (rancher/rke2 docs/backup_restore.md), so a snapshot that is not one (corrupt)
+#     fails with no server/db/etcd left. A server with `server:` whose server/db/etcd is gone
+#     joins again when it starts, as K3s's rejoin after `rm -rf server/db` (k3s-io/docs
+#     datastore/backup-restore.md). The members (server/db/etcd/double-members on the first
+#     server) are the first server, then every server that joins it (K3s's join adds it to the
+#     etcd cluster, pkg/etcd/etcd.go "Adding member"), until a --cluster-reset leaves only the
+#     server it ran on.
 #
 # Each node's kubelet version is the version of the K3s that last registered it, as a kubelet
 # reports its own version in status.nodeInfo.kubeletVersion every time it starts (kubernetes
@@ -474,6 +484,7 @@ api() {
             fi
             status=0
             register "$name" "$node_password" "$role" "$labels" "$taints" "$version" || status=$?
+            [ "$status" -ne 0 ] || [ "$role" != server ] || add_member "$name"
             if [ "$status" -eq 2 ]; then
                 record "register refused $name: node password"
                 respond_text 403 "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag"
@@ -634,6 +645,30 @@ init_datastore() {
     command -v sqlite3 >/dev/null 2>&1 || return 0  # the tests that never store an object
     sqlite3 "$db" 'PRAGMA journal_mode=WAL;' 'CREATE TABLE IF NOT EXISTS kine (name TEXT PRIMARY KEY, value TEXT);' >/dev/null
     chmod 600 "$db"
+    # The first server of embedded etcd is its first member.
+    case "$db" in
+        */etcd/*) [ -n "$(config_value server)" ] || [ -s "${db%/*}/double-members" ] || node_name >"${db%/*}/double-members" ;;
+    esac
+}
+
+# add_member NAME: a server joined this one; with embedded etcd, it is a member from now on.
+add_member() {
+    db=$(datastore)
+    case "$db" in
+        */etcd/*) ;;
+        *) return 0 ;;
+    esac
+    members=${db%/*}/double-members
+    grep -qx "$1" "$members" 2>/dev/null || echo "$1" >>"$members"
+}
+
+# The double's stand-in for the S3 bucket of config.yaml (see the header).
+s3_bucket_dir() { echo "/var/lib/picluster-doubles/s3/$(config_value etcd-s3-bucket)"; }
+
+# kine_sql SQL: one statement on the datastore $db, leaving its WAL as kine's open connection
+# does (without no_ckpt_on_close, the last connection to close checkpoints and deletes it).
+kine_sql() {
+    sqlite3 "$db" ".timeout 5000" ".output /dev/null" ".dbconfig no_ckpt_on_close on" ".output stdout" "$1"
 }
 
 # Quote a value for an SQL string literal.
@@ -665,23 +700,23 @@ objects() {
     case "$verb" in
         create)
             [ -n "$name" ] || fatal "the double needs a name"
-            if [ -n "$(sqlite3 "$db" "SELECT name FROM kine WHERE name = $(sql_quote "$prefix$name");")" ]; then
+            if [ -n "$(kine_sql "SELECT name FROM kine WHERE name = $(sql_quote "$prefix$name");")" ]; then
                 echo "Error from server (AlreadyExists): $resource \"$name\" already exists" >&2
                 exit 1
             fi
-            sqlite3 "$db" ".timeout 5000" "INSERT INTO kine (name, value) VALUES ($(sql_quote "$prefix$name"), $(sql_quote "$value"));"
+            kine_sql "INSERT INTO kine (name, value) VALUES ($(sql_quote "$prefix$name"), $(sql_quote "$value"));" >/dev/null
             echo "$single/$name created"
             ;;
         get)
-            sqlite3 "$db" "SELECT name FROM kine WHERE name LIKE $(sql_quote "$prefix%") ORDER BY name;" |
+            kine_sql "SELECT name FROM kine WHERE name LIKE $(sql_quote "$prefix%") ORDER BY name;" |
                 sed "s|^$prefix|$single/|"
             ;;
         delete)
-            if [ -z "$(sqlite3 "$db" "SELECT name FROM kine WHERE name = $(sql_quote "$prefix$name");")" ]; then
+            if [ -z "$(kine_sql "SELECT name FROM kine WHERE name = $(sql_quote "$prefix$name");")" ]; then
                 echo "Error from server (NotFound): $resource \"$name\" not found" >&2
                 exit 1
             fi
-            sqlite3 "$db" ".timeout 5000" "DELETE FROM kine WHERE name = $(sql_quote "$prefix$name");"
+            kine_sql "DELETE FROM kine WHERE name = $(sql_quote "$prefix$name");" >/dev/null
             echo "$single \"$name\" deleted"
             ;;
     esac
@@ -705,12 +740,22 @@ etcd_snapshot() {
             echo "Snapshot $name saved."
             ;;
         ls | list)
+            # K3s's etcd-snapshot commands ask the running server (k3s-io/k3s#10513).
+            systemctl is-active --quiet k3s || fatal "the K3s server is not running"
             printf '%-45s %-70s %-10s %s\n' Name Location Size Created
             for file in "$dir"/*; do
                 [ -f "$file" ] || continue
                 printf '%-45s %-70s %-10s %s\n' "${file##*/}" "file://$file" "$(stat -c %s "$file")" \
                     "$(date -u -d "@$(stat -c %Y "$file")" +%Y-%m-%dT%H:%M:%SZ)"
             done
+            if [ "$(config_value etcd-s3)" = true ]; then
+                bucket=$(s3_bucket_dir)
+                for file in "$bucket"/*; do
+                    [ -f "$file" ] || continue
+                    printf '%-45s %-70s %-10s %s\n' "${file##*/}" "s3://${bucket##*/}/${file##*/}" \
+                        "$(stat -c %s "$file")" "$(date -u -d "@$(stat -c %Y "$file")" +%Y-%m-%dT%H:%M:%SZ)"
+                done
+            fi
             ;;
         *) fatal "the double implements etcd-snapshot save and ls only" ;;
     esac
@@ -735,12 +780,20 @@ cluster_reset() {
         fatal "bootstrap data already found and encrypted with different token"
     fi
     if [ -n "$restore_path" ]; then
-        [ "$s3" = true ] && fatal "failed to initialize S3 client: the double cannot reach S3 (restore path $restore_path)"
+        if [ "$s3" = true ]; then
+            [ -s "$(s3_bucket_dir)/$restore_path" ] ||
+                fatal "failed to get snapshot $restore_path from S3: NoSuchKey: The specified key does not exist."
+            echo "level=info msg=\"Retrieving etcd snapshot $restore_path from S3\"" >&2
+            restore_path=$(s3_bucket_dir)/$restore_path
+        fi
         [ -s "$restore_path" ] || fatal "failed to restore snapshot: $restore_path: no such file"
         need_sqlite3
-        rm -rf "${db%/*}"
+        mv "${db%/*}" "${db%/*}-old-$(date +%s)"
         mkdir -p "${db%/*}"
-        (umask 077 && sqlite3 "$restore_path" ".backup '$db'")
+        (umask 077 && sqlite3 "$restore_path" ".backup '$db'") 2>/dev/null || {
+            rm -rf "${db%/*}"
+            fatal "failed to restore snapshot $restore_path: it is not a snapshot (corrupt)"
+        }
         record "cluster-reset restored $restore_path"
     else
         record "cluster-reset"
