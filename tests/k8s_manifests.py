@@ -47,3 +47,20 @@ def validate_manifests(objects: list[dict[str, Any]], version: str) -> list[str]
             api = manifest["apiVersion"]
             problems.append(f"{name}: {api} is not served by Kubernetes {version}")
     return problems
+
+
+def assert_password_is_a_file(pod: dict[str, Any]) -> None:
+    """The pod reads the database password from the app Secret's key mounted as a file, named by
+    DB_PASSWORD_FILE; no environment variable carries it."""
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert not [name for name, e in env.items() if "valueFrom" in e], env
+    path = env["DB_PASSWORD_FILE"]["value"]
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"] == {
+        "secretName": "app-secrets",
+        "items": [{"key": "db-password", "path": path.rsplit("/", 1)[1]}],
+        "defaultMode": 0o440,
+    }

@@ -21,6 +21,34 @@ BACKUP_RESOURCES = Resources(
 )
 
 
+PASSWORD_DIR = "/run/secrets"  # noqa: S105 - a path, not a value
+PASSWORD_FILE = f"{PASSWORD_DIR}/db-password"
+"""Where the backup and restore pods read the database password: a file from the app's Secret,
+named by DB_PASSWORD_FILE, as on Docker (never an environment variable, which every process of
+the container and its /proc/<pid>/environ carry)."""
+
+
+def password_env() -> k8s.core.v1.EnvVarArgs:
+    """DB_PASSWORD_FILE, which pg-backup.sh and pg-restore.sh turn into a private pgpass file."""
+    return k8s.core.v1.EnvVarArgs(name="DB_PASSWORD_FILE", value=PASSWORD_FILE)
+
+
+def password_mount() -> k8s.core.v1.VolumeMountArgs:
+    return k8s.core.v1.VolumeMountArgs(name="db-password", mount_path=PASSWORD_DIR, read_only=True)
+
+
+def password_volume() -> k8s.core.v1.VolumeArgs:
+    """The Secret's db-password key alone, readable by the pod's fsGroup only."""
+    return k8s.core.v1.VolumeArgs(
+        name="db-password",
+        secret=k8s.core.v1.SecretVolumeSourceArgs(
+            secret_name="app-secrets",  # noqa: S106 - the Secret named in app.APP_SECRET
+            items=[k8s.core.v1.KeyToPathArgs(key="db-password", path="db-password")],
+            default_mode=0o440,
+        ),
+    )
+
+
 def render_backup(
     parent: pulumi.Resource,
     name: str,
@@ -55,14 +83,7 @@ def render_backup(
         k8s.core.v1.EnvVarArgs(name="PGDATABASE", value=app.db.name),
         k8s.core.v1.EnvVarArgs(name="PGUSER", value=app.db.user),
         k8s.core.v1.EnvVarArgs(name="KEEP", value=str(backup.keep)),
-        k8s.core.v1.EnvVarArgs(
-            name="PGPASSWORD",
-            value_from=k8s.core.v1.EnvVarSourceArgs(
-                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                    name="app-secrets", key="db-password"
-                )
-            ),
-        ),
+        password_env(),
     ]
     container = k8s.core.v1.ContainerArgs(
         name="pg-dump",
@@ -74,6 +95,7 @@ def render_backup(
             k8s.core.v1.VolumeMountArgs(name="backups", mount_path="/backups"),
             k8s.core.v1.VolumeMountArgs(name="script", mount_path="/scripts", read_only=True),
             k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
+            password_mount(),
         ],
         resources=pods.resources(BACKUP_RESOURCES),
         security_context=pods.restricted_container_security(),
@@ -117,6 +139,7 @@ def render_backup(
                                     ),
                                 ),
                                 pods.scratch_volume("tmp"),
+                                password_volume(),
                             ],
                         ),
                         secrets=[secrets.db_password],

@@ -16,7 +16,13 @@ import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel
 from components.on_kubernetes import pods
-from components.on_kubernetes.backup import BACKUP_CLAIM, BACKUP_RESOURCES
+from components.on_kubernetes.backup import (
+    BACKUP_CLAIM,
+    BACKUP_RESOURCES,
+    password_env,
+    password_mount,
+    password_volume,
+)
 from components.on_kubernetes.policies import BACKUP_COMPONENT
 from components.on_kubernetes.workloads import prefer_servers
 
@@ -50,14 +56,7 @@ def render_restore(
         k8s.core.v1.EnvVarArgs(name="PGPORT", value=str(app.db.port)),
         k8s.core.v1.EnvVarArgs(name="PGDATABASE", value=app.db.name),
         k8s.core.v1.EnvVarArgs(name="PGUSER", value=app.db.user),
-        k8s.core.v1.EnvVarArgs(
-            name="PGPASSWORD",
-            value_from=k8s.core.v1.EnvVarSourceArgs(
-                secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                    name="app-secrets", key="db-password"
-                )
-            ),
-        ),
+        password_env(),
     ]
     container = k8s.core.v1.ContainerArgs(
         name=RESTORE_CONTAINER,
@@ -69,6 +68,7 @@ def render_restore(
             pods.mount("backups", "/backups", read_only=True),
             pods.mount("script", "/scripts", read_only=True),
             pods.mount("tmp", "/tmp"),
+            password_mount(),
         ],
         resources=pods.resources(BACKUP_RESOURCES),
         security_context=pods.restricted_container_security(),
@@ -116,6 +116,7 @@ def render_restore(
                                     ),
                                 ),
                                 pods.scratch_volume("tmp"),
+                                password_volume(),
                             ],
                         ),
                     ),

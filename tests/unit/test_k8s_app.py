@@ -14,7 +14,7 @@ from components.config import AppConfig
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.secrets import StackSecrets
 from tests.harness import Registration, Run, run
-from tests.k8s_manifests import manifests, validate_manifests
+from tests.k8s_manifests import assert_password_is_a_file, manifests, validate_manifests
 
 PLATFORM = KubernetesPlatform(domain="game.example.test", public_address="10.0.0.10")
 DB_PW = "k8s-unit-db-password"
@@ -232,7 +232,7 @@ def test_backups_run_pg_dump_on_their_own_volume(game: Run) -> None:
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["KEEP"]["value"] == "5"
-    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "db-password"
+    assert_password_is_a_file(pod)
     script = of_kind(game, "ConfigMap")["postgres-backup"]["data"]["pg-backup.sh"]
     assert "pg_dump" in script
     backups = game.named("app-backups")

@@ -25,7 +25,7 @@ from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.restore import RESTORE_DEADLINE_SECONDS
 from components.secrets import StackSecrets
 from tests.harness import Run, run
-from tests.k8s_manifests import manifests, validate_manifests
+from tests.k8s_manifests import assert_password_is_a_file, manifests, validate_manifests
 from tools import restore_db
 from tools.restore_db import (
     REPLICAS_ANNOTATION,
@@ -95,7 +95,7 @@ def test_the_restore_is_a_suspended_cronjob_that_never_fires(game: Run) -> None:
     assert script == (ASSETS / "backup" / "pg-restore.sh").read_text()
 
 
-def test_the_restore_pod_is_restricted_and_reads_the_password_by_reference(game: Run) -> None:
+def test_the_restore_pod_is_restricted_and_reads_the_password_from_a_file(game: Run) -> None:
     pod = restore_cronjob(game)["spec"]["jobTemplate"]["spec"]["template"]
     spec = pod["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -113,11 +113,8 @@ def test_the_restore_pod_is_restricted_and_reads_the_password_by_reference(game:
     }
     assert set(container["resources"]["limits"]) == {"cpu", "memory"}
     env = {e["name"]: e for e in container["env"]}
-    assert env["PGPASSWORD"] == {
-        "name": "PGPASSWORD",
-        "valueFrom": {"secretKeyRef": {"name": "app-secrets", "key": "db-password"}},
-    }
-    assert {k: v.get("value") for k, v in env.items() if k != "PGPASSWORD"} == {
+    assert_password_is_a_file(spec)
+    assert {k: v.get("value") for k, v in env.items() if k != "DB_PASSWORD_FILE"} == {
         "PGHOST": "postgres",
         "PGPORT": "5432",
         "PGDATABASE": "game",

@@ -2,8 +2,8 @@
 # picluster database backup: one compressed pg_dump, then only the newest $KEEP dumps are kept.
 # Runs in the postgres image: as a Kubernetes CronJob, and on Docker from pg-backup-schedule.sh
 # in the backup container. PGHOST, PGDATABASE, PGUSER and KEEP come from the environment; the
-# password from PGPASSWORD (Kubernetes: the Secret, by reference) or from the file named by
-# DB_PASSWORD_FILE (Docker), which reaches libpq through a private pgpass file, never argv.
+# password from the file named by DB_PASSWORD_FILE (Kubernetes: the app Secret's key mounted as
+# a file; Docker: a secret upload), which reaches libpq through a private pgpass file, never argv.
 set -eu
 
 if [ -n "${DB_PASSWORD_FILE:-}" ]; then

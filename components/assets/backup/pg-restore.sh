@@ -8,8 +8,8 @@
 # (`docker exec`), on Kubernetes in a Job made from the suspended CronJob `postgres-restore`;
 # bin/restore-db does either, and stops the app's writers first. PGHOST, PGPORT, PGDATABASE and
 # PGUSER (the database's owner, a superuser in the official image) come from the environment;
-# the password from PGPASSWORD (Kubernetes: the Secret, by reference) or from the file named by
-# DB_PASSWORD_FILE (Docker), which reaches libpq through a private pgpass file, never argv.
+# the password from the file named by DB_PASSWORD_FILE (Kubernetes: the app Secret's key mounted as
+# a file; Docker: a secret upload), which reaches libpq through a private pgpass file, never argv.
 #
 # Nothing changes until the dump has proved good: it is checked (gzip -t), then loaded into a
 # fresh database, picluster_restoring, in one transaction (ON_ERROR_STOP). Only then, in one
