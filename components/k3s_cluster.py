@@ -12,7 +12,8 @@ Remote steps (each one SSH session running a script from `components/scripts/`):
 - `<node>-drain` on the first server for every node (`k3s-drain.sh`), before the node's install:
   its stdin carries only the target version, so only a version change re-runs it. It refuses a
   downgrade, and cordons and drains the node (evictions: PodDisruptionBudgets hold it) unless
-  the node has not joined yet, already runs the version, or is the only schedulable node.
+  the node has not joined yet, already runs the version, or is the only schedulable node
+  (cordoned, not Ready or NoSchedule/NoExecute-tainted nodes do not count).
 - `<node>-join` on the first server for every node (`k3s-node.sh`): waits until the node is Ready
   on the pinned version, applies its labels and taints through the API (K3s reads them only when
   a node registers) and uncordons it if its drain step cordoned it, again after each run of the

@@ -50,9 +50,11 @@ node_registered() {
     done
 }
 
-# `NAME KUBELET-VERSION UNSCHEDULABLE READY` for every node (true/false, True/False/Unknown).
+# `NAME KUBELET-VERSION UNSCHEDULABLE READY TAINTED` for every node (true/false,
+# True/False/Unknown, true/false: a NoSchedule or NoExecute taint).
+# shellcheck disable=SC2016 # `$tainted` is a go-template variable, not the shell's
 nodes() {
-    k3s kubectl get nodes -o 'go-template={{range .items}}{{.metadata.name}} {{.status.nodeInfo.kubeletVersion}} {{if .spec.unschedulable}}true{{else}}false{{end}} {{range .status.conditions}}{{if eq .type "Ready"}}{{.status}}{{end}}{{end}}{{"\n"}}{{end}}'
+    k3s kubectl get nodes -o 'go-template={{range .items}}{{.metadata.name}} {{.status.nodeInfo.kubeletVersion}} {{if .spec.unschedulable}}true{{else}}false{{end}} {{range .status.conditions}}{{if eq .type "Ready"}}{{.status}}{{end}}{{end}} {{$tainted := false}}{{range .spec.taints}}{{if ne .effect "PreferNoSchedule"}}{{$tainted = true}}{{end}}{{end}}{{$tainted}}{{"\n"}}{{end}}'
 }
 
 # Refuse before anything changes when a node runs a newer release than the target.
@@ -71,9 +73,11 @@ refuse_downgrade() {
     fi
 }
 
-# Other nodes that are Ready and schedulable: where the drained pods can go.
+# Other nodes that are Ready, schedulable and without a NoSchedule or NoExecute taint: where the
+# drained pods can go (the app's pods tolerate no taint; a server tainted CriticalAddonsOnly, say,
+# takes none of them).
 schedulable_elsewhere() {
-    awk -v n="$NODE_NAME" '$1 != n && $3 != "true" && $4 == "True"' <<<"$NODES" | wc -l
+    awk -v n="$NODE_NAME" '$1 != n && $3 != "true" && $4 == "True" && $5 != "true"' <<<"$NODES" | wc -l
 }
 
 # picluster's mark on the node ("" when it has none). Call it only in a plain assignment
@@ -135,7 +139,7 @@ main() {
         return 0
     fi
     if (($(schedulable_elsewhere) == 0)); then
-        nothing_to_drain "$NODE_NAME is the only schedulable node: not drained, its pods stay through the restart"
+        nothing_to_drain "$NODE_NAME is the only schedulable node (the others are cordoned, not Ready or tainted NoSchedule/NoExecute): not drained, its pods stay through the restart"
         return 0
     fi
 

@@ -468,9 +468,10 @@ def test_the_only_schedulable_node_is_not_drained_and_a_hand_cordon_stays(
     blocked: Blocked, lab: Lab
 ) -> None:
     _ok(blocked.retried)
-    # Cordoned by hand: both agents. The server is then the only node pods could go to.
-    for name in (AGENT_1, AGENT_2):
-        lab.kubectl("cordon", name)
+    # Agent 1 cordoned by hand, agent 2 tainted NoSchedule (no app pod tolerates it): the
+    # server is then the only node its pods could go to.
+    lab.kubectl("cordon", AGENT_1)
+    lab.kubectl("taint", "node", AGENT_2, "dedicated=batch:NoSchedule")
     try:
         next_version = LATEST
         before = len(lab.log())
@@ -478,19 +479,24 @@ def test_the_only_schedulable_node_is_not_drained_and_a_hand_cordon_stays(
         _ok(update)
         ran = {r.name: r for r in update.ran}
         assert _last(ran[f"cluster-{SERVER}-drain"]) == (
-            f"picluster k3s-drain: no changes ({SERVER} is the only schedulable node: "
-            "not drained, its pods stay through the restart)"
+            f"picluster k3s-drain: no changes ({SERVER} is the only schedulable node (the others "
+            "are cordoned, not Ready or tainted NoSchedule/NoExecute): not drained, its pods stay "
+            "through the restart)"
         )
-        # The agents were drained (there was room on the server), never marked, and stay
-        # cordoned after their upgrade: picluster uncordons only what it cordoned.
         log = [line.split(" --")[0] for line in lab.log()[before:]]
-        for name in (AGENT_1, AGENT_2):
-            assert f"kubectl drain {name}" in log
-            assert f"kubectl cordon {name}" not in log and f"kubectl uncordon {name}" not in log
-            assert lab.node(name) == ("Ready,SchedulingDisabled", next_version), name
+        assert f"kubectl drain {SERVER}" not in log
+        # Agent 1 was drained (there was room on the server), never marked, and stays cordoned
+        # after its upgrade: picluster uncordons only what it cordoned.
+        assert f"kubectl drain {AGENT_1}" in log
+        assert f"kubectl cordon {AGENT_1}" not in log and f"kubectl uncordon {AGENT_1}" not in log
+        assert lab.node(AGENT_1) == ("Ready,SchedulingDisabled", next_version)
+        # Agent 2, tainted but schedulable, went the usual way: cordoned, drained, uncordoned.
+        for verb in ("cordon", "drain", "uncordon"):
+            assert f"kubectl {verb} {AGENT_2}" in log, (verb, log)
+        assert lab.node(AGENT_2) == ("Ready", next_version)
     finally:
-        for name in (AGENT_1, AGENT_2):
-            lab.kubectl("uncordon", name)
+        lab.kubectl("uncordon", AGENT_1)
+        lab.kubectl("taint", "node", AGENT_2, "dedicated-")
 
 
 # --- an API server that fails a request -----------------------------------------------------

@@ -908,12 +908,13 @@ node_names() {
     } | sed '/^$/d' | sort -u
 }
 
-# `get nodes -o go-template=...`: NAME KUBELET-VERSION UNSCHEDULABLE READY per node, as the
-# template k3s-drain.sh uses prints them (true/false, then the Ready condition's status).
+# `get nodes -o go-template=...`: NAME KUBELET-VERSION UNSCHEDULABLE READY TAINTED per node, as
+# the template k3s-drain.sh uses prints them (true/false, the Ready condition's status, then
+# whether a taint other than PreferNoSchedule is set).
 list_nodes() {
     case " $* " in
-        *" -o go-template="*"kubeletVersion"*) ;;
-        *) fatal "the double lists nodes only with the kubeletVersion go-template" ;;
+        *" -o go-template="*"kubeletVersion"*".spec.taints"*) ;;
+        *) fatal "the double lists nodes only with the drain script's go-template (kubeletVersion, taints)" ;;
     esac
     for name in $(node_names); do
         status=$(node_status "$name")
@@ -922,7 +923,10 @@ list_nodes() {
         [ ! -f "$REGISTRY/$name/unschedulable" ] || unschedulable=true
         ready=False
         case "$status" in Ready | Ready,*) ready=True ;; esac
-        echo "$name $(node_version "$name") $unschedulable $ready"
+        # The template's last field: a taint other than PreferNoSchedule (KEY=VALUE:EFFECT lines).
+        tainted=false
+        ! grep -Eq ':(NoSchedule|NoExecute)$' "$REGISTRY/$name/taints" 2>/dev/null || tainted=true
+        echo "$name $(node_version "$name") $unschedulable $ready $tainted"
     done
 }
 
