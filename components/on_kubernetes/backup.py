@@ -33,6 +33,19 @@ def password_env() -> k8s.core.v1.EnvVarArgs:
     return k8s.core.v1.EnvVarArgs(name="DB_PASSWORD_FILE", value=PASSWORD_FILE)
 
 
+def database_env(app: AppModel, *extra: k8s.core.v1.EnvVarArgs) -> list[k8s.core.v1.EnvVarArgs]:
+    """libpq's connection variables for the backup and restore pods, then `extra`, then
+    DB_PASSWORD_FILE."""
+    return [
+        k8s.core.v1.EnvVarArgs(name="PGHOST", value=app.db.host),
+        k8s.core.v1.EnvVarArgs(name="PGPORT", value=str(app.db.port)),
+        k8s.core.v1.EnvVarArgs(name="PGDATABASE", value=app.db.name),
+        k8s.core.v1.EnvVarArgs(name="PGUSER", value=app.db.user),
+        *extra,
+        password_env(),
+    ]
+
+
 def password_mount() -> k8s.core.v1.VolumeMountArgs:
     return k8s.core.v1.VolumeMountArgs(name="db-password", mount_path=PASSWORD_DIR, read_only=True)
 
@@ -77,14 +90,7 @@ def render_backup(
         data={"pg-backup.sh": BACKUP_SCRIPT.read_text()},
         opts=opts,
     )
-    env = [
-        k8s.core.v1.EnvVarArgs(name="PGHOST", value=app.db.host),
-        k8s.core.v1.EnvVarArgs(name="PGPORT", value=str(app.db.port)),
-        k8s.core.v1.EnvVarArgs(name="PGDATABASE", value=app.db.name),
-        k8s.core.v1.EnvVarArgs(name="PGUSER", value=app.db.user),
-        k8s.core.v1.EnvVarArgs(name="KEEP", value=str(backup.keep)),
-        password_env(),
-    ]
+    env = database_env(app, k8s.core.v1.EnvVarArgs(name="KEEP", value=str(backup.keep)))
     container = k8s.core.v1.ContainerArgs(
         name="pg-dump",
         image=db.image,

@@ -19,7 +19,7 @@ from components.on_kubernetes import pods
 from components.on_kubernetes.backup import (
     BACKUP_CLAIM,
     BACKUP_RESOURCES,
-    password_env,
+    database_env,
     password_mount,
     password_volume,
 )
@@ -51,13 +51,7 @@ def render_restore(
         data={"pg-restore.sh": RESTORE_SCRIPT.read_text()},
         opts=pulumi.ResourceOptions(parent=parent),
     )
-    env = [
-        k8s.core.v1.EnvVarArgs(name="PGHOST", value=app.db.host),
-        k8s.core.v1.EnvVarArgs(name="PGPORT", value=str(app.db.port)),
-        k8s.core.v1.EnvVarArgs(name="PGDATABASE", value=app.db.name),
-        k8s.core.v1.EnvVarArgs(name="PGUSER", value=app.db.user),
-        password_env(),
-    ]
+    env = database_env(app)
     container = k8s.core.v1.ContainerArgs(
         name=RESTORE_CONTAINER,
         image=db.image,
