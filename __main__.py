@@ -13,6 +13,7 @@ from components.providers import command_provider, docker_provider, kubernetes_p
 from components.secrets import alert_secret_files, cluster_token, stack_secrets
 from components.stack_args import (
     docker_platform,
+    image_source,
     k3s_cluster_args,
     kubernetes_platform,
     pi_node_args,
@@ -20,7 +21,7 @@ from components.stack_args import (
 
 config = stack_config.load()  # one ConfigError naming every bad key, before any resource
 settings = config.settings
-app = build_app(settings.app)
+app = build_app(settings.app, image_source(settings))
 secrets = stack_secrets(config, app)
 node_args = pi_node_args(config)
 over_ssh = pulumi.ResourceOptions(providers=[command_provider()] if node_args else [])

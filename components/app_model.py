@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from components import versions
 from components.config import AppConfig, ServiceConfig
+from components.images import ImageBuild, plan_build
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -97,7 +98,12 @@ class Workload:
     """DNS name inside the app: the Docker network alias, the Kubernetes Service name."""
     role: Role
     image: str
-    """Pinned image reference, multi-arch (amd64 and arm64)."""
+    """Pinned image reference, multi-arch (amd64 and arm64), or the content-tagged reference of
+    the image picluster builds (`build`)."""
+    build: ImageBuild | None = None
+    """How picluster builds `image` from the studio's source, when it does."""
+    migrate: tuple[str, ...] | None = None
+    """Run once per release, to completion, before the release's replicas start."""
     port: int
     """The port the container listens on."""
     probe: Probe
@@ -163,6 +169,11 @@ class AppModel:
     """True when the frontend serves picluster's placeholder Phaser page."""
 
     @property
+    def builds(self) -> tuple[Workload, ...]:
+        """The workloads whose image picluster builds, in start order."""
+        return tuple(w for w in self.workloads if w.build is not None)
+
+    @property
     def workloads(self) -> tuple[Workload, ...]:
         """Database first, then services, then the frontend: the order they start in."""
         return (self.database, *self.services, self.frontend)
@@ -183,11 +194,15 @@ def _node_probe(port: int, path: str | None) -> Probe:
     return Probe(kind=ProbeKind.HTTP, path=path, command=("node", "-e", script))
 
 
+DEMO_API = ASSETS / "demo-api"
+"""The demo API's source folder: a Node.js project, built like a studio's own service."""
+
+
 def _demo_service() -> ServiceConfig:
     return ServiceConfig.model_validate(
         {
             "name": DEMO_SERVICE_NAME,
-            "image": versions.NODE,
+            "build": str(DEMO_API),
             "port": DEMO_SERVICE_PORT,
             "path": f"/{DEMO_SERVICE_NAME}",
             "healthPath": f"/{DEMO_SERVICE_NAME}/hello",
@@ -196,24 +211,21 @@ def _demo_service() -> ServiceConfig:
     )
 
 
-def _service(config: ServiceConfig, *, demo: bool) -> Workload:
+def _service(config: ServiceConfig, *, demo: bool, images: ImageSource) -> Workload:
     env = {"PORT": str(config.port), **config.env}
-    files: dict[str, str] = {}
-    command = None
     if demo:
         env["ROUTE_PREFIX"] = config.route
-        files["/app/server.js"] = (ASSETS / "demo-api" / "server.js").read_text()
-        command = ("node", "/app/server.js")
+    build = images.build(config.name, config.build) if config.build is not None else None
     return Workload(
         name=config.name,
         role=Role.SERVICE,
-        image=config.image,
+        image=images.ref(build) if build is not None else str(config.image),
+        build=build,
+        migrate=tuple(config.migrate) if config.migrate is not None else None,
         port=config.port,
         replicas=config.replicas,
-        command=command,
         env=_frozen(env),
         secret_env=MappingProxyType({"DATABASE_URL": SecretKey.DATABASE_URL}),
-        files=_frozen(files),
         probe=_node_probe(config.port, config.health_path),
         route=config.route,
         metrics_path=config.metrics_path,
@@ -260,17 +272,23 @@ def _database(config: AppConfig) -> Workload:
     )
 
 
-def _frontend(config: AppConfig) -> Workload:
+def _frontend(config: AppConfig, images: ImageSource) -> Workload:
     frontend = config.frontend
     files: dict[str, str] = {}
-    if frontend.image is None:
+    build = None
+    if frontend.static is not None:
+        build = images.build("frontend", frontend.static, static=True)
+    elif frontend.build is not None:
+        build = images.build("frontend", frontend.build)
+    elif frontend.image is None:
         for name in ("index.html", "game.js"):
             files[f"/usr/share/nginx/html/{name}"] = (ASSETS / "frontend" / name).read_text()
     url = f"http://127.0.0.1:{frontend.port}/healthz"
     return Workload(
         name="frontend",
         role=Role.FRONTEND,
-        image=frontend.image or versions.NGINX,
+        image=images.ref(build) if build is not None else frontend.image or versions.NGINX,
+        build=build,
         port=frontend.port,
         replicas=frontend.replicas,
         files=_frozen(files),
@@ -291,13 +309,31 @@ def _frontend(config: AppConfig) -> Workload:
     )
 
 
-def build_app(config: AppConfig) -> AppModel:
+@dataclass(frozen=True, kw_only=True)
+class ImageSource:
+    """Where built images go and where their folders are: the repository the target pulls from
+    (`picluster-<stack>` on the local daemon, the in-cluster registry or the user's on K3s) and
+    the project directory that `build`/`static` paths are relative to."""
+
+    repository: str
+    project_dir: Path
+
+    def build(self, name: str, folder: str, *, static: bool = False) -> ImageBuild:
+        """The build of `folder` (absolute, or relative to the project) as image `name`."""
+        return plan_build(name, self.project_dir / folder, static=static)
+
+    def ref(self, build: ImageBuild) -> str:
+        """The reference the target runs `build`'s image under."""
+        return build.ref(self.repository)
+
+
+def build_app(config: AppConfig, images: ImageSource) -> AppModel:
     """The app model for the validated `app` config; the demo API when no service is given."""
     demo = config.services is None
     services = [_demo_service()] if demo else list(config.services or [])
     return AppModel(
-        frontend=_frontend(config),
-        services=tuple(_service(s, demo=demo) for s in services),
+        frontend=_frontend(config, images),
+        services=tuple(_service(s, demo=demo, images=images) for s in services),
         database=_database(config),
         db=DatabaseInfo(
             host="postgres",
@@ -315,5 +351,7 @@ def build_app(config: AppConfig) -> AppModel:
             if config.database.backup.enabled
             else None
         ),
-        uses_placeholder_page=config.frontend.image is None,
+        uses_placeholder_page=config.frontend.image is None
+        and config.frontend.static is None
+        and config.frontend.build is None,
     )

@@ -29,13 +29,14 @@ from pulumi.runtime import config as runtime_config
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
 )
 from pydantic.alias_generators import to_camel
 
-from components import datastore_snapshots, versions
+from components import datastore_snapshots, images, versions
 
 NAMESPACE = "picluster"
 
@@ -60,6 +61,7 @@ SECRET_KEYS: tuple[str, ...] = (
     *ALERT_SECRET_KEYS,
     "etcdS3AccessKey",
     "etcdS3SecretKey",
+    "registryPassword",
 )
 """Top-level keys that hold secrets: read with `StackConfig.secret`, never put in the model."""
 
@@ -179,6 +181,19 @@ def _image(value: str) -> str:
     if match["digest"] is None and match["tag"] in (None, "latest"):
         raise ValueError(
             f"{value!r} is not pinned; give a version tag or digest, such as node:22.12.0-alpine"
+        )
+    return value
+
+
+_REGISTRY = re.compile(r"^(?P<host>[A-Za-z0-9.-]+(:[0-9]{1,5})?)(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+
+
+def _registry(value: str) -> str:
+    host = value.split("/")[0]
+    if not _REGISTRY.match(value) or ("." not in host and ":" not in host and host != "localhost"):
+        raise ValueError(
+            f"{value!r} is not a registry such as registry.lan:5000 or ghcr.io/studio "
+            "(host[:port][/path], no scheme)"
         )
     return value
 
@@ -443,10 +458,31 @@ class K3sConfig(_Model):
     snapshots: SnapshotsConfig = SnapshotsConfig()
 
 
+Folder = Annotated[str, Field(min_length=1)]
+"""A folder path, relative to the project directory (checked in `_build_invariants`)."""
+
+
+def _exec_form(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(
+            f"{value!r} is a string; write the command as a list (exec form), "
+            f"such as {value.split() or ['npm', 'run', 'migrate']}"
+        )
+    return value
+
+
+Command = Annotated[
+    list[Annotated[str, Field(min_length=1)]], Field(min_length=1), BeforeValidator(_exec_form)
+]
+
+
 class FrontendConfig(_Model):
-    """The nginx frontend serving the Phaser.js game."""
+    """The nginx frontend serving the Phaser.js game: picluster's placeholder page, the game's
+    build output (`static`), a folder with its own Dockerfile (`build`), or an `image`."""
 
     image: Image | None = None
+    static: Folder | None = None
+    build: Folder | None = None
     replicas: Replicas = 1
     port: Port = 80
 
@@ -455,7 +491,11 @@ class ServiceConfig(_Model):
     """One Node.js microservice."""
 
     name: DnsLabel
-    image: Image
+    image: Image | None = None
+    build: Folder | None = None
+    """A source folder: its own Dockerfile, or a Node.js project (package.json)."""
+    migrate: Command | None = None
+    """Run once per release, before the release's pods start (exec form)."""
     port: Port
     replicas: Replicas = 1
     path: UrlPath | None = None
@@ -571,6 +611,21 @@ class MonitoringConfig(_Model):
     alerts: AlertsConfig = AlertsConfig()
 
 
+class ImagesConfig(_Model):
+    """How the studio's own images (`build`, `static`) are built and where they are pushed."""
+
+    platforms: Annotated[
+        list[Literal["linux/arm64", "linux/amd64"]], Field(min_length=1, max_length=2)
+    ] = Field(default_factory=lambda: ["linux/arm64"])
+    """K3s target: what the nodes run (a Pi is linux/arm64). Docker: the daemon's own."""
+    builder: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] | None = None
+    """A `docker buildx` builder to build on (README: a native arm64 builder)."""
+    registry: Annotated[str, AfterValidator(_registry)] | None = None
+    """K3s target: `host[:port][/path]` of a registry the nodes pull from, instead of the
+    in-cluster one."""
+    registry_username: Annotated[str, Field(min_length=1)] | None = None
+
+
 class Settings(_Model):
     """Everything under `picluster:` except the secrets."""
 
@@ -580,6 +635,7 @@ class Settings(_Model):
     ssh: SshConfig | None = None
     k3s: K3sConfig | None = Field(default=None, alias="k3s")
     app: AppConfig = AppConfig()
+    images: ImagesConfig = ImagesConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
 
 
@@ -769,6 +825,79 @@ def _app_invariants(app: AppConfig) -> list[str]:
     return problems
 
 
+def _build_invariants(
+    settings: Settings, project_dir: Path, secrets_set: frozenset[str]
+) -> list[str]:
+    """Where each image comes from: one source per workload, folders that can be built, image
+    references the nodes can reach, registry credentials that come in pairs."""
+    problems: list[str] = []
+    app = settings.app
+    on_k3s = settings.target is Target.K3S
+    frontend = app.frontend
+    given = [
+        k
+        for k, v in (
+            ("image", frontend.image),
+            ("static", frontend.static),
+            ("build", frontend.build),
+        )
+        if v is not None
+    ]
+    if len(given) > 1:
+        problems.append(
+            f"picluster:app.frontend: gives {' and '.join(given)}; give one of image, static "
+            "(the game's build output) or build (a folder with a Dockerfile)"
+        )
+    for key, folder, static in (
+        ("picluster:app.frontend.static", frontend.static, True),
+        ("picluster:app.frontend.build", frontend.build, False),
+    ):
+        if folder is not None:
+            problems += images.folder_problems(project_dir / folder, static=static, key=key)
+    if on_k3s and frontend.image is not None and images.is_loopback_registry(frontend.image):
+        problems.append(_loopback_problem("picluster:app.frontend.image", frontend.image))
+    for i, service in enumerate(app.services or []):
+        key = f"picluster:app.services[{i}]"
+        if (service.image is None) == (service.build is None):
+            what = "both image and build" if service.image else "neither image nor build"
+            problems.append(
+                f"{key}: gives {what}; give one: image (a pinned reference) or build (a source "
+                "folder)"
+            )
+        if service.build is not None:
+            problems += images.folder_problems(
+                project_dir / service.build, static=False, key=f"{key}.build"
+            )
+        if on_k3s and service.image is not None and images.is_loopback_registry(service.image):
+            problems.append(_loopback_problem(f"{key}.image", service.image))
+    registry = settings.images.registry
+    if on_k3s and registry is not None and images.is_loopback_registry(f"{registry}/x"):
+        problems.append(
+            f"picluster:images.registry: {registry!r} is this machine's loopback, which the Pis "
+            "cannot reach; remove the key to use the in-cluster registry, or name one on the LAN"
+        )
+    has_user = settings.images.registry_username is not None
+    if has_user != ("registryPassword" in secrets_set):
+        problems.append(
+            "picluster:images.registryUsername: and the secret picluster:registryPassword come "
+            "together (`pulumi config set --secret registryPassword`)"
+        )
+    if has_user and registry is None:
+        problems.append(
+            "picluster:images.registryUsername: is for a registry named in "
+            "picluster:images.registry; the in-cluster registry needs no account"
+        )
+    return problems
+
+
+def _loopback_problem(key: str, reference: str) -> str:
+    return (
+        f"{key}: {reference!r} is on this machine's loopback, which the Pis cannot pull from; "
+        "give build (a source folder, pushed to the in-cluster registry) or a registry the Pis "
+        "reach"
+    )
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 
@@ -887,8 +1016,13 @@ class StackConfig:
         return self._config.require_secret(key)
 
 
-def validate(raw: Mapping[str, Any], *, secret_values: bool = True) -> Settings:
+def validate(
+    raw: Mapping[str, Any], *, secret_values: bool = True, project_dir: Path | None = None
+) -> Settings:
     """Validate raw config values (keys without namespace) or raise one `ConfigError`.
+
+    Build folders are relative to `project_dir` (default: the working directory, which is the
+    project's when Pulumi runs the program).
 
     With `secret_values=False` the secrets' values are not checked, only which are set: for a
     reader that sees the stack's configuration without them (`bin/restore-datastore`).
@@ -911,6 +1045,7 @@ def validate(raw: Mapping[str, Any], *, secret_values: bool = True) -> Settings:
     secrets_set = frozenset(k for k in SECRET_KEYS if k in raw)
     problems += _alert_invariants(settings.monitoring.alerts, secrets_set)
     problems += _snapshot_invariants(settings, secrets_set)
+    problems += _build_invariants(settings, project_dir or Path.cwd(), secrets_set)
     if problems:
         raise ConfigError(problems)
     return settings

@@ -6,15 +6,36 @@ Nothing here declares a resource; it only decides what each component is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pulumi
 
-from components.config import NodeConfig, NodeRole, Settings, SnapshotsConfig, StackConfig
+from components import images
+from components.app_model import ImageSource
+from components.config import (
+    NodeConfig,
+    NodeRole,
+    Settings,
+    SnapshotsConfig,
+    StackConfig,
+    Target,
+)
 from components.datastore_snapshots import DatastoreSnapshots, S3Target
 from components.k3s_cluster import ClusterNode, K3sClusterArgs
 from components.on_docker.containers import DockerPlatform
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.pi_node import PiNode, PiNodeArgs, SshTarget
+
+
+def image_source(settings: Settings) -> ImageSource:
+    """Where the images picluster builds are named from: the local daemon's own repository, the
+    in-cluster registry, or the registry `images.registry` names; folders are relative to the
+    project directory (Pulumi runs the program there)."""
+    if settings.target is Target.K3S:
+        repository = settings.images.registry or images.IN_CLUSTER_REGISTRY
+    else:
+        repository = f"picluster-{pulumi.get_stack()}".lower()
+    return ImageSource(repository=repository, project_dir=Path.cwd())
 
 
 def docker_platform(settings: Settings) -> DockerPlatform:

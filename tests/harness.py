@@ -31,6 +31,7 @@ from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from components.app_model import ImageSource
 from tests.engine_rules import (
     EngineRefusalError,
     default_provider_refusals,
@@ -40,6 +41,8 @@ from tests.engine_rules import (
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "__main__.py"
 PROJECT = "picluster"
+TEST_IMAGES = ImageSource(repository="picluster-test", project_dir=ROOT)
+"""Where the unit tests' built images are named from; folders relative to the checkout."""
 
 SECRET_SIG = rpc._special_secret_sig
 SIG_KEY = rpc._special_sig_key

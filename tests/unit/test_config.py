@@ -64,7 +64,7 @@ def test_defaults_give_the_documented_values() -> None:
         (
             {"target": "docker", "app": {"frontend": {"imag": "x"}}},
             "picluster:app.frontend.imag",
-            "valid keys here are image, port, replicas",
+            "valid keys here are build, image, port, replicas, static",
         ),
         (
             {"target": "docker", "monitoring": {"enabled": "maybe"}},

@@ -28,6 +28,7 @@ from components.on_kubernetes.control_plane import DROPPED_LATENCY_BUCKETS
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.prometheus import prometheus_config
 from tests import real_prometheus
+from tests.harness import TEST_IMAGES
 from tests.unit.test_monitoring_assets import ALERTS, DASHBOARDS, PROMTOOL, needs_promtool
 
 FIXTURE = Path(__file__).parent / "fixtures" / "k3s_all_in_one.prom"
@@ -46,7 +47,7 @@ needs_prometheus = pytest.mark.skipif(
 
 
 def _jobs() -> dict[str, dict[str, Any]]:
-    app = build_app(AppConfig())
+    app = build_app(AppConfig(), TEST_IMAGES)
     text = prometheus_config(app, MonitoringConfig(), KubernetesPlatform())
     return {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
 

@@ -17,6 +17,7 @@ import pytest
 from components.app_model import build_app
 from components.config import AppConfig
 from components.nginx import DOCKER_RESOLVER, nginx_conf
+from tests.harness import TEST_IMAGES
 
 SERVER_JS = Path(__file__).resolve().parents[2] / "components" / "assets" / "demo-api" / "server.js"
 
@@ -119,7 +120,8 @@ def test_nginx_accepts_the_generated_config(tmp_path: Path) -> None:
                     },
                 ]
             }
-        )
+        ),
+        TEST_IMAGES,
     )
     (tmp_path / "default.conf").write_text(nginx_conf(app, resolver=DOCKER_RESOLVER))
     (tmp_path / "nginx.conf").write_text(

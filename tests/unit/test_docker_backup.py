@@ -20,7 +20,7 @@ from components.app_stack import AppStack, AppStackArgs
 from components.config import AppConfig
 from components.on_docker.containers import DockerPlatform
 from components.secrets import StackSecrets
-from tests.harness import Run, run
+from tests.harness import TEST_IMAGES, Run, run
 from tools.restore_db import DockerTarget, RestoreError, RestoreTimeoutError, StillRunningError
 
 CONTAINER = "docker:index/container:Container"
@@ -42,7 +42,7 @@ def program(config: dict[str, Any]) -> Any:
         AppStack(
             "app",
             AppStackArgs(
-                app=build_app(AppConfig.model_validate(config)),
+                app=build_app(AppConfig.model_validate(config), TEST_IMAGES),
                 secrets=StackSecrets(
                     db_password=pulumi.Output.secret(DB_PW),
                     grafana_admin_password=pulumi.Output.secret("unused"),

@@ -12,7 +12,7 @@ from components.config import AppConfig, MonitoringConfig
 from components.monitoring import Monitoring, MonitoringArgs
 from components.on_docker.containers import DockerPlatform
 from components.secrets import StackSecrets
-from tests.harness import Run, run
+from tests.harness import TEST_IMAGES, Run, run
 
 PLATFORM = DockerPlatform(
     publish_address="127.0.0.1",
@@ -30,7 +30,8 @@ APP = build_app(
             ],
             "database": {"name": "arena", "user": "arena"},
         }
-    )
+    ),
+    TEST_IMAGES,
 )
 
 

@@ -13,7 +13,7 @@ from components.app_stack import AppStack, AppStackArgs
 from components.config import AppConfig
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.secrets import StackSecrets
-from tests.harness import Registration, Run, run
+from tests.harness import TEST_IMAGES, Registration, Run, run
 from tests.k8s_manifests import assert_password_is_a_file, manifests, validate_manifests
 
 PLATFORM = KubernetesPlatform(domain="game.example.test", public_address="10.0.0.10")
@@ -54,7 +54,7 @@ def program(config: dict[str, Any]) -> Any:
         AppStack(
             "app",
             AppStackArgs(
-                app=build_app(AppConfig.model_validate(config)),
+                app=build_app(AppConfig.model_validate(config), TEST_IMAGES),
                 secrets=secrets(),
                 platform=PLATFORM,
             ),

@@ -18,7 +18,7 @@ from components.on_kubernetes.monitoring import render_monitoring
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.prometheus import retention_size
 from components.secrets import StackSecrets
-from tests.harness import Registration, Run, run, unwrap
+from tests.harness import TEST_IMAGES, Registration, Run, run, unwrap
 from tests.k8s_manifests import manifests, validate_manifests
 
 DB_PASSWORD = "unit-db-pw"
@@ -40,7 +40,8 @@ APP = build_app(
             ],
             "database": {"name": "arena", "user": "arena"},
         }
-    )
+    ),
+    TEST_IMAGES,
 )
 SETTINGS = MonitoringConfig.model_validate(
     {"retention": "7d", "scrapeInterval": "15s", "storage": "10Gi", "grafanaStorage": "1Gi"}

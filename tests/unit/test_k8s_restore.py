@@ -24,7 +24,7 @@ from components.config import AppConfig
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.restore import RESTORE_DEADLINE_SECONDS
 from components.secrets import StackSecrets
-from tests.harness import Run, run
+from tests.harness import TEST_IMAGES, Run, run
 from tests.k8s_manifests import assert_password_is_a_file, manifests, validate_manifests
 from tools import restore_db
 from tools.restore_db import (
@@ -53,7 +53,7 @@ def program(config: dict[str, Any]) -> Any:
         AppStack(
             "app",
             AppStackArgs(
-                app=build_app(AppConfig.model_validate(config)),
+                app=build_app(AppConfig.model_validate(config), TEST_IMAGES),
                 secrets=StackSecrets(
                     db_password=pulumi.Output.secret(DB_PW),
                     grafana_admin_password=pulumi.Output.secret("unused"),

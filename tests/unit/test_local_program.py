@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
+from components.app_model import DEMO_API
+from components.images import plan_build
 from tests.harness import Registration, Run, mock_image_id, run_main, stack_file_config, unwrap
 
 CONTAINER = "docker:index/container:Container"
@@ -132,7 +134,10 @@ def test_services_start_after_a_healthy_database(local: Run) -> None:
     assert env["DATABASE_URL"].startswith("postgresql://game:generated-db-password")
     assert env["DATABASE_URL"].endswith("@postgres:5432/game")
     assert env["PORT"] == "3000"
-    assert "/app/server.js" in uploads_of(api)
+    # The demo API is built from its source folder, not mounted into a stock node image.
+    assert "/app/server.js" not in uploads_of(api)
+    built = [r.value("name") for r in local.of_type(IMAGE) if "/api:" in str(r.value("name"))]
+    assert built == [f"picluster-local/api:{plan_build('api', DEMO_API).tag}"]
 
 
 def test_frontend_serves_the_placeholder_and_proxies_service_paths(local: Run) -> None:
