@@ -69,6 +69,7 @@ def names() -> Iterator[list[str]]:
     yield created
     for name in created:
         _docker("rm", "-f", "-v", name, timeout=60)
+    for name in created:  # once no container uses them
         _docker("image", "rm", "-f", name, timeout=60)
 
 
@@ -367,8 +368,9 @@ def test_nginx_started_as_root_runs_workers_as_nginx_and_passes_the_health_check
 def _uids(container: str) -> set[int]:
     """The real uids of the container's nginx processes."""
     out = _ok(_docker("exec", container, "sh", "-c",
-                      "for s in /proc/[0-9]*/status; do grep -q '^Name:.*nginx' $s && "
-                      "sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $s; done"))  # fmt: skip
+                      "for s in /proc/[0-9]*/status; do "
+                      "if grep -q '^Name:.*nginx' $s 2>/dev/null; then "
+                      "sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' $s; fi; done"))  # fmt: skip
     return {int(uid) for uid in out.split()}
 
 
