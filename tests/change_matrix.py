@@ -16,6 +16,7 @@ import copy
 import re
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -244,12 +245,15 @@ def _run(stack: str, config: Config) -> Run:
     return run_main(config, stack=stack, secret_keys=secret_keys)
 
 
-def _registries(registry: str, username: str, password: str) -> Callable[[StackConfig], Any]:
+def user_registry(registry: str, username: str, password: str) -> AbstractContextManager[object]:
+    """While active, the program's nodes trust `registry` with these credentials (the password a
+    secret), as the `images.registry*` keys will make them."""
+
     def trust(config: StackConfig) -> RegistryTrust:
         del config
         return registry_trust(registry, username, pulumi.Output.secret(password))
 
-    return trust
+    return mock.patch("components.stack_args.registries", trust)
 
 
 @cache
@@ -274,7 +278,7 @@ def outcome(change: Change) -> Outcome:
     if change.registry is None:
         after = _run(change.stack, change.edit(base(change.stack)))
     else:
-        with mock.patch("components.stack_args.registries", _registries(*change.registry)):
+        with user_registry(*change.registry):
             after = _run(change.stack, change.edit(base(change.stack)))
     return Outcome(change, plan(before.registrations, after.registrations), before, after)
 
