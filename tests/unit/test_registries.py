@@ -20,12 +20,13 @@ from components.registries import (
     REGISTRY_PORT,
     RegistryAuth,
     RegistryTrust,
+    registries_document,
     registries_yaml,
     registry_trust,
 )
 from components.remote_script import script_path
 from tests.change_matrix import PROD_SECRETS, base, user_registry
-from tests.harness import Registration, Run, run_main
+from tests.harness import Registration, Run, run, run_main
 from tests.unit.test_prod_program import COMMAND, stdin_values
 
 PASSWORD = "registry-unit-password-7f3a9c"
@@ -184,6 +185,18 @@ def test_the_payload_carries_the_document_as_base64() -> None:
     values = install_values(node, args, node, "t", registries=text)
     assert base64.b64decode(values["REGISTRIES_YAML_B64"]).decode() == text
     assert install_values(node, args, node, "t")["REGISTRIES_YAML_B64"] == ""
+
+
+def test_a_document_with_credentials_is_a_secret_even_from_a_plain_password() -> None:
+    def program() -> None:
+        pulumi.export("with", registries_document(registry_trust(USER_REGISTRY, "ci", PASSWORD)))
+        pulumi.export("without", registries_document(registry_trust()))
+
+    outputs = run(program, {}).outputs
+    assert outputs["with"].secret
+    assert PASSWORD in outputs["with"].value
+    assert not outputs["without"].secret  # nothing to hide: diffs stay readable
+    assert outputs["without"].value == registries_yaml(registry_trust(), {})
 
 
 # --- the program -----------------------------------------------------------------------------
