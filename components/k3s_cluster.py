@@ -3,8 +3,9 @@
 Remote steps (each one SSH session running a script from `components/scripts/`):
 
 - `<node>-k3s` on every node (`k3s-install.sh`): the token into a root-only file, config.yaml
-  (built here as data) written 0600 only when it changed, the taints in a registration drop-in,
-  K3s installed at the pinned version, restarted only when its version, config or token changed.
+  and registries.yaml (built here as data; `components/registries.py`) written 0600 only when
+  they changed, the taints in a registration drop-in, K3s installed at the pinned version,
+  restarted only when its version, config, registries or token changed.
   The first server initialises; every other node gets K3s's full token
   (`K10<CA hash>::server:<token>`) and so checks the cluster before it sends the secret. The hash
   is of the CA in the kubeconfig read (below), which is read once: a re-run of the first
@@ -36,7 +37,8 @@ No step carries `triggers`: pulumi-command's SDK adds `replaceOnChanges: ["trigg
 Command, and a replaced install would run its `delete` (uninstall K3s) after the new one ran. What
 must re-run a step goes into its stdin instead, which the provider diffs as an in-place update.
 
-The token only ever travels as a secret on stdin; it never appears in a command line or a log.
+The token and the registry credentials only ever travel as secrets on stdin; they never appear in
+a command line or a log.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from components.datastore_snapshots import (
 )
 from components.kubeconfig import ca_hash, rewrite_kubeconfig
 from components.pi_node import SshTarget
+from components.registries import RegistryTrust, registries_document
 from components.remote_script import run_marker, steps_payload
 
 K3S_DIR = "/etc/rancher/k3s"
@@ -121,6 +124,8 @@ class K3sClusterArgs:
     """The S3 secret key of `snapshots.s3`, a secret."""
     drain_timeout: int = DRAIN_TIMEOUT_SECONDS
     """Seconds a node's drain before its upgrade may take before the upgrade stops."""
+    registries: RegistryTrust = field(default_factory=RegistryTrust)
+    """Every node's registries.yaml: mirrors and registry credentials (empty: no file)."""
 
 
 def embedded_etcd(args: K3sClusterArgs) -> bool:
@@ -189,11 +194,13 @@ def install_values(
     first: ClusterNode,
     token: str,
     s3_keys: tuple[str, str] | None = None,
+    registries: str = "",
 ) -> dict[str, str]:
     """The values `k3s-install.sh` receives on stdin for `node` (`token` is the secret's value:
     the plain token for the first server, the full `K10...` token for every other node;
     `s3_keys` the values of the S3 access and secret keys, which a server running embedded etcd
-    with an S3 target gets in its 0600 config.yaml)."""
+    with an S3 target gets in its 0600 config.yaml; `registries` the text of registries.yaml,
+    `registries_document(args.registries)` resolved, "" for none)."""
     config = node_config(node, args, first)
     if s3_keys is not None and "etcd-s3" in config:
         config |= etcd_s3_credentials(*s3_keys)
@@ -204,6 +211,7 @@ def install_values(
         "K3S_TOKEN": token,
         "CONFIG_YAML_B64": _b64_yaml(config),
         "REGISTRATION_YAML_B64": _b64_yaml(registration_config(node)),
+        "REGISTRIES_YAML_B64": base64.b64encode(registries.encode()).decode(),
         "K3S_INSTALL_URL": args.install_url,
         "READY_TIMEOUT": str(READY_TIMEOUT_SECONDS),
     }
@@ -266,6 +274,8 @@ class K3sCluster(pulumi.ComponentResource):
             raise ValueError("K3sCluster needs at least one server")
         first = servers[0]
         first_connection = first.ssh.connection()
+        # The same on every node; it may hold a password, so it is a secret like the token.
+        registries = registries_document(args.registries)
 
         # One node at a time, servers first: drain(n) -> install(n) -> join(n) -> drain(n+1).
         # The first server starts with the plain token; every other node gets the full token,
@@ -285,7 +295,9 @@ class K3sCluster(pulumi.ComponentResource):
                 add_previous_output_in_env=False,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[node.ready, *previous]),
             )
-            install = self._install(name, node, args, first, token, depends_on=[node.ready, drain])
+            install = self._install(
+                name, node, args, first, token, registries, depends_on=[node.ready, drain]
+            )
             if node is first:
                 read = self._read_kubeconfig(name, first_connection, after=install)
                 # The CA's hash comes from the kubeconfig, read once: known in every preview,
@@ -384,14 +396,22 @@ class K3sCluster(pulumi.ComponentResource):
         args: K3sClusterArgs,
         first: ClusterNode,
         token: pulumi.Input[str],
+        registries: pulumi.Output[str],
         *,
         depends_on: Sequence[pulumi.Resource],
     ) -> remote.Command:
-        values = pulumi.Output.all(token, args.etcd_s3_access_key, args.etcd_s3_secret_key).apply(
+        values = pulumi.Output.all(
+            token, args.etcd_s3_access_key, args.etcd_s3_secret_key, registries
+        ).apply(
             lambda parts: steps_payload(
                 ["k3s-install.sh"],
                 install_values(
-                    node, args, first, parts[0], (parts[1], parts[2]) if parts[1] else None
+                    node,
+                    args,
+                    first,
+                    parts[0],
+                    (parts[1], parts[2]) if parts[1] else None,
+                    registries=parts[3],
                 ),
             )
         )
@@ -400,9 +420,10 @@ class K3sCluster(pulumi.ComponentResource):
             f"{name}-{node.name}-k3s",
             connection=node.ssh.connection(),
             create="sudo bash -s",
-            # A new version or config.yaml changes stdin, and a stdin change is an in-place update
-            # that re-runs the install. Never `triggers`: pulumi-command makes them replace the
-            # command, and a replaced install runs its `delete` (the uninstall) on the old stdin.
+            # A new version, config.yaml or registries.yaml changes stdin, and a stdin change is an
+            # in-place update that re-runs the install. Never `triggers`: pulumi-command makes them
+            # replace the command, and a replaced install runs its `delete` (the uninstall) on the
+            # old stdin.
             update="sudo bash -s",
             delete="sudo bash -s -- delete",
             stdin=pulumi.Output.secret(values),

@@ -25,6 +25,7 @@ from components.k3s_cluster import ClusterNode, K3sClusterArgs
 from components.on_docker.containers import DockerPlatform
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.pi_node import PiNode, PiNodeArgs, SshTarget
+from components.registries import RegistryTrust, registry_trust
 
 
 def image_source(settings: Settings) -> ImageSource:
@@ -113,7 +114,16 @@ def k3s_cluster_args(
         snapshots=datastore_snapshots(k3s.snapshots),
         etcd_s3_access_key=config.secret("etcdS3AccessKey"),
         etcd_s3_secret_key=config.secret("etcdS3SecretKey"),
+        registries=registries(config),
     )
+
+
+def registries(config: StackConfig) -> RegistryTrust:
+    """What every node's registries.yaml trusts: the in-cluster registry, always."""
+    # The user's registry joins with `images.registry`, `images.registryUsername` and the secret
+    # `registryPassword`: registry_trust(registry, username, config.secret("registryPassword")).
+    del config
+    return registry_trust()
 
 
 def datastore_snapshots(snapshots: SnapshotsConfig) -> DatastoreSnapshots:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # picluster k3s-install: install or upgrade K3s to a pinned release as a server or an agent, with
-# the join token in a root-only file and /etc/rancher/k3s/config.yaml written only when it changed.
+# the join token in a root-only file and /etc/rancher/k3s/config.yaml and registries.yaml written
+# only when they changed.
 # `bash -s -- delete` uninstalls K3s instead (the node's `pulumi destroy`).
 #
 # Inputs (NAME='value' lines on stdin before this script, run as `sudo bash -s`):
@@ -11,6 +12,9 @@
 #   CONFIG_YAML_B64  base64 of the config.yaml picluster built for this node
 #   REGISTRATION_YAML_B64  base64 of the keys K3s reads only when the node registers (node-taint),
 #                    written to a config.yaml.d drop-in; a change there does not restart K3s
+#   REGISTRIES_YAML_B64  base64 of the registries.yaml picluster built (mirrors, and registry
+#                    credentials: secret, written 0600 only); empty: none, and one picluster wrote
+#                    earlier is removed (a file without picluster's first line is left alone)
 #   K3S_INSTALL_URL  the installer (default https://get.k3s.io; tests point it at a double)
 #   READY_TIMEOUT    seconds to wait for the node to be Ready (server) or the agent to join
 #   CLOCK_TIMEOUT    seconds to wait for the clock to be synchronised (default 180)
@@ -27,6 +31,10 @@ readonly CONFIG_DIR=/etc/rancher/k3s
 readonly CONFIG_FILE=$CONFIG_DIR/config.yaml
 readonly REGISTRATION_FILE=$CONFIG_DIR/config.yaml.d/50-picluster-registration.yaml
 readonly TOKEN_FILE=$CONFIG_DIR/picluster-token
+readonly REGISTRIES_FILE=$CONFIG_DIR/registries.yaml
+readonly REGISTRIES_BACKUP=$REGISTRIES_FILE.picluster.bak
+# The first line of every registries.yaml picluster writes (components/registries.py).
+readonly REGISTRIES_MARK='# picluster: written by K3sCluster; pulumi up rewrites or removes it'
 
 CHANGED=()
 PREVIOUS_INVOCATION=""
@@ -219,7 +227,11 @@ uninstall() {
         "$script" >&2 || die "$script failed"
         removed+=(uninstalled)
     fi
-    # Also when K3s never got installed (a failed first run): the token must not stay behind.
+    # Also when K3s never got installed (a failed first run): the token and a registry password
+    # must not stay behind.
+    if drop_registries; then
+        [[ " ${removed[*]-} " == *" uninstalled "* ]] || removed+=("removed registries.yaml")
+    fi
     for file in "$TOKEN_FILE" "$TOKEN_FILE.picluster.bak" "$CONFIG_FILE" "$CONFIG_FILE.picluster.bak" \
         "$REGISTRATION_FILE" "$REGISTRATION_FILE.picluster.bak"; do
         if [[ -e "$file" ]]; then
@@ -309,6 +321,78 @@ write_registration() {
     fi
 }
 
+# 0 when K3s reads something that changed only when it starts: config.yaml (with its drop-ins,
+# read together), registries.yaml (K3s renders containerd's hosts.toml from it at start:
+# k3s-io/k3s pkg/agent/containerd/config.go) or the token.
+restart_needed() {
+    local item
+    for item in config registries token; do
+        [[ " ${CHANGED[*]-} " == *" $item "* ]] && return 0
+    done
+    return 1
+}
+
+picluster_wrote() {
+    [[ "$(head -n 1 "$1" 2>/dev/null)" == "$REGISTRIES_MARK" ]]
+}
+
+# registries.yaml: written 0600 root:root (it may hold a registry password) only when its content
+# differs. A registries.yaml picluster did not write is kept as registries.yaml.picluster.bak
+# (once) before picluster's replaces it, and put back when picluster's goes.
+write_registries() {
+    local tmp
+    if [[ -z "${REGISTRIES_YAML_B64:-}" ]]; then
+        remove_registries
+        return 0
+    fi
+    mkdir -p "$CONFIG_DIR"
+    # mktemp creates the file 0600: the password is never readable by anyone but root.
+    tmp=$(mktemp "$CONFIG_DIR/.registries.XXXXXX")
+    base64 -d <<<"$REGISTRIES_YAML_B64" >"$tmp" || die "REGISTRIES_YAML_B64 is not base64"
+    picluster_wrote "$tmp" || die "REGISTRIES_YAML_B64 does not start with picluster's mark"
+    chown root:root "$tmp" || die "chown $tmp failed"
+    chmod 600 "$tmp" || die "chmod $tmp failed"
+    if [[ -e "$REGISTRIES_FILE" ]] && cmp -s "$tmp" "$REGISTRIES_FILE"; then
+        rm -f "$tmp"
+        { chown root:root "$REGISTRIES_FILE" && chmod 600 "$REGISTRIES_FILE"; } ||
+            die "could not make $REGISTRIES_FILE root-only"
+        return 0
+    fi
+    if [[ -e "$REGISTRIES_FILE" ]] && ! picluster_wrote "$REGISTRIES_FILE"; then
+        if [[ -e "$REGISTRIES_BACKUP" ]]; then
+            log "replacing $REGISTRIES_FILE, which picluster did not write ($REGISTRIES_BACKUP already holds an earlier one)"
+        else
+            cp -p "$REGISTRIES_FILE" "$REGISTRIES_BACKUP" || die "could not back up $REGISTRIES_FILE"
+            log "replacing $REGISTRIES_FILE, which picluster did not write: kept as $REGISTRIES_BACKUP"
+        fi
+    fi
+    mv -f "$tmp" "$REGISTRIES_FILE" || die "could not write $REGISTRIES_FILE"
+    CHANGED+=(registries)
+}
+
+# The stack has no registries.yaml (any more): remove the one picluster wrote, putting back the
+# file it replaced, if any. Prints what it did (for the uninstall's summary); 1 = nothing.
+drop_registries() {
+    [[ -e "$REGISTRIES_FILE" ]] || return 1
+    if ! picluster_wrote "$REGISTRIES_FILE"; then
+        log "left $REGISTRIES_FILE alone: picluster did not write it (its first line is not picluster's mark)"
+        return 1
+    fi
+    if [[ -e "$REGISTRIES_BACKUP" ]]; then
+        mv -f "$REGISTRIES_BACKUP" "$REGISTRIES_FILE" || die "could not put back $REGISTRIES_BACKUP"
+        log "put back the $REGISTRIES_FILE picluster had replaced"
+    else
+        rm -f "$REGISTRIES_FILE" || die "could not remove $REGISTRIES_FILE"
+    fi
+    return 0
+}
+
+remove_registries() {
+    if drop_registries; then
+        CHANGED+=(registries)
+    fi
+}
+
 main() {
     exec </dev/null
     : "${ROLE:?ROLE is required}" "${NODE_NAME:?NODE_NAME is required}"
@@ -330,17 +414,19 @@ main() {
     refuse_encryption_off
     write_files
     write_registration
+    write_registries
     local installed=0
     if [[ "$(installed_version)" != "$K3S_VERSION" ||
         ! -e "/etc/systemd/system/$(service_name).service" ]] ||
-        [[ " ${CHANGED[*]-} " == *" config "* || " ${CHANGED[*]-} " == *" token "* ]]; then
+        restart_needed; then
         wait_for_clock
     fi
     install_k3s && installed=1
-    # A new binary, config or token takes effect on restart: the installer starts nothing.
+    # A new binary, config, registries or token takes effect on restart: the installer starts
+    # nothing.
     if ((installed)); then
         start_service restart installed
-    elif [[ " ${CHANGED[*]-} " == *" config "* || " ${CHANGED[*]-} " == *" token "* ]]; then
+    elif restart_needed; then
         start_service restart
     else
         start_service start

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from components.registries import REGISTRIES_MARK, in_cluster_mirror
 from tests.engine.conftest import Up
 from tests.engine.prod_lab import VERSION, Prod, prod_lab, require_lab
 from tools.restore_db import KubernetesTarget
@@ -52,6 +54,14 @@ def test_the_first_up_bootstraps_the_pis_and_deploys_everything(ups: Ups, prod: 
     )
     for name, pi in prod.pis.items():
         assert pi.exec("k3s", "--version").stdout.startswith(f"k3s version {VERSION} "), name
+        # Every node trusts the in-cluster registry: registries.yaml, root-only, read by K3s.
+        registries = pi.read("/etc/rancher/k3s/registries.yaml")
+        assert registries.splitlines()[0] == REGISTRIES_MARK, name
+        mirrors = {k: v["endpoint"] for k, v in yaml.safe_load(registries)["mirrors"].items()}
+        assert mirrors == in_cluster_mirror(), name
+        mode = pi.exec("stat", "-c", "%a %U:%G", "/etc/rancher/k3s/registries.yaml").stdout
+        assert mode.strip() == "600 root:root", name
+        assert pi.read("/var/lib/rancher/k3s/agent/etc/double-registries.yaml") == registries
     deployments = prod.get("deployments", "-A")["items"]
     assert deployments and all(
         d["status"].get("readyReplicas") == d["spec"]["replicas"] for d in deployments

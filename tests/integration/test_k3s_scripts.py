@@ -31,6 +31,7 @@ from components.k3s_cluster import (
 )
 from components.kubeconfig import ca_hash, rewrite_kubeconfig
 from components.pi_node import SshTarget
+from components.registries import REGISTRIES_MARK, registries_yaml, registry_trust
 from components.remote_script import Summary, parse_summaries
 from tests.integration import simpi
 from tests.integration.conftest import TIMINGS
@@ -175,9 +176,10 @@ def active_since(pi: simpi.SimPi, unit: str) -> str:
 
 
 def service_starts(pi: simpi.SimPi, unit: str) -> int:
-    """How many times the unit's (fake) k3s process has started, from the journal."""
+    """How many times the unit's (fake) k3s process has started, from the journal (one
+    `... (double) <role> starting as node ...` line per start)."""
     journal = pi.exec("journalctl", "--no-pager", "-o", "cat", "-u", unit).stdout
-    return journal.count("(double) ")
+    return len(re.findall(r"\(double\) (?:server|agent) starting as node ", journal))
 
 
 def is_active(pi: simpi.SimPi, unit: str) -> str:
@@ -408,6 +410,118 @@ def test_the_agent_joined_with_the_full_token(
     assert pi.read(TOKEN_FILE) == f"{join_token(TOKEN, cluster.ca_hash())}\n"
     assert pi.exists("/var/lib/rancher/k3s/agent/client-kubelet.crt")
     assert f"register {AGENT} role=agent" in double_log(cluster.server)
+
+
+REGISTRIES_FILE = f"{CONFIG_DIR}/registries.yaml"
+REGISTRIES_BACKUP = f"{REGISTRIES_FILE}.picluster.bak"
+LOADED_REGISTRIES = "/var/lib/rancher/k3s/agent/etc/double-registries.yaml"
+"""What the K3s double read from registries.yaml when it last started (containerd's hosts.toml)."""
+FOREIGN_REGISTRIES = b'mirrors:\n  docker.io:\n    endpoint:\n    - "https://mirror.lan:5000"\n'
+"""A registries.yaml someone wrote by hand: no picluster mark on its first line."""
+
+
+def registries_values(cluster: Cluster, password: str | None) -> dict[str, str]:
+    """The agent's install stdin with the stack's registries.yaml: the in-cluster mirror and a
+    user registry with `password`; None: a stack with no registries.yaml."""
+    document = ""
+    if password is not None:
+        trust = registry_trust("registry.lan:5000/game", "ci", password)
+        document = registries_yaml(trust, {"registry.lan:5000": password})
+    token = join_token(TOKEN, cluster.ca_hash())
+    node, first = cluster.agent_node, cluster.server_node
+    values = install_values(node, cluster.args, first, token, registries=document)
+    return {**values, "READY_TIMEOUT": INSTALL_TIMEOUT}
+
+
+def test_registries_yaml_is_written_when_it_changed_and_restarts_k3s_only_then(
+    cluster: Cluster, agent_install: tuple[Run, Run]
+) -> None:
+    pi = cluster.agent
+    password, rotated = f"reg-{secrets.token_hex(12)}", f"reg-{secrets.token_hex(12)}"
+    starts, calls = service_starts(pi, "k3s-agent"), installer_calls(pi)
+
+    # First run with a document: written root-only, K3s (the agent here) restarted once, and the
+    # restarted K3s read it.
+    first = run(pi, "k3s-install.sh", registries_values(cluster, password))
+    assert first.ok("k3s-install").changed == ("registries", "restarted")
+    document = pi.read(REGISTRIES_FILE)
+    assert document.splitlines()[0] == REGISTRIES_MARK
+    assert yaml.safe_load(document)["configs"] == {
+        "registry.lan:5000": {"auth": {"username": "ci", "password": password}}
+    }
+    assert stat(pi, REGISTRIES_FILE) == "600 root:root"
+    assert service_starts(pi, "k3s-agent") == starts + 1
+    assert pi.read(LOADED_REGISTRIES) == document
+    assert is_active(pi, "k3s-agent") == "active"
+    assert installer_calls(pi) == calls  # a restart, not a reinstall
+
+    # Second run: unchanged, nothing restarted, the file untouched (content, mtime, mode).
+    files, since = pi.snapshot(REGISTRIES_FILE), active_since(pi, "k3s-agent")
+    second = run(pi, "k3s-install.sh", registries_values(cluster, password))
+    assert second.ok("k3s-install").line == "picluster k3s-install: no changes"
+    assert pi.snapshot(REGISTRIES_FILE) == files
+    assert active_since(pi, "k3s-agent") == since
+
+    # A rotated password: rewritten, restarted once, and no copy of the old one kept.
+    third = run(pi, "k3s-install.sh", registries_values(cluster, rotated))
+    assert third.ok("k3s-install").changed == ("registries", "restarted")
+    assert rotated in pi.read(REGISTRIES_FILE)
+    assert rotated in pi.read(LOADED_REGISTRIES)
+    assert service_starts(pi, "k3s-agent") == starts + 2
+    assert not pi.exists(REGISTRIES_BACKUP)
+    grep = pi.exec("grep", "-rlsF", "-e", password, "/etc", "/var/lib/rancher", check=False)
+    assert grep.returncode == 1, f"the old password is still in: {grep.stdout}"
+
+    # The passwords travel only on stdin, into the 0600 file: never to a log or the journal.
+    journal = pi.exec("journalctl", "--no-pager", "-o", "cat").stdout
+    assert f"Using registry config file at {REGISTRIES_FILE}" in journal
+    for secret in (password, rotated):
+        assert secret not in first.stdout + first.stderr + third.stdout + third.stderr
+        assert secret not in journal
+        assert secret not in "\n".join(double_log(pi))
+
+    # The stack has no registries.yaml any more: picluster's goes, K3s restarts without it.
+    removed = run(pi, "k3s-install.sh", registries_values(cluster, None))
+    assert removed.ok("k3s-install").changed == ("registries", "restarted")
+    assert not pi.exists(REGISTRIES_FILE)
+    assert not pi.exists(LOADED_REGISTRIES)
+    assert service_starts(pi, "k3s-agent") == starts + 3
+    gone = run(pi, "k3s-install.sh", registries_values(cluster, None))
+    assert gone.ok("k3s-install").line == "picluster k3s-install: no changes"
+
+
+def test_a_registries_yaml_picluster_did_not_write_is_kept(
+    cluster: Cluster, agent_install: tuple[Run, Run]
+) -> None:
+    pi = cluster.agent
+    pi.put(REGISTRIES_FILE, FOREIGN_REGISTRIES, mode="0644")
+    try:
+        # The stack has none: the file is left alone, nothing restarts, and the script says so.
+        files, since = pi.snapshot(REGISTRIES_FILE), active_since(pi, "k3s-agent")
+        kept = run(pi, "k3s-install.sh", registries_values(cluster, None))
+        assert kept.ok("k3s-install").line == "picluster k3s-install: no changes"
+        assert f"left {REGISTRIES_FILE} alone: picluster did not write it" in kept.stderr
+        assert pi.snapshot(REGISTRIES_FILE) == files
+        assert active_since(pi, "k3s-agent") == since
+
+        # The stack has one: picluster's replaces it, the hand-written one kept aside (as it
+        # was) and put back when picluster's goes.
+        password = f"reg-{secrets.token_hex(12)}"
+        written = run(pi, "k3s-install.sh", registries_values(cluster, password))
+        assert written.ok("k3s-install").changed == ("registries", "restarted")
+        assert f"kept as {REGISTRIES_BACKUP}" in written.stderr
+        assert pi.read(REGISTRIES_BACKUP).encode() == FOREIGN_REGISTRIES
+        assert pi.read(REGISTRIES_FILE).splitlines()[0] == REGISTRIES_MARK
+        assert stat(pi, REGISTRIES_FILE) == "600 root:root"
+        restored = run(pi, "k3s-install.sh", registries_values(cluster, None))
+        assert restored.ok("k3s-install").changed == ("registries", "restarted")
+        assert pi.read(REGISTRIES_FILE).encode() == FOREIGN_REGISTRIES
+        assert not pi.exists(REGISTRIES_BACKUP)
+        assert pi.read(LOADED_REGISTRIES).encode() == FOREIGN_REGISTRIES
+    finally:
+        pi.exec("rm", "-f", REGISTRIES_FILE, REGISTRIES_BACKUP)
+        # Back to the agent's first configuration, as the tests after this one expect.
+        assert run(pi, "k3s-install.sh", cluster.values(cluster.agent_node)).rc == 0
 
 
 def node_labels(server: simpi.SimPi, name: str) -> set[str]:
@@ -782,8 +896,15 @@ def test_agent_delete_uninstalls_once(cluster: Cluster, agent_install: tuple[Run
     assert f"token-file {TOKEN_FILE} is 644 root:root, not 600 root:root" in readable.stderr
     assert not pi.exists("/usr/local/bin/k3s")
 
-    # What a failed first install leaves (token and config, no K3s): the delete removes it too.
+    # What a failed first install leaves (token, config and registries.yaml, which may hold a
+    # password; no K3s): the delete removes it too.
+    pi.put(REGISTRIES_FILE, f"{REGISTRIES_MARK}\nmirrors: {{}}\n".encode(), mode="0600")
     leftover = run(pi, "k3s-install.sh", values, "delete")
-    assert leftover.ok("k3s-install").changed == ("removed picluster-token", "removed config.yaml")
+    assert leftover.ok("k3s-install").changed == (
+        "removed registries.yaml",
+        "removed picluster-token",
+        "removed config.yaml",
+    )
     assert not pi.exists(TOKEN_FILE)
     assert not pi.exists(CONFIG_FILE)
+    assert not pi.exists(REGISTRIES_FILE)

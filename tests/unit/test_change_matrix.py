@@ -132,6 +132,9 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
         "update": ["Command cluster-pi-server-1-snapshots"]
     },
     ("prod", "database storage 5Gi → 10Gi"): {},
+    # registries.yaml travels on the install's stdin: an in-place update, K3s restarted on each
+    # node one at a time, never a replace (whose delete would uninstall K3s).
+    ("prod", "a user registry added"): {"update": EVERY_INSTALL_AND_CHECK},
     ("local", "`dbPassword` rotated"): {
         "replace": [
             "Container app-lobby-1",

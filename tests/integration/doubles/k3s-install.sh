@@ -43,6 +43,12 @@
 #     then `reencrypt`); the double fails to start then.
 #   - The server writes /etc/rancher/k3s/k3s.yaml (write-kubeconfig-mode) whose CA is the server
 #     CA file, and /var/lib/rancher/k3s/server/token holding the full token.
+#   - /etc/rancher/k3s/registries.yaml is read only when K3s starts (rancher/wharfie
+#     pkg/registries GetPrivateRegistries logs "Using registry config file at <path>"), and K3s
+#     renders containerd's hosts.toml files from it then (k3s-io/k3s pkg/agent/containerd/
+#     config.go writeContainerdHosts), removing those of registries no longer in it. The double's
+#     stand-in for those files: a copy of what it read, /var/lib/rancher/k3s/agent/etc/
+#     double-registries.yaml (0600, as it may hold a password), removed when there is none.
 # Where the double has to differ from K3s, it says so: it speaks plain HTTP (not TLS) for
 # /cacerts and node registration, on the server URL's port + 1 (6444 for K3s's 6443, which stays
 # free for a real API server), served through systemd socket activation (double-k3s-api.socket),
@@ -135,6 +141,7 @@ CONFIG_DIR=/etc/rancher/k3s
 CONFIG_FILE=$CONFIG_DIR/config.yaml
 DROPIN_DIR=$CONFIG_DIR/config.yaml.d
 KUBECONFIG_FILE=$CONFIG_DIR/k3s.yaml
+REGISTRIES_FILE=$CONFIG_DIR/registries.yaml
 READY_NODES=$CONFIG_DIR/double-ready-nodes
 DATA_DIR=/var/lib/rancher/k3s
 SERVER_DIR=$DATA_DIR/server
@@ -859,9 +866,22 @@ run_server() {
     write_kubeconfig
 }
 
+# What containerd pulls with until the next start (see the header).
+load_registries() {
+    loaded=$DATA_DIR/agent/etc/double-registries.yaml
+    mkdir -p "${loaded%/*}"
+    if [ -f "$REGISTRIES_FILE" ]; then
+        echo "level=info msg=\"Using registry config file at $REGISTRIES_FILE\"" >&2
+        (umask 077 && cp "$REGISTRIES_FILE" "$loaded")
+    else
+        rm -f "$loaded"
+    fi
+}
+
 run_service() {
     role=$1
     echo "k3s $K3S_DOUBLE_VERSION (double) $role starting as node $(node_name)" >&2
+    load_registries
     if [ "$role" = server ]; then
         run_server
     else
