@@ -28,9 +28,6 @@ from pathlib import Path
 
 from components import versions
 
-IN_CLUSTER_REGISTRY = "registry.picluster.internal"
-"""The name pods pull the in-cluster registry's images by; every node maps it to the registry
-through `/etc/rancher/k3s/registries.yaml` (it resolves nowhere else)."""
 TAG_LENGTH = 12
 """Hex digits of the content hash in a tag (Docker's short-id length)."""
 NODE_UID = 1000

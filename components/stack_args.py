@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pulumi
 
-from components import images
 from components.app_model import ImageSource
 from components.config import (
     NodeConfig,
@@ -25,7 +24,7 @@ from components.k3s_cluster import ClusterNode, K3sClusterArgs
 from components.on_docker.containers import DockerPlatform
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.pi_node import PiNode, PiNodeArgs, SshTarget
-from components.registries import RegistryTrust, registry_trust
+from components.registries import REGISTRY_NAME, RegistryTrust, registry_trust
 
 
 def image_source(settings: Settings) -> ImageSource:
@@ -33,7 +32,7 @@ def image_source(settings: Settings) -> ImageSource:
     in-cluster registry, or the registry `images.registry` names; folders are relative to the
     project directory (Pulumi runs the program there)."""
     if settings.target is Target.K3S:
-        repository = settings.images.registry or images.IN_CLUSTER_REGISTRY
+        repository = settings.images.registry or REGISTRY_NAME
     else:
         repository = f"picluster-{pulumi.get_stack()}".lower()
     return ImageSource(repository=repository, project_dir=Path.cwd())
@@ -119,11 +118,14 @@ def k3s_cluster_args(
 
 
 def registries(config: StackConfig) -> RegistryTrust:
-    """What every node's registries.yaml trusts: the in-cluster registry, always."""
-    # The user's registry joins with `images.registry`, `images.registryUsername` and the secret
-    # `registryPassword`: registry_trust(registry, username, config.secret("registryPassword")).
-    del config
-    return registry_trust()
+    """What every node's registries.yaml trusts: the in-cluster registry, always, and the
+    credentials of `images.registry` when `images.registryUsername` is set."""
+    settings = config.settings.images
+    return registry_trust(
+        settings.registry or "",
+        settings.registry_username or "",
+        config.secret("registryPassword"),
+    )
 
 
 def datastore_snapshots(snapshots: SnapshotsConfig) -> DatastoreSnapshots:

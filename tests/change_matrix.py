@@ -16,16 +16,11 @@ import copy
 import re
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-from unittest import mock
 
-import pulumi
-
-from components.config import SECRET_KEYS, StackConfig
-from components.registries import RegistryTrust, registry_trust
+from components.config import SECRET_KEYS
 from tests.engine_rules import COMMAND, Action, Plan, plan
 from tests.harness import Registration, Run, run_main, stack_file_config, unwrap
 
@@ -90,11 +85,6 @@ class Change:
     edit: Callable[[Config], Config]
     note: str = ""
     """What the plan alone does not show (a script that refuses on the node, a warning)."""
-    registry: tuple[str, str, str] | None = None
-    """A user registry (`host[:port][/path]`, username, password) the nodes trust after the
-    change. It stands in for the edit of `images.registry`, `images.registryUsername` and the
-    secret `registryPassword`, which the config does not read yet: it replaces
-    `components.stack_args.registries` for the run after the change."""
 
 
 CHANGES: tuple[Change, ...] = (
@@ -207,10 +197,12 @@ CHANGES: tuple[Change, ...] = (
     Change(
         "a user registry added",
         "prod",
-        _edit(lambda c: None),
+        _set(
+            images={"registry": "registry.studio.example:5000/game", "registryUsername": "ci"},
+            registryPassword="matrix-registry-password-1",
+        ),
         "every node's registries.yaml gains the registry's credentials (a secret, on the "
         "install's stdin only)",
-        registry=("registry.studio.example:5000/game", "ci", "matrix-registry-password-1"),
     ),
     Change(
         "`dbPassword` rotated",
@@ -245,17 +237,6 @@ def _run(stack: str, config: Config) -> Run:
     return run_main(config, stack=stack, secret_keys=secret_keys)
 
 
-def user_registry(registry: str, username: str, password: str) -> AbstractContextManager[object]:
-    """While active, the program's nodes trust `registry` with these credentials (the password a
-    secret), as the `images.registry*` keys will make them."""
-
-    def trust(config: StackConfig) -> RegistryTrust:
-        del config
-        return registry_trust(registry, username, pulumi.Output.secret(password))
-
-    return mock.patch("components.stack_args.registries", trust)
-
-
 @cache
 def _base_run(stack: str) -> Run:
     return _run(stack, base(stack))
@@ -275,11 +256,7 @@ class Outcome:
 def outcome(change: Change) -> Outcome:
     """Run the program before and after `change` and plan the difference (once per change)."""
     before = _base_run(change.stack)
-    if change.registry is None:
-        after = _run(change.stack, change.edit(base(change.stack)))
-    else:
-        with user_registry(*change.registry):
-            after = _run(change.stack, change.edit(base(change.stack)))
+    after = _run(change.stack, change.edit(base(change.stack)))
     return Outcome(change, plan(before.registrations, after.registrations), before, after)
 
 

@@ -25,7 +25,7 @@ from components.registries import (
     registry_trust,
 )
 from components.remote_script import script_path
-from tests.change_matrix import PROD_SECRETS, base, user_registry
+from tests.change_matrix import PROD_SECRETS, base
 from tests.harness import Registration, Run, run, run_main
 from tests.unit.test_prod_program import COMMAND, stdin_values
 
@@ -202,9 +202,10 @@ def test_a_document_with_credentials_is_a_secret_even_from_a_plain_password() ->
 # --- the program -----------------------------------------------------------------------------
 
 
-def prod_run() -> Run:
-    config = base("prod")
-    return run_main(config, stack="prod", secret_keys=tuple(PROD_SECRETS))
+def prod_run(**extra: Any) -> Run:
+    config = base("prod") | extra
+    secrets = (*PROD_SECRETS, *(k for k in extra if k == "registryPassword"))
+    return run_main(config, stack="prod", secret_keys=secrets)
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +215,9 @@ def committed() -> Run:
 
 @pytest.fixture(scope="module")
 def with_user_registry() -> Run:
-    with user_registry(USER_REGISTRY, "ci", PASSWORD):
-        return prod_run()
+    return prod_run(
+        images={"registry": USER_REGISTRY, "registryUsername": "ci"}, registryPassword=PASSWORD
+    )
 
 
 def installs(run: Run) -> list[Registration]:
