@@ -42,7 +42,7 @@ def test_the_example_is_valid_config_on_both_targets(raw: dict[str, Any]) -> Non
     # Pure-JavaScript dependencies: installed on the builder's platform, no emulation.
     assert scores.build is not None and scores.build.dockerfile is not None
     assert "--platform=$BUILDPLATFORM" in scores.build.dockerfile
-    assert "RUN npm ci --omit=dev" in scores.build.dockerfile
+    assert "npm ci --omit=dev" in scores.build.dockerfile
 
 
 def test_the_example_frontend_is_the_games_build_output_not_the_placeholder() -> None:
