@@ -155,12 +155,18 @@ class ProgramMocks(pulumi_mocks.Mocks):
 
     `stdouts` gives the stdout a remote command really printed, by resource name (a replay on
     simulated Pis feeds each step's real output back, as the engine does); any other command gets
-    a made-up summary.
+    a made-up summary. A one-shot container (`attach`) exits with its `exit_codes` entry, by
+    resource name, else 0.
     """
 
-    def __init__(self, stdouts: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        stdouts: Mapping[str, str] | None = None,
+        exit_codes: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__()
         self.stdouts = dict(stdouts or {})
+        self.exit_codes = dict(exit_codes or {})
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
@@ -182,6 +188,9 @@ class ProgramMocks(pulumi_mocks.Mocks):
             else:
                 state["stdout"] = summary
             state["stderr"] = ""
+        elif args.typ == "docker:index/container:Container" and args.inputs.get("attach"):
+            # The provider waits for an attached container to exit and reads its exit code.
+            state["exitCode"] = self.exit_codes.get(args.name, 0)
         elif args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = mock_image_id(args.inputs["name"])
             state["repoDigest"] = f"{args.inputs['name']}@sha256:{'0' * 64}"
@@ -312,10 +321,11 @@ def run(
     stack: str = "test",
     secret_keys: tuple[str, ...] = (),
     stdouts: Mapping[str, str] | None = None,
+    exit_codes: Mapping[str, int] | None = None,
 ) -> Run:
     """Run `program` under mocks with the given `picluster:` config (unprefixed keys)."""
     pulumi_settings.ROOT.set(None)
-    mocks = ProgramMocks(stdouts)
+    mocks = ProgramMocks(stdouts, exit_codes)
     monitor = RecordingMonitor(mocks)
     logger = _WarningLogger()
     pulumi.runtime.set_mocks(
