@@ -190,6 +190,8 @@ def node_dockerfile(folder: Path) -> str:
             "WORKDIR /app",
             copy_manifest,
             f"RUN {install}",
+            # npm creates no node_modules for a project without dependencies (the demo API).
+            "RUN mkdir -p node_modules",
             f"FROM {versions.NODE}",
             "WORKDIR /app",
             "ENV NODE_ENV=production",

@@ -94,17 +94,20 @@ local_platform() {
     "$DOCKER" image inspect --format '{{.Os}}/{{.Architecture}}' "$1" 2>/dev/null || true
 }
 
-# ensure_local TAG PLATFORM: TAG in the local daemon for PLATFORM (any, when empty). 0 = built.
+# ensure_local TAG PLATFORM: TAG in the local daemon for PLATFORM (any, when empty); sets BUILT.
+# (Never called as a condition: `set -e` does not apply inside a function that is one.)
+BUILT=no
 ensure_local() {
     local tag=$1 platform=$2 have
     have=$(local_platform "$tag")
     if [[ -n "$have" && (-z "$platform" || "$have" == "$platform") ]]; then
         log "$tag is already in the daemon${platform:+ for $platform}"
-        return 1
+        return 0
     fi
     log "building $tag${platform:+ for $platform} from $CONTEXT"
     build_one "$tag" "$platform"
-    return 0
+    [[ -n "$(local_platform "$tag")" ]] || die "the build left no image $tag"
+    BUILT=yes
 }
 
 # --- registries -----------------------------------------------------------------------------
@@ -116,7 +119,7 @@ push_all() {
     local dest=$1 insecure=$2 platforms=() platform arch sources=() flags=()
     mapfile -t platforms < <(split_platforms)
     if ((${#platforms[@]} <= 1)); then
-        ensure_local "$REF" "${platforms[0]:-}" || true
+        ensure_local "$REF" "${platforms[0]:-}"
         "$DOCKER" tag "$REF" "$dest"
         "$DOCKER" push "$dest" >&2
         "$DOCKER" image rm "$dest" >/dev/null
@@ -124,7 +127,7 @@ push_all() {
     fi
     for platform in "${platforms[@]}"; do
         arch=${platform#*/}
-        ensure_local "$REF-${arch//\//-}" "$platform" || true
+        ensure_local "$REF-${arch//\//-}" "$platform"
         "$DOCKER" tag "$REF-${arch//\//-}" "$dest-${arch//\//-}"
         "$DOCKER" push "$dest-${arch//\//-}" >&2
         "$DOCKER" image rm "$dest-${arch//\//-}" >/dev/null
@@ -211,7 +214,8 @@ to_daemon() {
     else
         unset DOCKER_HOST
     fi
-    if ensure_local "$REF" "$(split_platforms | head -n 1)"; then
+    ensure_local "$REF" "$(split_platforms | head -n 1)"
+    if [[ "$BUILT" == yes ]]; then
         RESULT="$REF built"
     else
         RESULT="$REF already built"
