@@ -14,6 +14,7 @@ compared with `engine_rules.plan` give what the engine would create, update, rep
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -314,6 +315,22 @@ def _encode(config: Mapping[str, Any]) -> dict[str, str]:
     return {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
+def _cancel_leftover_tasks() -> None:
+    """A failed program leaves tasks behind: on the event loop the runs share (other
+    registrations, their applies) and in the runtime's set of outputs to await, which
+    `set_mocks` does not reset (MockSettings keeps `outputs`). Cancel and forget them, or the
+    next run would await the failed ones and fail with this run's error."""
+    loop = asyncio.get_event_loop()
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    runtime: Any = pulumi_settings.SETTINGS  # contextproperty attributes, unseen by the checker
+    with runtime.lock:
+        runtime.outputs.clear()
+
+
 def run(
     program: Callable[[], object],
     config: Mapping[str, Any],
@@ -322,11 +339,17 @@ def run(
     secret_keys: tuple[str, ...] = (),
     stdouts: Mapping[str, str] | None = None,
     exit_codes: Mapping[str, int] | None = None,
+    recorded: list[Registration] | None = None,
 ) -> Run:
-    """Run `program` under mocks with the given `picluster:` config (unprefixed keys)."""
+    """Run `program` under mocks with the given `picluster:` config (unprefixed keys).
+
+    `recorded`, when given, receives the registrations as they come (still there when the
+    program fails)."""
     pulumi_settings.ROOT.set(None)
     mocks = ProgramMocks(stdouts, exit_codes)
     monitor = RecordingMonitor(mocks)
+    if recorded is not None:
+        monitor.registrations = recorded
     logger = _WarningLogger()
     pulumi.runtime.set_mocks(
         mocks,
@@ -353,7 +376,11 @@ def run(
         program()
         return collect_outputs()
 
-    _sync_await(run_pulumi_func(body))
+    try:
+        _sync_await(run_pulumi_func(body))
+    except BaseException:
+        _cancel_leftover_tasks()
+        raise
     # What the engine refuses before it runs anything.
     refusals = default_provider_refusals(result.registrations, disabled_default_providers())
     if refusals:

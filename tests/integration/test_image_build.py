@@ -446,3 +446,40 @@ def test_a_wrong_host_key_stops_the_push(
     assert code != 0
     assert "could not reach the registry" in err
     assert registry.manifest(pi, "api", build.tag) == {}
+
+
+def test_a_folder_with_its_own_dockerfile_builds_with_it_and_a_failing_build_fails(
+    stand_ins: dict[str, str], refs_to_remove: list[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "own"
+    folder.mkdir()
+    (folder / ".dockerignore").write_text("secret.txt\n")
+    (folder / "secret.txt").write_text("never in the image\n")
+    (folder / "hello.txt").write_text("hello\n")
+    (folder / "Dockerfile").write_text(
+        f"FROM {stand_ins['node']}\nWORKDIR /srv\nCOPY . .\nUSER 1000:1000\n"
+    )
+    service = {"name": "own", "build": str(folder), "port": 3000}
+    stdin = program_stdins({"app": {"services": [service]}})["app-own-build"]
+    assert header_value(stdin, "DOCKERFILE_B64") == ""
+    ref = _ref(stdin)
+    refs_to_remove.append(ref)
+    code, out, err, _ = run_build(stdin)
+    assert code == 0, err
+    assert summary(out) == f"{ref} built"
+    listing = _docker("run", "--rm", ref, "ls", "/srv").stdout.split()
+    assert "hello.txt" in listing and "secret.txt" not in listing  # its own .dockerignore
+
+    (folder / "Dockerfile").write_text(f"FROM {stand_ins['node']}\nRUN exit 3\nUSER 1000\n")
+    stdin = program_stdins({"app": {"services": [service]}})["app-own-build"]
+    code, out, err, _ = run_build(stdin)
+    assert code != 0
+    assert SUMMARY not in out
+    assert _image_id(_ref(stdin)) is None
+
+
+def header_value(stdin: str, name: str) -> str:
+    for line in stdin.splitlines():
+        if line.startswith(f"{name}="):
+            return line.removeprefix(f"{name}=").strip("'")
+    raise AssertionError(f"no {name} in the stdin")
