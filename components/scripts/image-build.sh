@@ -68,8 +68,8 @@ DOCKERFILE=""
 write_dockerfile() {
     if [[ -n "$DOCKERFILE_B64" ]]; then
         DOCKERFILE="$WORK/Dockerfile"
-        printf '%s' "$DOCKERFILE_B64" | base64 -d >"$DOCKERFILE"
-        printf '%s' "$IGNORE_B64" | base64 -d >"$WORK/Dockerfile.dockerignore"
+        printf '%s' "$DOCKERFILE_B64" | base64 --decode >"$DOCKERFILE"
+        printf '%s' "$IGNORE_B64" | base64 --decode >"$WORK/Dockerfile.dockerignore"
     else
         DOCKERFILE="$CONTEXT/Dockerfile"
     fi
@@ -80,6 +80,7 @@ build_one() {
     local tag=$1 platform=$2
     local args=(-f "$DOCKERFILE" -t "$tag")
     [[ -z "$platform" ]] || args+=(--platform "$platform")
+    log "with $DOCKER ($("$DOCKER" --version)$(has_buildx && printf ', buildx'))"
     if [[ -n "$BUILDER" ]]; then
         has_buildx || die "images.builder is set ($BUILDER) but docker buildx is not installed"
         # --load brings the image back from the builder (a Pi's daemon, a container) to this one.
@@ -113,37 +114,58 @@ ensure_local() {
 # --- registries -----------------------------------------------------------------------------
 split_platforms() { tr ',' '\n' <<<"$PLATFORMS" | sed '/^$/d'; }
 
-# push_all DEST INSECURE: push REF to DEST (repository:tag as the local daemon reaches it), one
-# image per platform; several platforms become one manifest list of per-platform tags.
+# `docker` for what talks to a registry (login, push, manifest): with the private DOCKER_CONFIG
+# of a named registry's login when there is one. Builds keep the user's own (buildx and its
+# builders live there).
+REGISTRY_CONFIG=""
+rdocker() {
+    if [[ -n "$REGISTRY_CONFIG" ]]; then
+        DOCKER_CONFIG="$REGISTRY_CONFIG" "$DOCKER" "$@"
+    else
+        "$DOCKER" "$@"
+    fi
+}
+
+# push_one LOCAL DEST: push the local image LOCAL as DEST (a registry tag added for the push
+# only, unless it is LOCAL itself).
+push_one() {
+    local source=$1 dest=$2
+    [[ "$source" == "$dest" ]] || "$DOCKER" tag "$source" "$dest"
+    rdocker push "$dest" >&2
+    [[ "$source" == "$dest" ]] || "$DOCKER" image rm "$dest" >/dev/null
+}
+
+# push_all DEST INSECURE: build what is missing locally and push it to DEST (repository:tag as
+# this machine's daemon reaches it), one image per platform; several platforms become one
+# manifest list of per-platform tags `<tag>-<arch>`.
 push_all() {
-    local dest=$1 insecure=$2 platforms=() platform arch sources=() flags=()
-    mapfile -t platforms < <(split_platforms)
+    local dest=$1 insecure=$2 platform arch
+    local platforms=() sources=() flags=()
+    while IFS= read -r platform; do platforms+=("$platform"); done < <(split_platforms)
     if ((${#platforms[@]} <= 1)); then
         ensure_local "$REF" "${platforms[0]:-}"
-        "$DOCKER" tag "$REF" "$dest"
-        "$DOCKER" push "$dest" >&2
-        "$DOCKER" image rm "$dest" >/dev/null
+        push_one "$REF" "$dest"
         return 0
     fi
     for platform in "${platforms[@]}"; do
         arch=${platform#*/}
-        ensure_local "$REF-${arch//\//-}" "$platform"
-        "$DOCKER" tag "$REF-${arch//\//-}" "$dest-${arch//\//-}"
-        "$DOCKER" push "$dest-${arch//\//-}" >&2
-        "$DOCKER" image rm "$dest-${arch//\//-}" >/dev/null
-        sources+=("$dest-${arch//\//-}")
+        arch=${arch//\//-}
+        ensure_local "$REF-$arch" "$platform"
+        push_one "$REF-$arch" "$dest-$arch"
+        sources+=("$dest-$arch")
     done
-    [[ "$insecure" == yes ]] && flags+=(--insecure)
-    "$DOCKER" manifest rm "$dest" >/dev/null 2>&1 || true
-    "$DOCKER" manifest create "${flags[@]}" "$dest" "${sources[@]}" >&2
-    "$DOCKER" manifest push "${flags[@]}" --purge "$dest" >&2
+    [[ "$insecure" == no ]] || flags+=(--insecure)
+    rdocker manifest rm "$dest" >/dev/null 2>&1 || true
+    rdocker manifest create ${flags[@]+"${flags[@]}"} "$dest" "${sources[@]}" >&2
+    rdocker manifest push ${flags[@]+"${flags[@]}"} --purge "$dest" >&2
 }
 
-# The architectures a manifest (or manifest list) names, from `docker manifest inspect -v`.
+# The architectures a manifest (or manifest list) names, from `docker manifest inspect -v`
+# (a GET of /v2/<name>/manifests/<tag>, and of each platform's manifest).
 manifest_arches() {
     local flags=()
-    [[ "$2" == yes ]] && flags+=(--insecure)
-    "$DOCKER" manifest inspect -v "${flags[@]}" "$1" 2>/dev/null |
+    [[ "$2" == no ]] || flags+=(--insecure)
+    rdocker manifest inspect -v ${flags[@]+"${flags[@]}"} "$1" 2>/dev/null |
         grep -o '"architecture": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' | sort -u
 }
 
@@ -222,8 +244,9 @@ to_daemon() {
     fi
 }
 
+# Pushes go through this machine's daemon (DOCKER_HOST as the environment has it): the tunnel's
+# end is on this machine's loopback, which Docker trusts as a plain-HTTP registry.
 to_tunnel() {
-    unset DOCKER_HOST # pushes go through this machine's daemon, which trusts loopback registries
     local dest
     : "${REGISTRY_ADDRESS:=10.43.0.50:5000}"
     open_tunnel
@@ -238,19 +261,23 @@ to_tunnel() {
 }
 
 to_registry() {
-    unset DOCKER_HOST
-    # A private DOCKER_CONFIG: the login never lands in ~/.docker/config.json.
-    export DOCKER_CONFIG="$WORK/docker-config"
-    mkdir -m 700 "$DOCKER_CONFIG"
     if [[ -n "$REGISTRY_USERNAME" ]]; then
+        # A private DOCKER_CONFIG: the login never lands in ~/.docker/config.json.
+        REGISTRY_CONFIG="$WORK/docker-config"
+        mkdir -m 700 "$REGISTRY_CONFIG"
         printf '%s' "$REGISTRY_PASSWORD" |
-            "$DOCKER" login --username "$REGISTRY_USERNAME" --password-stdin "${REF%%/*}" >&2
+            rdocker login --username "$REGISTRY_USERNAME" --password-stdin "${REF%%/*}" >&2
     fi
-    if in_registry "$REF" no; then
+    # Plain HTTP only to this machine's loopback, as the daemon itself allows (never with a
+    # password to anything else).
+    local insecure=no
+    case "${REF%%/*}" in localhost:* | 127.*) insecure=yes ;; esac
+    if in_registry "$REF" "$insecure"; then
         RESULT="$REF already in the registry"
         return 0
     fi
-    push_all "$REF" no
+    push_all "$REF" "$insecure"
+    in_registry "$REF" "$insecure" || die "the registry does not list $REF after the push"
     RESULT="$REF pushed"
 }
 

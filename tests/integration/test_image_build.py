@@ -23,11 +23,15 @@ PICLUSTER_REQUIRE_INTEGRATION=1 (CI) turns a skip into a failure. Every wait is 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from pulumi_command import Provider as CommandProvider
 
 from components.app_model import ASSETS, DEMO_API, ImageSource, build_app
 from components.config import AppConfig
-from components.image_build import TunnelPush, declare_build
+from components.image_build import BuildTarget, RegistryPush, TunnelPush, declare_build
 from components.images import ImageBuild, plan_build
 from components.nginx import DOCKER_RESOLVER, nginx_conf
 from components.pi_node import SshTarget
@@ -369,9 +373,9 @@ def registry(stand_ins: dict[str, str]) -> Iterator[Registry]:
         found.close()
 
 
-def tunnel_stdin(build: ImageBuild, ref: str, pi: simpi.SimPi, host_key: str, address: str) -> str:
-    """The stdin the program gives a TunnelPush build (declared under mocks: `declare_build`
-    with the first server's SSH target, as the K3s target declares it)."""
+def declared_stdin(build: ImageBuild, ref: str, target: BuildTarget, secret: str) -> str:
+    """The stdin the program gives a push build (declared under mocks with `declare_build`, as
+    the K3s target declares it); `secret` is in it, and only there, as a secret."""
 
     def program() -> None:
         declare_build(
@@ -379,24 +383,32 @@ def tunnel_stdin(build: ImageBuild, ref: str, pi: simpi.SimPi, host_key: str, ad
             "build",
             build,
             ref,
-            TunnelPush(
-                server=SshTarget(
-                    host=pi.host,
-                    port=pi.port,
-                    user=pi.user,
-                    private_key=pulumi.Output.secret(pi.key_path.read_text()),
-                    host_key=host_key,
-                ),
-                platforms=("linux/amd64",),
-                registry_address=address,
-            ),
+            target,
             pulumi.ResourceOptions(provider=CommandProvider("command")),
         )
 
     command = run(program, {}).named("build")
-    assert command.is_secret("stdin")  # the private key is in it
-    assert pi.key_path.read_text().strip() not in " ".join(command.plain_strings())
+    assert command.is_secret("stdin")
+    assert secret not in " ".join(command.plain_strings())
+    assert secret in str(command.value("stdin"))
     return str(command.value("stdin"))
+
+
+def tunnel_stdin(build: ImageBuild, ref: str, pi: simpi.SimPi, host_key: str, address: str) -> str:
+    """The stdin of a TunnelPush build through `pi` (the first server) to `address`."""
+    key = pi.key_path.read_text()
+    target = TunnelPush(
+        server=SshTarget(
+            host=pi.host,
+            port=pi.port,
+            user=pi.user,
+            private_key=pulumi.Output.secret(key),
+            host_key=host_key,
+        ),
+        platforms=("linux/amd64",),
+        registry_address=address,
+    )
+    return declared_stdin(build, ref, target, key.strip())
 
 
 def _host_key(pi: simpi.SimPi) -> str:
@@ -483,3 +495,157 @@ def header_value(stdin: str, name: str) -> str:
         if line.startswith(f"{name}="):
             return line.removeprefix(f"{name}=").strip("'")
     raise AssertionError(f"no {name} in the stdin")
+
+
+# --- a registry the user names -----------------------------------------------------------------
+
+REGISTRY_USER = "studio"
+REGISTRY_PASSWORD = f"registry-Pa55-{SESSION}"
+
+
+@pytest.fixture(scope="module")
+def private_registry(stand_ins: dict[str, str]) -> Iterator[str]:
+    """A registry with an account (htpasswd, bcrypt), published on loopback: `host:port`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # deprecated, still in 3.11: the registry's htpasswd wants bcrypt
+
+    folder = Path(tempfile.mkdtemp(prefix="picluster-bt-auth-"))
+    (folder / "htpasswd").write_text(
+        f"{REGISTRY_USER}:{crypt.crypt(REGISTRY_PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"  # noqa: S324 - bcrypt
+    )
+    container = f"picluster-bt-{SESSION}-private-registry"
+    _docker(
+        "run", "-d", "--name", container, "-p", "127.0.0.1::5000",
+        "-v", f"{folder}:/auth:ro",
+        "-e", "REGISTRY_AUTH=htpasswd",
+        "-e", "REGISTRY_AUTH_HTPASSWD_REALM=picluster-test",
+        "-e", "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
+        stand_ins["registry"],
+    )  # fmt: skip
+    try:
+        port = _docker("port", container, "5000/tcp").stdout.strip().splitlines()[0]
+        address = f"127.0.0.1:{port.rsplit(':', 1)[1]}"
+        _get_status(f"http://{address}/v2/", expect=401)
+        yield address
+    finally:
+        _docker("rm", "-f", "-v", container, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _get_status(url: str, *, expect: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                status = response.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        except OSError:
+            status = None
+        if status == expect:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer {expect} in {timeout} s")
+
+
+def _docker_config_snapshot() -> str:
+    config = Path.home() / ".docker" / "config.json"
+    return config.read_text() if config.exists() else "absent"
+
+
+def test_a_push_to_a_named_registry_logs_in_privately_and_pushes_once(
+    private_registry: str, refs_to_remove: list[str]
+) -> None:
+    build = plan_build("api", DEMO_API)
+    ref = build.ref(f"{private_registry}/studio")
+    refs_to_remove.append(ref)
+    target = RegistryPush(
+        platforms=("linux/amd64",),
+        username=REGISTRY_USER,
+        password=pulumi.Output.secret(REGISTRY_PASSWORD),
+    )
+    stdin = declared_stdin(build, ref, target, REGISTRY_PASSWORD)
+    config_before = _docker_config_snapshot()
+
+    code, out, err, _ = run_build(stdin)
+    assert code == 0, err
+    assert summary(out) == f"{ref} pushed"
+    code, out2, err2, _ = run_build(stdin)
+    assert code == 0, err2
+    assert summary(out2) == f"{ref} already in the registry"
+    assert "Pushed" not in err2
+    assert REGISTRY_PASSWORD not in out + err + out2 + err2
+    assert _docker_config_snapshot() == config_before  # the login stayed in its temp config
+
+    wrong = RegistryPush(
+        platforms=("linux/amd64",),
+        username=REGISTRY_USER,
+        password=pulumi.Output.secret("not-the-password"),
+    )
+    code, _, err, _ = run_build(declared_stdin(build, ref, wrong, "not-the-password"))
+    assert code != 0
+    assert SUMMARY not in err.splitlines()[-1]
+
+
+# --- either Docker client ----------------------------------------------------------------------
+
+
+def _clients() -> dict[str, str | None]:
+    """Why each way of building with BuildKit cannot run here (None: it can)."""
+    first = shutil.which("docker")
+    has_buildx = first is not None and _docker("buildx", "version", check=False).returncode == 0
+    old = [
+        path
+        for path in dict.fromkeys(
+            str(Path(d) / "docker") for d in os.environ.get("PATH", "").split(os.pathsep)
+        )
+        if Path(path).exists() and _major(path) < 23
+    ]
+    return {
+        "buildx": None if has_buildx else "the docker client on PATH has no buildx plugin",
+        "built-in BuildKit": None if old else "no docker client older than 23 on PATH",
+    }
+
+
+def _major(client: str) -> int:
+    out = subprocess.run([client, "--version"], capture_output=True, text=True, check=False)
+    try:
+        return int(out.stdout.split()[2].split(".")[0])
+    except (IndexError, ValueError):
+        return 0
+
+
+@pytest.mark.parametrize("client", ["buildx", "built-in BuildKit"])
+def test_either_docker_client_builds_with_buildkit(
+    client: str, stand_ins: dict[str, str], refs_to_remove: list[str], tmp_path: Path
+) -> None:
+    reason = _clients()[client]
+    if reason:
+        unavailable(reason, "PICLUSTER_REQUIRE_BUILDX" if client == "buildx" else INTEGRATION)
+
+    def mark(folder: Path) -> None:
+        (folder / "client.txt").write_text(client)
+        (folder / "node_modules" / "left-behind").mkdir(parents=True)
+        (folder / "node_modules" / "left-behind" / "index.js").write_text("// not sent\n")
+
+    folder = _copy_of_demo(tmp_path, mark)
+    service = {"name": "api", "build": str(folder), "port": 3000, "path": "/api"}
+    stdin = program_stdins({"app": {"services": [service]}})["app-api-build"]
+    refs_to_remove.append(_ref(stdin))
+    env = dict(os.environ)
+    if client == "built-in BuildKit":
+        # No CLI plugins: a client from 23 on cannot build, so the script must take an older one.
+        (tmp_path / "docker-config").mkdir()
+        env["DOCKER_CONFIG"] = str(tmp_path / "docker-config")
+    result = subprocess.run(
+        ["bash", "-s"], input=stdin, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert summary(result.stdout) == f"{_ref(stdin)} built"
+    used = next(line for line in result.stderr.splitlines() if "image-build: with " in line)
+    assert ("buildx" in used) == (client == "buildx"), used
+    # The generated ignore file applied with this client too: no node_modules from the folder.
+    listing = _docker("run", "--rm", _ref(stdin), "ls", "/app", "/app/node_modules").stdout
+    assert "client.txt" in listing.split()
+    assert "left-behind" not in listing
