@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 from pulumi_command import local
@@ -88,6 +89,18 @@ def _b64(text: str | None) -> str:
     return base64.b64encode(text.encode()).decode() if text else ""
 
 
+def _portable(folder: Path) -> str:
+    """`folder` relative to the working directory when it is inside it, else absolute.
+
+    Pulumi runs the program and starts the providers in the project directory (pulumi/pulumi
+    `sdk/go/common/resource/plugin/provider_plugin.go`: plugins get the context's `Pwd`), so
+    the command runs where the program did; a project folder then gives the same stdin in every
+    checkout, and another machine's preview shows no change.
+    """
+    cwd = Path.cwd()
+    return folder.relative_to(cwd).as_posix() if folder.is_relative_to(cwd) else str(folder)
+
+
 def build_values(build: ImageBuild, ref: str, target: BuildTarget) -> dict[str, str]:
     """The plain header values of the build's stdin (no secret: those are added by
     `build_stdin`). `ref` is the content-tagged reference the target runs."""
@@ -95,7 +108,7 @@ def build_values(build: ImageBuild, ref: str, target: BuildTarget) -> dict[str, 
         raise ValueError(f"{ref!r} is not tagged with the build's content tag {build.tag!r}")
     values = {
         "REF": ref,
-        "CONTEXT": str(build.context),
+        "CONTEXT": _portable(build.context),
         "DOCKERFILE_B64": _b64(build.dockerfile),
         "IGNORE_B64": _b64("\n".join(build.ignore) + "\n" if build.dockerfile else None),
     }

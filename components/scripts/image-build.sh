@@ -8,7 +8,8 @@
 #   MODE               local | tunnel | registry
 #   REF                the content-tagged image reference the target runs (its tag is a hash of
 #                      the folder, so an existing REF holds exactly this source)
-#   CONTEXT            the source folder (absolute); nothing is ever written into it
+#   CONTEXT            the source folder, absolute or relative to the working directory (the
+#                      project's, where Pulumi runs); nothing is ever written into it
 #   DOCKERFILE_B64     picluster's generated Dockerfile (base64), or empty: the folder's own
 #   IGNORE_B64         the `<Dockerfile>.dockerignore` written next to it (base64), or empty
 #   PLATFORMS          comma-separated (linux/arm64,linux/amd64), or empty: the daemon's own

@@ -439,7 +439,7 @@ def test_a_push_through_the_tunnel_lands_in_the_registry_once(
     assert summary(out) == f"{ref} already in the registry"
     assert "building" not in err and "Pushed" not in err
     # The key's temp file went with the work directory; it never reached the output.
-    assert set(Path("/tmp").glob("picluster-image-build.*")) == before
+    assert set(Path("/tmp").glob("picluster-image-build.*")) <= before  # others may run too
     key = pi.key_path.read_text().strip()
     assert key not in out + err
 
