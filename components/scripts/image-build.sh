@@ -290,6 +290,8 @@ main() {
     : "${REGISTRY_ADDRESS:=}" "${REGISTRY_USERNAME:=}" "${REGISTRY_PASSWORD:=}"
     [[ -d "$CONTEXT" ]] || die "$CONTEXT is not a folder"
     trap cleanup EXIT
+    # A cancelled `pulumi up` still removes the key file and the login (through the EXIT trap).
+    trap 'exit 130' INT TERM HUP
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/picluster-image-build.XXXXXX")
     pick_docker
     write_dockerfile
