@@ -9,10 +9,12 @@ they would find the pulled image:
 - `node:22.12.0-alpine` (`versions.NODE`): Debian's Node.js 18 and npm 9, the `node` user and
   group (uid/gid 1000, home /home/node), upstream's docker-entrypoint.sh, WORKDIR /, CMD node.
   `npm ci --omit=dev` of a project without dependencies works offline (`--network none`). With
-  dependencies npm fetches them from registry.npmjs.org, as with the real image: the npm
-  registry is reachable from this machine's containers, and `test_base_images.py` builds a
-  project that depends on `ms` that way. Code that needs Node.js 19 to 22 (`require()` of ES
-  modules, `--env-file`, newer `node:` built-ins) fails on the stand-in, not on the real image.
+  dependencies npm fetches them from registry.npmjs.org, as with the real image. This machine's
+  containers reach it, but its egress re-signs TLS with a CA that only the host trusts, so a
+  plain build fails (SELF_SIGNED_CERT_IN_CHAIN, the real image would too); `test_base_images.py`
+  hands the build the host's CA bundle as a BuildKit secret and fetches `ms` that way. Code
+  that needs Node.js 19 to 22 (`require()` of ES modules, `--env-file`, newer `node:` built-ins)
+  fails on the stand-in, not on the real image.
 - `nginx:1.27.3-alpine` (`versions.NGINX`): Debian's nginx-light (1.22) with the nginx.org
   package's nginx.conf and default.conf, the `nginx` user and group (uid/gid 101),
   /usr/share/nginx/html, /var/cache/nginx, `wget` and `curl` for health checks, upstream's
