@@ -292,3 +292,13 @@ def test_a_new_release_runs_a_new_migration(tmp_path: Path) -> None:
     # The same release again: the migration does not run again.
     again = plan(after.registrations, docker_run(services).registrations)
     assert again.steps == []
+
+
+def test_a_pinned_image_s_migration_is_named_by_its_tag() -> None:
+    lobby = {"name": "lobby", "image": "ghcr.io/studio/lobby:1.4.2", "port": 8081}
+    result = docker_run([{**lobby, "migrate": ["npm", "run", "migrate"]}])
+    migration = _migration(result)
+    assert migration.value("name") == "picluster-local-lobby-migrate-1.4.2"
+    assert not result.of_type(BUILD)
+    bumped = docker_run([{**lobby, "image": "ghcr.io/studio/lobby:1.4.3", "migrate": ["x"]}])
+    assert _migration(bumped).value("name") == "picluster-local-lobby-migrate-1.4.3"
