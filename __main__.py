@@ -24,7 +24,9 @@ settings = config.settings
 app = build_app(settings.app, image_source(settings))
 secrets = stack_secrets(config, app)
 node_args = pi_node_args(config)
-over_ssh = pulumi.ResourceOptions(providers=[command_provider()] if node_args else [])
+# Remote steps on the Pis and the local image builds run through the one command provider.
+commands: list[pulumi.ProviderResource] = [command_provider()] if node_args or app.builds else []
+over_ssh = pulumi.ResourceOptions(providers=commands)
 pis = [(node, PiNode(node.name, args, over_ssh)) for node, args in node_args]
 
 if settings.target is Target.K3S:
@@ -42,7 +44,11 @@ else:
     platform = docker_platform(settings)
 
 on_platform = pulumi.ResourceOptions(providers=[provider])
-app_stack = AppStack("app", AppStackArgs(app=app, secrets=secrets, platform=platform), on_platform)
+app_stack = AppStack(
+    "app",
+    AppStackArgs(app=app, secrets=secrets, platform=platform),
+    pulumi.ResourceOptions(providers=[provider, *commands]),
+)
 pulumi.export("frontendUrl", app_stack.frontend_url)
 pulumi.export("dbPassword", secrets.db_password)
 if settings.monitoring.enabled:

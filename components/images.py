@@ -190,8 +190,9 @@ def node_dockerfile(folder: Path) -> str:
             copy_manifest,
             # A TLS-intercepting proxy's CA, when the builder has one (NODE_EXTRA_CA_CERTS on the
             # machine running `pulumi up`), reaches npm as a build secret: never in a layer.
+            # npm creates no node_modules for a project without dependencies (the demo API).
             f"RUN --mount=type=secret,id={NPM_CA_SECRET} "
-            f"NODE_EXTRA_CA_CERTS=/run/secrets/{NPM_CA_SECRET} {install}",
+            f"NODE_EXTRA_CA_CERTS=/run/secrets/{NPM_CA_SECRET} {install} && mkdir -p node_modules",
             f"FROM {versions.NODE}",
             "WORKDIR /app",
             "ENV NODE_ENV=production",

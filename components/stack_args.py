@@ -47,6 +47,7 @@ def docker_platform(settings: Settings) -> DockerPlatform:
         prometheus_port=settings.docker.ports.prometheus,
         alertmanager_port=settings.docker.ports.alertmanager,
         name_prefix=f"picluster-{pulumi.get_stack()}",
+        docker_host=settings.docker.host,
     )
 
 

@@ -14,6 +14,7 @@ compared with `engine_rules.plan` give what the engine would create, update, rep
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -155,12 +156,18 @@ class ProgramMocks(pulumi_mocks.Mocks):
 
     `stdouts` gives the stdout a remote command really printed, by resource name (a replay on
     simulated Pis feeds each step's real output back, as the engine does); any other command gets
-    a made-up summary.
+    a made-up summary. A one-shot container (`attach`) exits with its `exit_codes` entry, by
+    resource name, else 0.
     """
 
-    def __init__(self, stdouts: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        stdouts: Mapping[str, str] | None = None,
+        exit_codes: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__()
         self.stdouts = dict(stdouts or {})
+        self.exit_codes = dict(exit_codes or {})
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
@@ -182,6 +189,9 @@ class ProgramMocks(pulumi_mocks.Mocks):
             else:
                 state["stdout"] = summary
             state["stderr"] = ""
+        elif args.typ == "docker:index/container:Container" and args.inputs.get("attach"):
+            # The provider waits for an attached container to exit and reads its exit code.
+            state["exitCode"] = self.exit_codes.get(args.name, 0)
         elif args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = mock_image_id(args.inputs["name"])
             state["repoDigest"] = f"{args.inputs['name']}@sha256:{'0' * 64}"
@@ -305,6 +315,22 @@ def _encode(config: Mapping[str, Any]) -> dict[str, str]:
     return {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
+def _cancel_leftover_tasks() -> None:
+    """A failed program leaves tasks behind: on the event loop the runs share (other
+    registrations, their applies) and in the runtime's set of outputs to await, which
+    `set_mocks` does not reset (MockSettings keeps `outputs`). Cancel and forget them, or the
+    next run would await the failed ones and fail with this run's error."""
+    loop = asyncio.get_event_loop()
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    runtime: Any = pulumi_settings.SETTINGS  # contextproperty attributes, unseen by the checker
+    with runtime.lock:
+        runtime.outputs.clear()
+
+
 def run(
     program: Callable[[], object],
     config: Mapping[str, Any],
@@ -312,11 +338,18 @@ def run(
     stack: str = "test",
     secret_keys: tuple[str, ...] = (),
     stdouts: Mapping[str, str] | None = None,
+    exit_codes: Mapping[str, int] | None = None,
+    recorded: list[Registration] | None = None,
 ) -> Run:
-    """Run `program` under mocks with the given `picluster:` config (unprefixed keys)."""
+    """Run `program` under mocks with the given `picluster:` config (unprefixed keys).
+
+    `recorded`, when given, receives the registrations as they come (still there when the
+    program fails)."""
     pulumi_settings.ROOT.set(None)
-    mocks = ProgramMocks(stdouts)
+    mocks = ProgramMocks(stdouts, exit_codes)
     monitor = RecordingMonitor(mocks)
+    if recorded is not None:
+        monitor.registrations = recorded
     logger = _WarningLogger()
     pulumi.runtime.set_mocks(
         mocks,
@@ -343,7 +376,11 @@ def run(
         program()
         return collect_outputs()
 
-    _sync_await(run_pulumi_func(body))
+    try:
+        _sync_await(run_pulumi_func(body))
+    except BaseException:
+        _cancel_leftover_tasks()
+        raise
     # What the engine refuses before it runs anything.
     refusals = default_provider_refusals(result.registrations, disabled_default_providers())
     if refusals:

@@ -106,6 +106,16 @@ RULES: dict[str, ProviderRule] = {
         ),
         replace_paths=("triggers",),
     ),
+    # The local Command is the same infer resource with the same inputs (common/inputs.go is
+    # shared by local and remote); pulumi_command/local/command.py registers the same
+    # replaceOnChanges=["triggers[*]"].
+    "command:local:Command": ProviderRule(
+        source=(
+            "pulumi/pulumi-command@v1.2.1 provider/pkg/provider/local/command.go, "
+            'provider/pkg/provider/common/inputs.go (Triggers provider:"replaceOnChanges")'
+        ),
+        replace_paths=("triggers",),
+    ),
     # --- Docker (bridged) -----------------------------------------------------------------------
     # resource_docker_container.go: every input is ForceNew except these (snake_case ->
     # the SDK's names, pluralised by the bridge). resourceDockerContainerUpdate

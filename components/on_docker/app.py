@@ -1,5 +1,5 @@
 """Docker renderer of the app model: one private network, PostgreSQL and its scheduled backups,
-the services, the frontend."""
+the studio's images built on the daemon, each service's migration, the services, the frontend."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.app_model import AppModel, Role, Workload
+from components.image_build import LocalDaemon, declare_build
 from components.nginx import DOCKER_RESOLVER, nginx_conf
 from components.on_docker.backup import render_backup
 from components.on_docker.containers import (
@@ -48,6 +49,54 @@ def _spec(workload: Workload, secrets: StackSecrets, *, replica: int | None) -> 
         if workload.role is Role.SERVICE and workload.run_as_user is not None
         else None,
     )
+
+
+MIGRATION_LABEL = "picluster.migration"
+"""On a service's containers: the migration container of their release, which exited 0."""
+
+
+class MigrationFailedError(pulumi.RunError):
+    """A service's migration exited non-zero: its new containers are not created."""
+
+
+def _migrate(
+    scope: DockerScope, service: Workload, secrets: StackSecrets, database: docker.Container
+) -> docker.Container:
+    """The service's migration: one container per release (named by the image's tag, so a new
+    release runs it once and a new replica count none), with the service's image, environment
+    and secrets, run to completion after the database is healthy."""
+    assert service.migrate is not None
+    tag = service.image.rsplit(":", 1)[-1]
+    spec = replace(
+        _spec(service, secrets, replica=None),
+        name=f"{service.name}-migrate-{tag}",
+        aliases=(),
+        command=service.migrate,
+        health=None,
+        run_once=True,
+    )
+    return run_container(scope, spec, depends_on=[database])
+
+
+def _migrated(migration: docker.Container) -> pulumi.Output[str]:
+    """The migration's container name once it exited 0. Its exit code is an input of the
+    service's containers (a label), so they are created (and the old ones replaced) only after
+    it; a non-zero exit fails the program there, and the engine, which replaces a container
+    only when its new registration arrives and deletes nothing after a failed program, leaves
+    the running release as it was."""
+
+    def check(values: list[object]) -> str:
+        name, code = values
+        if code != 0:
+            raise MigrationFailedError(
+                f"the migration container {name} exited with code {code}, so the service's "
+                f"containers were left as they were; see `docker logs {name}`. Fix the "
+                "migration (a changed source is a new release that runs it again), or run this "
+                "one again with `pulumi up --replace <its URN>` (README: Database migrations)"
+            )
+        return str(name)
+
+    return pulumi.Output.all(migration.name, migration.exit_code).apply(check)
 
 
 def render_app(
@@ -92,12 +141,31 @@ def render_app(
     if app.backup is not None:
         render_backup(scope, app, app.backup, secrets, database=database)
 
+    # The studio's images, built on the daemon the containers run on: each image waits for its
+    # build, and an unchanged folder (the same tag, the same stdin) changes nothing at all.
+    for workload in app.builds:
+        assert workload.build is not None
+        build = declare_build(
+            parent,
+            f"{name}-{workload.name}-build",
+            workload.build,
+            workload.image,
+            LocalDaemon(docker_host=platform.docker_host),
+        )
+        scope.built(workload.image, build)
+
     services: list[docker.Container] = []
     for service in app.services:
+        spec = _spec(service, secrets, replica=None)
+        if service.migrate is not None:
+            migration = _migrate(scope, service, secrets, database)
+            spec = replace(spec, labels={MIGRATION_LABEL: _migrated(migration)})
         for replica in range(1, service.replicas + 1):
             services.append(
                 run_container(
-                    scope, _spec(service, secrets, replica=replica), depends_on=[database]
+                    scope,
+                    replace(spec, name=f"{service.name}-{replica}"),
+                    depends_on=[database],
                 )
             )
 

@@ -28,11 +28,13 @@ class DockerPlatform:
     alertmanager_port: int
     name_prefix: str
     """Prefix of container, network and volume names on the daemon, e.g. `picluster-local`."""
+    docker_host: str = "unix:///var/run/docker.sock"
+    """The daemon (`docker.host`): the studio's images are built on it."""
 
 
 @dataclass(kw_only=True)
 class DockerScope:
-    """A component's place on the daemon: its parent, network and pulled images."""
+    """A component's place on the daemon: its parent, network, pulled and built images."""
 
     parent: pulumi.Resource
     component: str
@@ -40,20 +42,36 @@ class DockerScope:
     name_prefix: str
     network_name: pulumi.Input[str]
     _images: dict[str, docker.RemoteImage] = field(default_factory=dict)
+    _builds: dict[str, pulumi.Resource] = field(default_factory=dict)
+
+    def built(self, ref: str, build: pulumi.Resource) -> None:
+        """Mark `ref` as built on the daemon by `build`, before `image(ref)` is first asked for:
+        its image then waits for the build, and is found there without a pull."""
+        if ref in self._images:
+            raise ValueError(f"{ref} was declared before its build")
+        self._builds[ref] = build
 
     def child_opts(self, *, depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
         """Options for a child: parented here, so it inherits the component's provider."""
         return pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on))
 
     def image(self, ref: str) -> docker.RemoteImage:
-        """The pinned image `ref`, pulled once per component however many containers use it."""
+        """The pinned image `ref`, pulled once per component however many containers use it.
+
+        A built image (`built`) is the same resource after its build: the provider looks the
+        name up on the daemon first and pulls only what it does not find (kreuzwerker
+        terraform-provider-docker v4.5.0, resource_docker_image_funcs.go `findImage`), so a
+        built image is never pulled. `keep_locally`: a replaced or deleted image stays on the
+        daemon (a rollback finds it; `docker image prune` removes old ones).
+        """
         if ref not in self._images:
             slug = re.sub(r"[^a-z0-9]+", "-", ref.lower()).strip("-")
+            build = self._builds.get(ref)
             self._images[ref] = docker.RemoteImage(
                 f"{self.component}-image-{slug}",
                 name=ref,
                 keep_locally=True,
-                opts=self.child_opts(),
+                opts=self.child_opts(depends_on=[build] if build is not None else ()),
             )
         return self._images[ref]
 
@@ -82,6 +100,10 @@ class ContainerSpec:
     pid_mode: str | None = None
     wait_healthy: bool = True
     """Make `pulumi up` wait until the health check passes, so dependants start after it."""
+    labels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    run_once: bool = False
+    """A one-shot container: never restarted, and `pulumi up` waits until it exited (its
+    `exit_code` output then says how)."""
 
 
 def run_container(
@@ -120,13 +142,29 @@ def run_container(
         volumes=list(spec.volumes),
         user=spec.user,
         pid_mode=spec.pid_mode,
-        restart="unless-stopped",
-        wait=spec.wait_healthy and healthcheck is not None,
+        labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in spec.labels.items()]
+        or None,
+        # One-shot: the provider's create attaches and waits until the container is no longer
+        # running (resource_docker_container_funcs.go, `attach`: ContainerWait
+        # WaitConditionNotRunning), then reads its exit code into `exit_code`; `must_run` false
+        # so an exited container is no drift to restart. (Given only then: the other
+        # containers' inputs stay as they were.)
+        restart="no" if spec.run_once else "unless-stopped",
+        must_run=False if spec.run_once else None,
+        attach=True if spec.run_once else None,
+        logs=True if spec.run_once else None,
+        wait=spec.wait_healthy and healthcheck is not None and not spec.run_once,
         wait_timeout=180,
         log_driver="json-file",
         # Bounded logs: a Pi's SD card must not fill up with container output.
         log_opts={"max-size": "10m", "max-file": "3"},
-        opts=scope.child_opts(depends_on=depends_on),
+        opts=pulumi.ResourceOptions.merge(
+            scope.child_opts(depends_on=depends_on),
+            # A migration's output may quote its database URL.
+            pulumi.ResourceOptions(additional_secret_outputs=["containerLogs"])
+            if spec.run_once
+            else None,
+        ),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import pulumi
 import pulumi_docker as docker
 import pytest
+from pulumi_command import Provider as CommandProvider
 
 from components.app_model import ASSETS, build_app
 from components.app_stack import AppStack, AppStackArgs
@@ -50,7 +51,8 @@ def program(config: dict[str, Any]) -> Any:
                 ),
                 platform=PLATFORM,
             ),
-            pulumi.ResourceOptions(providers=[provider]),
+            # The demo API is built from its folder: a local command on the command provider.
+            pulumi.ResourceOptions(providers=[provider, CommandProvider("unit-command")]),
         )
 
     return body
