@@ -316,7 +316,7 @@ def test_a_cold_build_of_new_dependencies(
     code, out, err, seconds = run_build(stdin)
     assert code == 0, err
     assert summary(out).endswith(" built")
-    assert not _cached(err, "RUN npm ci")
+    assert not _cached(err, "npm ci --omit=dev")
     TIMINGS["demo API build (cold: new dependencies)"] = seconds
 
 
