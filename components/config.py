@@ -624,6 +624,8 @@ class ImagesConfig(_Model):
     """K3s target: `host[:port][/path]` of a registry the nodes pull from, instead of the
     in-cluster one."""
     registry_username: Annotated[str, Field(min_length=1)] | None = None
+    registry_storage: Quantity = "10Gi"
+    """K3s target, in-cluster registry: its volume's size (local-path enforces none)."""
 
 
 class Settings(_Model):

@@ -31,6 +31,14 @@ from components import versions
 IN_CLUSTER_REGISTRY = "registry.picluster.internal"
 """The name pods pull the in-cluster registry's images by; every node maps it to the registry
 through `/etc/rancher/k3s/registries.yaml` (it resolves nowhere else)."""
+# TODO merge: components/registries.py (branch `registries`) defines the same two constants;
+# keep one definition (config.py needs them without importing the Kubernetes renderer).
+REGISTRY_CLUSTER_IP = "10.43.0.50"
+"""The in-cluster registry Service's pinned clusterIP: in K3s's default service CIDR
+10.43.0.0/16 and in the low band the API server keeps for fixed IPs (the first 256 addresses of
+a /16, KEP-3070), so no Service that asked for any address can have taken it."""
+REGISTRY_PORT = 5000
+"""The in-cluster registry's port (Service and container)."""
 TAG_LENGTH = 12
 """Hex digits of the content hash in a tag (Docker's short-id length)."""
 NODE_UID = 1000
