@@ -1,7 +1,7 @@
 """NetworkPolicies of the app namespace: deny by default, then open only the game's own paths.
 
-ingress controller -> frontend -> services -> database, backups -> database, DNS for every pod,
-and the monitoring namespace to every pod (Prometheus scrapes, blackbox probes,
+ingress controller -> frontend -> services -> database, service -> service, backups -> database,
+DNS for every pod, and the monitoring namespace to every pod (Prometheus scrapes, blackbox probes,
 postgres-exporter). K3s enforces these with its bundled network policy controller.
 """
 
@@ -149,6 +149,8 @@ def render_app_policies(
                         ingress_controller,
                         monitoring,
                         _from_component(Role.FRONTEND.value),
+                        # Services call each other by name (README: The service contract).
+                        _from_component(Role.SERVICE.value),
                     ],
                     ports=[_tcp(container_port(s)) for s in app.services],
                 )
@@ -156,7 +158,11 @@ def render_app_policies(
             egress=[
                 k8s.networking.v1.NetworkPolicyEgressRuleArgs(
                     to=[_from_component(Role.DATABASE.value)], ports=[db_port]
-                )
+                ),
+                k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                    to=[_from_component(Role.SERVICE.value)],
+                    ports=[_tcp(container_port(s)) for s in app.services],
+                ),
             ],
         )
     database = _policy(

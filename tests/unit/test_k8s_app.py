@@ -224,6 +224,12 @@ def test_network_policies_deny_by_default_then_allow_the_chain(game: Run) -> Non
     assert {"podSelector": {"matchLabels": {component: "service"}}} in sources("database")
     assert {"namespaceSelector": {"matchLabels": {namespace: "monitoring"}}} in sources("database")
     assert {"podSelector": {"matchLabels": {component: "frontend"}}} not in sources("database")
+    # Services call each other by name: both ends of the service -> service path are open.
+    assert {"podSelector": {"matchLabels": {component: "service"}}} in sources("services")
+    service_egress = [
+        peer for rule in policies["services"]["spec"]["egress"] for peer in rule["to"]
+    ]
+    assert {"podSelector": {"matchLabels": {component: "service"}}} in service_egress
     dns = policies["allow-dns"]["spec"]["egress"][0]
     assert {p["port"] for p in dns["ports"]} == {53}
 
