@@ -1,6 +1,8 @@
 """`pulumi up -s prod` with the real engine, end to end: three simulated Pis bootstrapped over SSH
 (prepare, reboot, gate, K3s install, node checks, kubeconfig read), then the game and its
-monitoring deployed to a real Kubernetes API server, every object accepted and awaited Ready.
+monitoring deployed to a real Kubernetes API server, every object accepted and awaited Ready;
+the demo API built from its source folder on this machine and pushed through an SSH tunnel to
+the in-cluster registry (its double), a changed source pushed and rolled out in place.
 The lab and what stands in for what cannot run here: tests/engine/prod_lab.py.
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from components import images
 from tests.engine.conftest import Up
 from tests.engine.prod_lab import VERSION, Prod, prod_lab, require_lab
 from tools.restore_db import KubernetesTarget
@@ -96,3 +99,42 @@ def test_the_restore_job_is_admitted_and_the_writers_come_back(
 
 def _deployments(prod: Prod) -> list[dict[str, Any]]:
     return prod.get("deployments", "-n", "game")["items"]
+
+
+def _demo_tag(prod: Prod) -> str:
+    """The content tag of the demo API's folder in the lab's copy of the project."""
+    return images.plan_build("api", prod.project.path / "components/assets/demo-api").tag
+
+
+def _api_image(prod: Prod) -> str:
+    deployment = prod.get("deployment/api", "-n", "game")
+    return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_the_first_up_pushed_the_demo_api_and_runs_its_content_tag(ups: Ups, prod: Prod) -> None:
+    del ups
+    tag = _demo_tag(prod)
+    assert prod.registry_tags("api") == [tag]
+    assert _api_image(prod) == f"{images.IN_CLUSTER_REGISTRY}/api:{tag}"
+    registry = prod.get("deployment/registry", "-n", "picluster-registry")
+    assert registry["status"].get("readyReplicas") == 1
+    service = prod.get("service/registry", "-n", "picluster-registry")
+    assert service["spec"]["clusterIP"] == images.REGISTRY_CLUSTER_IP
+
+
+def test_a_changed_demo_source_is_pushed_and_rolled_in_place(ups: Ups, prod: Prod) -> None:
+    """Last in the module: it changes the source the other tests deployed."""
+    del ups
+    old = _demo_tag(prod)
+    server = prod.project.path / "components/assets/demo-api/server.js"
+    server.write_text(server.read_text() + "\n// the next release\n")
+    new = _demo_tag(prod)
+    assert new != old
+    changed = prod.up()
+    # The api image's build-and-push command and the api Deployment, in place: nothing else.
+    assert changed.summary.get("update") == 2, changed.summary
+    assert set(changed.summary) == {"same", "update"}, changed.summary
+    assert changed.remote_steps == 0
+    assert prod.registry_tags("api") == sorted([old, new])
+    assert _api_image(prod) == f"{images.IN_CLUSTER_REGISTRY}/api:{new}"
+    assert set(prod.up().summary) == {"same"}
