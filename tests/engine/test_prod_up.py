@@ -17,7 +17,7 @@ import pytest
 
 from components import images
 from tests.engine.conftest import Up
-from tests.engine.prod_lab import VERSION, Prod, prod_lab, require_lab
+from tests.engine.prod_lab import VERSION, Prod, default_config, prod_lab, require_lab
 from tools.restore_db import KubernetesTarget
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
@@ -123,7 +123,7 @@ def test_the_first_up_pushed_the_demo_api_and_runs_its_content_tag(ups: Ups, pro
 
 
 def test_a_changed_demo_source_is_pushed_and_rolled_in_place(ups: Ups, prod: Prod) -> None:
-    """Last in the module: it changes the source the other tests deployed."""
+    """It changes the source the tests before it deployed."""
     del ups
     old = _demo_tag(prod)
     server = prod.project.path / "components/assets/demo-api/server.js"
@@ -137,4 +137,35 @@ def test_a_changed_demo_source_is_pushed_and_rolled_in_place(ups: Ups, prod: Pro
     assert changed.remote_steps == 0
     assert prod.registry_tags("api") == sorted([old, new])
     assert _api_image(prod) == f"{images.IN_CLUSTER_REGISTRY}/api:{new}"
+    assert set(prod.up().summary) == {"same"}
+
+
+def test_a_migration_completes_before_its_service_is_deployed(ups: Ups, prod: Prod) -> None:
+    """Last in the module: it replaces the demo with a service that migrates. kwok ends a Job's
+    pod as succeeded (its `pod-complete` stage) without running it; the migration command itself
+    is the service's own (tests/integration cover running images)."""
+    del ups
+    config = default_config()
+    config["app"] = {
+        "domain": "game.local",
+        "services": [
+            {
+                "name": "scores",
+                "build": "components/assets/demo-api",
+                "port": 3000,
+                "path": "/scores",
+                "migrate": ["node", "migrate.js"],
+            }
+        ],
+    }
+    prod.configure(config)
+    prod.up()
+    tag = images.plan_build("scores", prod.project.path / "components/assets/demo-api").tag
+    assert prod.registry_tags("scores") == [tag]
+    job = prod.get(f"job/scores-migrate-{tag}", "-n", "game")
+    assert job["status"].get("succeeded") == 1
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["node", "migrate.js"]
+    deployment = prod.get("deployment/scores", "-n", "game")
+    # The engine created the Deployment only once it had awaited the Job's completion.
+    assert deployment["metadata"]["creationTimestamp"] >= job["status"]["completionTime"]
     assert set(prod.up().summary) == {"same"}
