@@ -8,6 +8,7 @@ changed source folder makes the engine do (`tests/engine_rules.plan`).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -426,3 +427,31 @@ def test_the_service_cidr_does_not_matter_without_the_in_cluster_registry() -> N
     services = [{"name": "lobby", "image": "ghcr.io/studio/lobby:1.4.2", "port": 8081}]
     nothing_built = _k3s({"service-cidr": "10.96.0.0/12"}, app={"services": services})
     stack_config.validate(nothing_built, secret_values=False)
+
+
+def test_a_pinned_image_service_migrates_once_per_image() -> None:
+    services = [
+        {
+            "name": "lobby",
+            "image": "ghcr.io/studio/lobby:1.4.2",
+            "port": 8081,
+            "migrate": ["npm", "run", "migrate"],
+        }
+    ]
+    result = prod({"app": {"services": services}})
+    (job,) = result.of_type(JOB)
+    release = hashlib.sha256(b"ghcr.io/studio/lobby:1.4.2").hexdigest()[:12]
+    assert job.value("metadata")["name"] == f"lobby-migrate-{release}"
+    assert not result.of_type(BUILD)  # nothing built: no push to wait for
+    assert job.urn in registration(result, DEPLOYMENT, "lobby").dependencies
+
+
+def test_a_static_frontend_waits_for_its_image() -> None:
+    result = prod(
+        {"app": {"domain": "game.local", "frontend": {"static": "examples/studio/game/dist"}}}
+    )
+    frontend = registration(result, DEPLOYMENT, "frontend")
+    build = registration(result, BUILD, "app-frontend-image")
+    assert build.urn in frontend.dependencies
+    image = unwrap(frontend.inputs)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith(f"{images.IN_CLUSTER_REGISTRY}/frontend:")
