@@ -40,8 +40,8 @@ RESOURCES = Resources(
 """Measured here on distribution 2.8.2 (Debian's build of the same code, the test suite's
 stand-in of the pinned image), run as the pod runs it (uid 1000, read-only root): 20 MiB
 resident idle, 27 MiB at most while a 343 MB image (121 MB of layers) and a second one were
-pushed, 0.7 s of CPU for both. The request covers the peak; the limit leaves room for several
-nodes pulling at once. The figures are from amd64; a Go binary's footprint on arm64 is alike."""
+pushed, 0.7 s of CPU for both (amd64; not measured on a Pi). The request covers that peak; the
+limit, about five times it, leaves room for several nodes pulling at once."""
 ENV = {
     "REGISTRY_HTTP_ADDR": f":{REGISTRY_PORT}",
     "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": DATA_PATH,
