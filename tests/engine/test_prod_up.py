@@ -17,7 +17,7 @@ import pytest
 
 from components import images
 from tests.engine.conftest import Up
-from tests.engine.prod_lab import VERSION, Prod, default_config, prod_lab, require_lab
+from tests.engine.prod_lab import VERSION, Prod, default_config, kubectl, prod_lab, require_lab
 from tools.restore_db import KubernetesTarget
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
@@ -141,24 +141,11 @@ def test_a_changed_demo_source_is_pushed_and_rolled_in_place(ups: Ups, prod: Pro
 
 
 def test_a_migration_completes_before_its_service_is_deployed(ups: Ups, prod: Prod) -> None:
-    """Last in the module: it replaces the demo with a service that migrates. kwok ends a Job's
+    """It replaces the demo with a service that migrates. kwok ends a Job's
     pod as succeeded (its `pod-complete` stage) without running it; the migration command itself
     is the service's own (tests/integration cover running images)."""
     del ups
-    config = default_config()
-    config["app"] = {
-        "domain": "game.local",
-        "services": [
-            {
-                "name": "scores",
-                "build": "components/assets/demo-api",
-                "port": 3000,
-                "path": "/scores",
-                "migrate": ["node", "migrate.js"],
-            }
-        ],
-    }
-    prod.configure(config)
+    prod.configure(_scores(["node", "migrate.js"]))
     prod.up()
     tag = images.plan_build("scores", prod.project.path / "components/assets/demo-api").tag
     assert prod.registry_tags("scores") == [tag]
@@ -169,3 +156,54 @@ def test_a_migration_completes_before_its_service_is_deployed(ups: Ups, prod: Pr
     # The engine created the Deployment only once it had awaited the Job's completion.
     assert deployment["metadata"]["creationTimestamp"] >= job["status"]["completionTime"]
     assert set(prod.up().summary) == {"same"}
+
+
+def _scores(migrate: list[str]) -> dict[str, Any]:
+    """The lab's stack with one service built from the demo's folder, migrating with `migrate`."""
+    config = default_config()
+    service = {
+        "name": "scores",
+        "build": "components/assets/demo-api",
+        "port": 3000,
+        "path": "/scores",
+        "migrate": migrate,
+    }
+    config["app"] = {"domain": "game.local", "services": [service]}
+    return config
+
+
+def test_a_failed_migration_stops_the_rollout_and_the_old_pods_keep_serving(
+    ups: Ups, prod: Prod
+) -> None:
+    """Last in the module. The next release's migration fails (its command is `false`, which
+    the lab's kwok ends as a kubelet would: exit code 1, tools/cluster/kwok-stages.yaml): `up`
+    fails on the Job, the Deployment is not touched and its pods keep the previous release. The
+    README's way out, once the cause is fixed: delete the Job, `up --refresh`."""
+    del ups
+    source = prod.project.path / "components/assets/demo-api"
+    old = images.plan_build("scores", source).tag
+    server = source / "server.js"
+    server.write_text(server.read_text() + "\n// a release whose migration fails\n")
+    new = images.plan_build("scores", source).tag
+    prod.configure(_scores(["false"]))
+    failed = prod.project.pulumi("up", "--yes", "--json", "-s", "prod", timeout=1500)
+    assert failed.returncode != 0
+    assert f"scores-migrate-{new}" in failed.stdout and "BackoffLimitExceeded" in failed.stdout
+    job = prod.get(f"job/scores-migrate-{new}", "-n", "game")
+    assert job["status"].get("failed") == 2  # backoffLimit 1: two attempts, two pods kept
+    # The push happened, the rollout did not: the Deployment still runs the previous release.
+    assert new in prod.registry_tags("scores")
+    image = prod.get("deployment/scores", "-n", "game")["spec"]["template"]["spec"]
+    assert image["containers"][0]["image"] == f"{images.IN_CLUSTER_REGISTRY}/scores:{old}"
+    # The previous release's Job is still there (retained), its log readable.
+    assert prod.get(f"job/scores-migrate-{old}", "-n", "game")["status"].get("succeeded") == 1
+
+    prod.configure(_scores(["node", "migrate.js"]))
+    deleted = kubectl(prod.kubeconfig, "-n", "game", "delete", "job", f"scores-migrate-{new}")
+    assert deleted.returncode == 0, deleted.stderr
+    prod.up("--refresh")
+    job = prod.get(f"job/scores-migrate-{new}", "-n", "game")
+    assert job["status"].get("succeeded") == 1
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["node", "migrate.js"]
+    image = prod.get("deployment/scores", "-n", "game")["spec"]["template"]["spec"]
+    assert image["containers"][0]["image"] == f"{images.IN_CLUSTER_REGISTRY}/scores:{new}"
