@@ -15,6 +15,7 @@ from components.stack_args import (
     docker_platform,
     image_source,
     k3s_cluster_args,
+    k3s_image_push,
     kubernetes_platform,
     pi_node_args,
 )
@@ -35,6 +36,7 @@ if settings.target is Target.K3S:
     provider = kubernetes_provider(cluster.kubeconfig, stack_id, cluster.servers_ready)
     after_nodes: list[pulumi.Resource] = list(cluster.ready)
     platform = kubernetes_platform(settings)
+    push = k3s_image_push(config, pis)
     pulumi.export("apiServerUrl", cluster.api_server_url)
     pulumi.export("nodeNames", cluster.node_names)
     pulumi.export("kubeconfig", cluster.kubeconfig)
@@ -42,11 +44,12 @@ else:
     provider = docker_provider(settings.docker, [pi for _, pi in pis])
     after_nodes = []
     platform = docker_platform(settings)
+    push = None
 
 on_platform = pulumi.ResourceOptions(providers=[provider])
 app_stack = AppStack(
     "app",
-    AppStackArgs(app=app, secrets=secrets, platform=platform),
+    AppStackArgs(app=app, secrets=secrets, platform=platform, push=push),
     pulumi.ResourceOptions(providers=[provider, *commands]),
 )
 pulumi.export("frontendUrl", app_stack.frontend_url)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components.app_model import AppModel
+from components.image_build import RegistryPush, TunnelPush
 from components.on_docker import app as on_docker
 from components.on_docker.containers import DockerPlatform
 from components.on_kubernetes import app as on_kubernetes
@@ -25,6 +26,9 @@ class AppStackArgs:
     """Database password and DATABASE_URL, as secrets."""
     platform: DockerPlatform | KubernetesPlatform
     """Where the app runs; its provider arrives through `ResourceOptions(providers=[...])`."""
+    push: TunnelPush | RegistryPush | None = None
+    """K3s: where the images the app builds are pushed (their build commands need the command
+    provider among the providers)."""
 
 
 class AppStack(pulumi.ComponentResource):
@@ -44,7 +48,9 @@ class AppStack(pulumi.ComponentResource):
             self.frontend_url = rendered.frontend_url
             self.network_name = rendered.network_name
         else:
-            on_k8s = on_kubernetes.render_app(self, name, args.app, args.secrets, args.platform)
+            on_k8s = on_kubernetes.render_app(
+                self, name, args.app, args.secrets, args.platform, args.push
+            )
             self.frontend_url = on_k8s.frontend_url
             self.network_name = None
         self.register_outputs({"frontend_url": self.frontend_url})

@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components import datastore_snapshots, images, versions
+from components import datastore_snapshots, images, registries, versions
 
 NAMESPACE = "picluster"
 
@@ -624,6 +624,8 @@ class ImagesConfig(_Model):
     """K3s target: `host[:port][/path]` of a registry the nodes pull from, instead of the
     in-cluster one."""
     registry_username: Annotated[str, Field(min_length=1)] | None = None
+    registry_storage: Quantity = "10Gi"
+    """K3s target, in-cluster registry: its volume's size (local-path enforces none)."""
 
 
 class Settings(_Model):
@@ -890,6 +892,49 @@ def _build_invariants(
     return problems
 
 
+def _builds_images(app: AppConfig) -> bool:
+    """True when picluster builds an image for the app (the demo API is built when no service
+    is given)."""
+    return (
+        app.services is None
+        or any(s.build is not None for s in app.services)
+        or app.frontend.static is not None
+        or app.frontend.build is not None
+    )
+
+
+def _registry_address_invariants(settings: Settings) -> list[str]:
+    """The in-cluster registry's Service takes a pinned clusterIP that every node's
+    registries.yaml names: a `service-cidr` of the user's must hold it, or the API server
+    refuses the Service (and every node would point at nothing)."""
+    k3s = settings.k3s
+    if (
+        settings.target is not Target.K3S
+        or k3s is None
+        or settings.images.registry is not None
+        or not _builds_images(settings.app)
+        or "service-cidr" not in k3s.server_config
+    ):
+        return []
+    key = "picluster:k3s.serverConfig.service-cidr"
+    value = k3s.server_config["service-cidr"]
+    # K3s takes one CIDR, a comma-separated pair (dual-stack) or, in config.yaml, a list.
+    parts = value if isinstance(value, list) else str(value).split(",")
+    try:
+        networks = [ipaddress.ip_network(str(p).strip(), strict=False) for p in parts]  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]
+    except ValueError:
+        return [f"{key}: {value!r} is not a CIDR such as 10.43.0.0/16 (or an IPv4,IPv6 pair)"]
+    address = ipaddress.ip_address(registries.REGISTRY_CLUSTER_IP)
+    if any(address in network for network in networks if network.version == 4):
+        return []
+    return [
+        f"{key}: {value!r} does not hold {registries.REGISTRY_CLUSTER_IP}, the in-cluster image "
+        "registry's fixed Service address that every node's registries.yaml names; remove the "
+        "key (K3s's default 10.43.0.0/16 holds it), give a range that holds it, or set "
+        "picluster:images.registry to a registry of your own"
+    ]
+
+
 def _loopback_problem(key: str, reference: str) -> str:
     return (
         f"{key}: {reference!r} is on this machine's loopback, which the Pis cannot pull from; "
@@ -1046,6 +1091,7 @@ def validate(
     problems += _alert_invariants(settings.monitoring.alerts, secrets_set)
     problems += _snapshot_invariants(settings, secrets_set)
     problems += _build_invariants(settings, project_dir or Path.cwd(), secrets_set)
+    problems += _registry_address_invariants(settings)
     if problems:
         raise ConfigError(problems)
     return settings

@@ -37,10 +37,11 @@ from pulumi_command import local
 
 from components.images import ImageBuild
 from components.pi_node import SshTarget
+from components.registries import REGISTRY_CLUSTER_IP, REGISTRY_PORT
 from components.remote_script import script_payload
 
 SCRIPT = "image-build.sh"
-IN_CLUSTER_REGISTRY_ADDRESS = "10.43.0.50:5000"
+IN_CLUSTER_REGISTRY_ADDRESS = f"{REGISTRY_CLUSTER_IP}:{REGISTRY_PORT}"
 """The in-cluster registry's Service as the first server reaches it (its pinned clusterIP in
 K3s's default service CIDR, port 5000): the far end of the push tunnel."""
 

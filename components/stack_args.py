@@ -20,6 +20,7 @@ from components.config import (
     Target,
 )
 from components.datastore_snapshots import DatastoreSnapshots, S3Target
+from components.image_build import RegistryPush, TunnelPush
 from components.k3s_cluster import ClusterNode, K3sClusterArgs
 from components.on_docker.containers import DockerPlatform
 from components.on_kubernetes.platform import KubernetesPlatform
@@ -149,7 +150,29 @@ def datastore_snapshots(snapshots: SnapshotsConfig) -> DatastoreSnapshots:
     )
 
 
+def k3s_image_push(
+    config: StackConfig, nodes: Sequence[tuple[NodeConfig, PiNode]]
+) -> TunnelPush | RegistryPush:
+    """Where the K3s target pushes the images it builds: the in-cluster registry through an SSH
+    tunnel to the first server, or the registry `images.registry` names."""
+    images = config.settings.images
+    platforms = tuple(images.platforms)
+    if images.registry is None:
+        first = next(pi for node, pi in nodes if node.role is NodeRole.SERVER)
+        return TunnelPush(server=first.ssh, platforms=platforms, builder=images.builder)
+    return RegistryPush(
+        platforms=platforms,
+        builder=images.builder,
+        username=images.registry_username,
+        password=config.secret("registryPassword"),
+    )
+
+
 def kubernetes_platform(settings: Settings) -> KubernetesPlatform:
     """Where the K3s target puts the app and monitoring."""
     first_server = next(n for n in settings.nodes if n.role is NodeRole.SERVER)
-    return KubernetesPlatform(domain=settings.app.domain, public_address=first_server.host)
+    return KubernetesPlatform(
+        domain=settings.app.domain,
+        public_address=first_server.host,
+        registry_storage=settings.images.registry_storage,
+    )

@@ -12,14 +12,19 @@ here:
 
 from __future__ import annotations
 
+import atexit
 import copy
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
+from components.app_model import DEMO_API
 from components.config import SECRET_KEYS
 from tests.engine_rules import COMMAND, Action, Plan, plan
 from tests.harness import Registration, Run, run_main, stack_file_config, unwrap
@@ -85,6 +90,32 @@ class Change:
     edit: Callable[[Config], Config]
     note: str = ""
     """What the plan alone does not show (a script that refuses on the node, a warning)."""
+    before: Callable[[Config], Config] | None = None
+    """An edit of the base made before the change (a service built from source), when the
+    change needs one; None: the base itself."""
+
+
+@cache
+def source_versions() -> tuple[Path, Path]:
+    """Two versions of one service's source folder: the demo API, then the same with one line
+    of server.js changed (in a temporary folder, removed at exit)."""
+    root = Path(tempfile.mkdtemp(prefix="picluster-matrix-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    first, second = root / "v1", root / "v2"
+    shutil.copytree(DEMO_API, first)
+    shutil.copytree(DEMO_API, second)
+    server = second / "server.js"
+    server.write_text(server.read_text() + "\n// the next release\n")
+    return first, second
+
+
+def _built(version: int) -> Callable[[Config], Config]:
+    """The first service built from version `version` (0, 1) of the source, with a migration."""
+    return _edit(
+        lambda c: c["app"]["services"][0].update(
+            image=None, build=str(source_versions()[version]), migrate=["node", "migrate.js"]
+        )
+    )
 
 
 CHANGES: tuple[Change, ...] = (
@@ -156,6 +187,14 @@ CHANGES: tuple[Change, ...] = (
         "a service's image bumped",
         "prod",
         _edit(lambda c: c["app"]["services"][0].update(image="ghcr.io/studio/lobby:1.4.3")),
+    ),
+    Change(
+        "a service's source changed (with a migration)",
+        "prod",
+        _built(1),
+        "the new release's migration Job runs to completion before the Deployment rolls; the "
+        "old release's Job is only forgotten (retainOnDelete) and its TTL removes it",
+        before=_built(0),
     ),
     Change(
         "a new service",
@@ -255,8 +294,12 @@ class Outcome:
 @cache
 def outcome(change: Change) -> Outcome:
     """Run the program before and after `change` and plan the difference (once per change)."""
-    before = _base_run(change.stack)
-    after = _run(change.stack, change.edit(base(change.stack)))
+    if change.before is None:
+        before = _base_run(change.stack)
+    else:
+        before = _run(change.stack, change.before(base(change.stack)))
+    start = base(change.stack) if change.before is None else change.before(base(change.stack))
+    after = _run(change.stack, change.edit(start))
     return Outcome(change, plan(before.registrations, after.registrations), before, after)
 
 
@@ -367,6 +410,12 @@ def _objects(result: Outcome, action: Action) -> list[str]:
     registrations = {r.urn: r for r in (*result.before.registrations, *result.after.registrations)}
     return sorted(
         _object(registrations[s.urn])
+        # The engine forgets a retained resource instead of deleting it.
+        + (
+            " (retained)"
+            if action is Action.DELETE and registrations[s.urn].retain_on_delete
+            else ""
+        )
         for s in result.plan.steps
         if s.action is action and s.type != COMMAND
     )
@@ -391,14 +440,31 @@ def markdown_table() -> str:
         ]
         notes = [change.note] if change.note else []
         notes += [f"**refused by the engine:** {r}" for r in result.plan.refusals]
-        lines.append(
+        row = (
             f"| {change.stack} | {change.title} | {_remote_cell(result.plan.remote_steps)} "
             f"| {_cell(_objects(result, Action.CREATE))} "
             f"| {_cell(_objects(result, Action.UPDATE))} "
             f"| {_cell(_objects(result, Action.REPLACE))} "
             f"| {_cell(deleted)} | {_cell(restarts(result))} | {_cell(notes)} |"
         )
+        labels = _release_labels(result)
+        lines.append(_TAG.sub(lambda m, labels=labels: labels.get(m.group(0), m.group(0)), row))
     return "\n".join(lines)
+
+
+_TAG = re.compile(r"(?<![0-9a-f])[0-9a-f]{12}(?![0-9a-f])")
+"""A content tag (`components/images.py`) in an object's name."""
+
+
+def _release_labels(result: Outcome) -> dict[str, str]:
+    """`<old tag>`/`<new tag>` for the content tags in `result`'s object names, so the README's
+    table does not change with every byte of a source or of picluster's Dockerfiles."""
+    labels: dict[str, str] = {}
+    for run, label in ((result.before, "<old tag>"), (result.after, "<new tag>")):
+        for reg in run.registrations:
+            for tag in _TAG.findall(_object(reg)):
+                labels.setdefault(tag, label)
+    return labels
 
 
 if __name__ == "__main__":

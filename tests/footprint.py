@@ -107,17 +107,17 @@ def footprints(run: Run, nodes: int) -> list[Footprint]:
 def table(found: list[Footprint]) -> str:
     """A plain-text table with a total line."""
     lines = [
-        f"{'namespace':16s} {'workload':30s} {'pods':>4s} {'cpu req':>8s} {'cpu lim':>8s} "
+        f"{'namespace':18s} {'workload':30s} {'pods':>4s} {'cpu req':>8s} {'cpu lim':>8s} "
         f"{'mem req':>8s} {'mem lim':>8s}"
     ]
     for f in found:
         lines.append(
-            f"{f.namespace:16s} {f.kind + '/' + f.name:30s} {f.copies:4d} "
+            f"{f.namespace:18s} {f.kind + '/' + f.name:30s} {f.copies:4d} "
             f"{f.cpu_request_m:7.0f}m {f.cpu_limit_m:7.0f}m "
             f"{f.memory_request_mib:6.0f}Mi {f.memory_limit_mib:6.0f}Mi"
         )
     lines.append(
-        f"{'total':16s} {'':30s} {sum(f.copies for f in found):4d} "
+        f"{'total':18s} {'':30s} {sum(f.copies for f in found):4d} "
         f"{sum(f.cpu_request_m for f in found):7.0f}m {sum(f.cpu_limit_m for f in found):7.0f}m "
         f"{sum(f.memory_request_mib for f in found):6.0f}Mi "
         f"{sum(f.memory_limit_mib for f in found):6.0f}Mi"

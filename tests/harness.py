@@ -33,6 +33,8 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from components.app_model import ImageSource
+from components.image_build import TunnelPush
+from components.pi_node import SshTarget
 from tests.engine_rules import (
     EngineRefusalError,
     default_provider_refusals,
@@ -44,6 +46,21 @@ MAIN = ROOT / "__main__.py"
 PROJECT = "picluster"
 TEST_IMAGES = ImageSource(repository="picluster-test", project_dir=ROOT)
 """Where the unit tests' built images are named from; folders relative to the checkout."""
+TEST_PUSH_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nunit-push\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+
+
+def tunnel_push() -> TunnelPush:
+    """Where a K3s app under test pushes the images it builds: the in-cluster registry, through
+    an SSH tunnel to a first server at 10.0.0.10 (the key a secret)."""
+    return TunnelPush(
+        server=SshTarget(
+            host="10.0.0.10", port=22, user="pi", private_key=pulumi.Output.secret(TEST_PUSH_KEY)
+        ),
+        platforms=("linux/arm64",),
+    )
+
 
 SECRET_SIG = rpc._special_secret_sig
 SIG_KEY = rpc._special_sig_key

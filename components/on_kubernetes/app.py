@@ -5,20 +5,30 @@ with scheduled `pg_dump` backups and the restore's pod template; each service as
 and Service spread across the Pis; the frontend behind K3s's Traefik ingress, which also routes
 each service's path; and NetworkPolicies that deny everything but ingress -> frontend ->
 services -> database, DNS, and monitoring.
+
+Images picluster builds from the studio's source are built and pushed by one local command each
+(components/image_build.py) before anything runs them: to the in-cluster registry
+(components/on_kubernetes/registry.py, declared first) or to the user's. A service with a
+`migrate` command gets a Job per release (components/on_kubernetes/migrations.py) that its
+Deployment waits for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel, Role, SecretKey, Workload
+from components.image_build import RegistryPush, TunnelPush, declare_build
 from components.nginx import nginx_conf
 from components.on_kubernetes import pods, policies, volumes
 from components.on_kubernetes.backup import render_backup
+from components.on_kubernetes.migrations import render_migration
 from components.on_kubernetes.platform import KubernetesPlatform, selector
+from components.on_kubernetes.registry import render_registry
 from components.on_kubernetes.restore import render_restore
 from components.on_kubernetes.workloads import (
     container_port,
@@ -108,9 +118,12 @@ def render_app(
     app: AppModel,
     secrets: StackSecrets,
     platform: KubernetesPlatform,
+    push: TunnelPush | RegistryPush | None = None,
 ) -> KubernetesApp:
-    """Declare the app's Kubernetes objects as children of `parent`."""
+    """Declare the app's Kubernetes objects as children of `parent`; `push` is where the images
+    the app builds go (required when it builds any)."""
     opts = pulumi.ResourceOptions(parent=parent)
+    images = _images(parent, name, app, platform, push)
     # Retained: deleting a namespace deletes its volumes, and the database's must survive.
     ns_resource = pods.namespace(
         parent, f"{name}-namespace", platform.app_namespace, "restricted", retain=True
@@ -118,7 +131,7 @@ def render_app(
     ns = ns_resource.metadata.name
 
     keys = _secret_keys(app)
-    k8s.core.v1.Secret(
+    app_secret = k8s.core.v1.Secret(
         f"{name}-secrets",
         metadata=pods.metadata(APP_SECRET, ns, "secrets"),
         type="Opaque",
@@ -126,12 +139,28 @@ def render_app(
         opts=opts,
     )
 
-    policies.render_app_policies(parent, name, ns, app, platform)
-    _database(parent, name, ns, app, secrets, platform)
+    network_policies = policies.render_app_policies(parent, name, ns, app, platform)
+    database = _database(parent, name, ns, app, secrets, platform)
     for service in app.services:
-        _deployment(parent, name, ns, service, secrets)
+        after = images.get(service.name, [])
+        if service.migrate is not None:
+            # The migration reads the database through the Secret, past the NetworkPolicies.
+            after = [
+                render_migration(
+                    parent,
+                    name,
+                    ns,
+                    service,
+                    secret_name=APP_SECRET,
+                    # The ConfigMap `_deployment` declares, when the service mounts files.
+                    config_map=f"{service.name}-files" if service.files else None,
+                    files=dict(service.files),
+                    depends_on=[*after, database, app_secret, *network_policies],
+                )
+            ]
+        _deployment(parent, name, ns, service, secrets, depends_on=after)
         _service(parent, name, ns, service)
-    _frontend(parent, name, ns, app, secrets)
+    _frontend(parent, name, ns, app, secrets, depends_on=images.get(app.frontend.name, []))
     if app.backup is not None:
         render_backup(parent, name, ns, app, app.backup, secrets, platform)
         render_restore(parent, name, ns, app)
@@ -169,6 +198,31 @@ def render_app(
     )
 
 
+def _images(
+    parent: pulumi.Resource,
+    name: str,
+    app: AppModel,
+    platform: KubernetesPlatform,
+    push: TunnelPush | RegistryPush | None,
+) -> dict[str, list[pulumi.Resource]]:
+    """Build and push each image the app builds, after the in-cluster registry when that is where
+    they go; workload name -> what its pods wait for."""
+    if not app.builds:
+        return {}
+    if push is None:
+        raise ValueError("the app builds images: render_app needs where to push them")
+    registry = render_registry(parent, name, platform) if isinstance(push, TunnelPush) else None
+    after = pulumi.ResourceOptions(parent=parent, depends_on=registry.ready if registry else [])
+    built: dict[str, list[pulumi.Resource]] = {}
+    for workload in app.builds:
+        assert workload.build is not None
+        build = declare_build(
+            parent, f"{name}-{workload.name}-image", workload.build, workload.image, push, after
+        )
+        built[workload.name] = [build]
+    return built
+
+
 def _database(
     parent: pulumi.Resource,
     name: str,
@@ -176,7 +230,7 @@ def _database(
     app: AppModel,
     secrets: StackSecrets,
     platform: KubernetesPlatform,
-) -> None:
+) -> k8s.apps.v1.StatefulSet:
     db = app.database
     claim = f"{db.name}-data"
     # The claim is its own resource, retained on destroy: a replaced StatefulSet or a
@@ -196,7 +250,7 @@ def _database(
     container = workload_container(
         db, APP_SECRET, config_map=config_name, files=files, data_volume="data"
     )
-    k8s.apps.v1.StatefulSet(
+    statefulset = k8s.apps.v1.StatefulSet(
         f"{name}-{db.name}",
         metadata=pods.metadata(db.name, ns, db.role.value),
         spec=k8s.apps.v1.StatefulSetSpecArgs(
@@ -230,6 +284,7 @@ def _database(
         opts=pulumi.ResourceOptions(parent=parent),
     )
     _service(parent, name, ns, db, headless=True)
+    return statefulset
 
 
 def _deployment(
@@ -240,6 +295,7 @@ def _deployment(
     secrets: StackSecrets,
     *,
     extra_files: dict[str, str] | None = None,
+    depends_on: Sequence[pulumi.Resource] = (),
 ) -> None:
     files = {**workload.files, **(extra_files or {})}
     config_name = _files_config_map(parent, ns, workload, files)
@@ -274,7 +330,8 @@ def _deployment(
                 secrets=_secrets_read(workload, secrets),
             ),
         ),
-        opts=pulumi.ResourceOptions(parent=parent),
+        # Its image pushed, its release's migration done: a failed one leaves the old pods be.
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
     )
     if workload.replicas > 1:
         k8s.policy.v1.PodDisruptionBudget(
@@ -294,6 +351,8 @@ def _frontend(
     ns: pulumi.Input[str],
     app: AppModel,
     secrets: StackSecrets,
+    *,
+    depends_on: Sequence[pulumi.Resource] = (),
 ) -> None:
     frontend = app.frontend
     # Traefik routes the service paths itself: nginx only serves the game, listening on an
@@ -310,6 +369,7 @@ def _frontend(
             ),
             "/etc/nginx/nginx.conf": UNPRIVILEGED_NGINX_CONF,
         },
+        depends_on=depends_on,
     )
     _service(parent, name, ns, frontend)
 

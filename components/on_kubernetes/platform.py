@@ -18,6 +18,10 @@ class KubernetesPlatform:
     """Prometheus, Grafana, kube-state-metrics, the exporters that need no host access."""
     node_exporter_namespace: str = "monitoring-node"
     """node-exporter alone: it reads the host (hostPID, hostNetwork), so `privileged` here."""
+    registry_namespace: str = "picluster-registry"
+    """The in-cluster image registry (components/on_kubernetes/registry.py); `restricted`."""
+    registry_storage: str = "10Gi"
+    """The in-cluster registry's claim (`images.registryStorage`)."""
     domain: str | None = None
     """Host name of the Ingress rules; any host when None."""
     public_address: str = "localhost"

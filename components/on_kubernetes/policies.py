@@ -20,6 +20,8 @@ from components.on_kubernetes.workloads import container_port
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 BACKUP_COMPONENT = "backup"
+MIGRATION_COMPONENT = "migration"
+"""The pods of a service's migration Job (components/on_kubernetes/migrations.py)."""
 
 
 def _from_namespace(name: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
@@ -48,8 +50,8 @@ def _policy(
     policy_types: Sequence[str],
     ingress: Sequence[k8s.networking.v1.NetworkPolicyIngressRuleArgs] = (),
     egress: Sequence[k8s.networking.v1.NetworkPolicyEgressRuleArgs] = (),
-) -> None:
-    k8s.networking.v1.NetworkPolicy(
+) -> k8s.networking.v1.NetworkPolicy:
+    return k8s.networking.v1.NetworkPolicy(
         resource_name,
         metadata=pods.metadata(policy_name, ns, "network-policy"),
         spec=k8s.networking.v1.NetworkPolicySpecArgs(
@@ -69,11 +71,13 @@ def render_app_policies(
     ns: pulumi.Input[str],
     app: AppModel,
     platform: KubernetesPlatform,
-) -> None:
-    """Declare the app namespace's NetworkPolicies."""
+) -> list[k8s.networking.v1.NetworkPolicy]:
+    """Declare the app namespace's NetworkPolicies; returns the ones a migration needs to reach
+    the database (its Job waits for them: under default-deny nothing else lets it through)."""
     ingress_controller = _from_namespace("kube-system")
     monitoring = _from_namespace(platform.monitoring_namespace)
     db_port = _tcp(container_port(app.database))
+    migrations = any(s.migrate is not None for s in app.services)
 
     _policy(
         parent,
@@ -83,7 +87,7 @@ def render_app_policies(
         pod_labels={},
         policy_types=["Ingress", "Egress"],
     )
-    _policy(
+    dns = _policy(
         parent,
         f"{name}-netpol-dns",
         ns,
@@ -161,7 +165,7 @@ def render_app_policies(
                 ),
             ],
         )
-    _policy(
+    database = _policy(
         parent,
         f"{name}-netpol-database",
         ns,
@@ -173,6 +177,7 @@ def render_app_policies(
                 from_=[
                     _from_component(Role.SERVICE.value),
                     _from_component(BACKUP_COMPONENT),
+                    *([_from_component(MIGRATION_COMPONENT)] if migrations else []),
                     monitoring,
                 ],
                 ports=[db_port],
@@ -193,3 +198,22 @@ def render_app_policies(
                 )
             ],
         )
+    if not migrations:
+        return []
+    return [
+        dns,
+        database,
+        _policy(
+            parent,
+            f"{name}-netpol-migrations",
+            ns,
+            "migrations",
+            pod_labels={COMPONENT_LABEL: MIGRATION_COMPONENT},
+            policy_types=["Egress"],
+            egress=[
+                k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                    to=[_from_component(Role.DATABASE.value)], ports=[db_port]
+                )
+            ],
+        ),
+    ]

@@ -45,20 +45,12 @@ def _probe(workload: Workload, *, liveness: bool) -> k8s.core.v1.ProbeArgs:
     )
 
 
-def workload_container(
-    workload: Workload,
-    secret_name: str,
-    *,
-    config_map: str | None = None,
-    files: Mapping[str, str] | None = None,
-    data_volume: str | None = None,
-) -> k8s.core.v1.ContainerArgs:
-    """The workload's container, hardened, with its env, secrets, files and scratch space."""
-    port = container_port(workload)
+def _env(workload: Workload, secret_name: str) -> list[k8s.core.v1.EnvVarArgs]:
+    """The workload's environment: its values, PORT as the pod sees it, secrets by reference."""
     env = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in workload.env.items()]
     if workload.role is Role.SERVICE:
         env = [e for e in env if e.name != "PORT"] + [
-            k8s.core.v1.EnvVarArgs(name="PORT", value=str(port))
+            k8s.core.v1.EnvVarArgs(name="PORT", value=str(container_port(workload)))
         ]
     env += [
         k8s.core.v1.EnvVarArgs(
@@ -69,6 +61,17 @@ def workload_container(
         )
         for name, key in workload.secret_env.items()
     ]
+    return env
+
+
+def _mounts(
+    workload: Workload,
+    *,
+    config_map: str | None,
+    files: Mapping[str, str] | None,
+    data_volume: str | None = None,
+) -> list[k8s.core.v1.VolumeMountArgs]:
+    """Scratch space, the files from the ConfigMap, the secret files and the data volume."""
     mounts = [
         k8s.core.v1.VolumeMountArgs(name=f"scratch-{i}", mount_path=path)
         for i, path in enumerate(workload.writable_paths)
@@ -88,6 +91,20 @@ def workload_container(
     ]
     if data_volume is not None and workload.data_path is not None:
         mounts.append(k8s.core.v1.VolumeMountArgs(name=data_volume, mount_path=workload.data_path))
+    return mounts
+
+
+def workload_container(
+    workload: Workload,
+    secret_name: str,
+    *,
+    config_map: str | None = None,
+    files: Mapping[str, str] | None = None,
+    data_volume: str | None = None,
+) -> k8s.core.v1.ContainerArgs:
+    """The workload's container, hardened, with its env, secrets, files and scratch space."""
+    port = container_port(workload)
+    env = _env(workload, secret_name)
     return k8s.core.v1.ContainerArgs(
         name=workload.name,
         image=workload.image,
@@ -95,9 +112,35 @@ def workload_container(
         command=list(workload.command) if workload.command else None,
         ports=[k8s.core.v1.ContainerPortArgs(name="main", container_port=port)],
         env=env or None,
-        volume_mounts=mounts,
+        volume_mounts=_mounts(
+            workload, config_map=config_map, files=files, data_volume=data_volume
+        ),
         readiness_probe=_probe(workload, liveness=False),
         liveness_probe=_probe(workload, liveness=True),
+        resources=pods.resources(workload.resources),
+        security_context=pods.restricted_container_security(),
+    )
+
+
+def migration_container(
+    workload: Workload,
+    secret_name: str,
+    *,
+    config_map: str | None = None,
+    files: Mapping[str, str] | None = None,
+) -> k8s.core.v1.ContainerArgs:
+    """The workload's container running its `migrate` command: the same image, environment,
+    secrets, files, limits and hardening, but no port and no probes (it serves nothing, and a
+    liveness probe on the health path would kill a long migration)."""
+    assert workload.migrate is not None
+    env = _env(workload, secret_name)
+    return k8s.core.v1.ContainerArgs(
+        name="migrate",
+        image=workload.image,
+        image_pull_policy="IfNotPresent",
+        command=list(workload.migrate),
+        env=env or None,
+        volume_mounts=_mounts(workload, config_map=config_map, files=files),
         resources=pods.resources(workload.resources),
         security_context=pods.restricted_container_security(),
     )
@@ -112,6 +155,7 @@ def pod_spec(
     extra_volumes: Sequence[k8s.core.v1.VolumeArgs] = (),
     topology_spread: Sequence[k8s.core.v1.TopologySpreadConstraintArgs] | None = None,
     affinity: k8s.core.v1.AffinityArgs | None = None,
+    restart_policy: str | None = None,
 ) -> k8s.core.v1.PodSpecArgs:
     """A restricted pod running `containers` as the workload's non-root user."""
     volumes = [pods.scratch_volume(f"scratch-{i}") for i, _ in enumerate(workload.writable_paths)]
@@ -139,6 +183,7 @@ def pod_spec(
         volumes=[*volumes, *extra_volumes],
         topology_spread_constraints=list(topology_spread) if topology_spread else None,
         affinity=affinity,
+        restart_policy=restart_policy,
     )
 
 

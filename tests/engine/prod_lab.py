@@ -6,8 +6,11 @@ double of the sim-Pi tests; K3s's own control plane is a real one at the pinned 
 version (tools/cluster: etcd, kube-apiserver, controller-manager, scheduler, kwok playing the
 Pis' kubelets, a local-path stand-in), reached from the Pis and from Pulumi through the Docker
 bridge's address, which is therefore every node's `host`; and the Ingress status Traefik would
-publish is set by the lab (`traefik_double`). The program, its config, the engine and the
-Kubernetes provider are the real ones.
+publish is set by the lab (`traefik_double`); the in-cluster registry's pod, which kwok reports
+Ready but does not run, is a container of the `registry:2.8.3` stand-in at the Service's pinned
+address, on a Docker network the first server is attached to (`registry_double`), so the demo
+API's image is really built on this machine and pushed through the SSH tunnel to that server.
+The program, its config, the engine and the Kubernetes and command providers are the real ones.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from typing import Any
 
 import yaml
 
+from components import registries
+from components.on_kubernetes import registry as registry_pod
 from tests.availability import CLUSTER, ENGINE, sim_pis_unavailable_reason, unavailable
 from tests.engine.conftest import ROOT, Project, Up, make_project
-from tests.integration import simpi
+from tests.integration import baseimages, simpi
 from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_ON_PI
 
 CLUSTER_CACHE = Path(
@@ -39,6 +44,11 @@ CLUSTER_CACHE = Path(
 )
 NODES = (("pi-server-1", "server"), ("pi-agent-1", "agent"), ("pi-agent-2", "agent"))
 VERSION = "v1.31.4+k3s1"
+REGISTRY_DOUBLE = "picluster-lab-registry"
+"""The registry double's container and its Docker network (one lab per machine: the lock)."""
+REGISTRY_SUBNET = "10.43.0.48/28"
+"""A slice of the lab's service CIDR (10.43.0.0/16, tools/cluster/up.sh) around the pinned
+clusterIP: the host takes .49 as the network's gateway, the double .50."""
 
 
 def _bridge_address() -> str:
@@ -49,6 +59,52 @@ def _bridge_address() -> str:
     if not match:
         raise RuntimeError("no docker0 bridge address to reach the simulated Pis through")
     return match[1]
+
+
+@contextmanager
+def registry_double(server: simpi.SimPi) -> Iterator[str]:
+    """TEST DOUBLE of the in-cluster registry's pod (components/on_kubernetes/registry.py): kwok
+    reports the pod Ready but runs nothing. A container of the `registry:2.8.3` stand-in
+    (tests/integration/baseimages.py, distribution 2.8.2), run as the pod runs it (uid 1000,
+    read-only root, /tmp and its storage writable, the pod's environment), answers at the
+    Service's pinned clusterIP on a Docker network the first server is attached to: what a real
+    server reaches through kube-proxy, and where sshd's end of the push tunnel connects. Its
+    storage is a tmpfs (the retained volume is proven by the claim, not here). Yields its name."""
+    baseimages.ensure_registry()
+    for command in (
+        ["docker", "rm", "-f", REGISTRY_DOUBLE],
+        ["docker", "network", "rm", REGISTRY_DOUBLE],
+    ):
+        subprocess.run(command, capture_output=True, timeout=60, check=False)  # a crashed lab's
+    gateway = REGISTRY_SUBNET.rsplit(".", 1)[0] + ".49"
+    env = [arg for k, v in registry_pod.ENV.items() for arg in ("-e", f"{k}={v}")]
+    uid = registry_pod.USER
+    user = f"{uid}:{uid}"
+    try:
+        subprocess.run(
+            ["docker", "network", "create", "--subnet", REGISTRY_SUBNET, "--gateway", gateway,
+             REGISTRY_DOUBLE],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["docker", "run", "-d", "--name", REGISTRY_DOUBLE, "--network", REGISTRY_DOUBLE,
+             "--ip", registries.REGISTRY_CLUSTER_IP, "--user", user, "--read-only",
+             "--tmpfs", "/tmp", "--tmpfs", f"{registry_pod.DATA_PATH}:uid={uid},gid={uid}",
+             *env, baseimages.REGISTRY],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["docker", "network", "connect", REGISTRY_DOUBLE, server.container],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        yield REGISTRY_DOUBLE
+    finally:
+        for command in (
+            ["docker", "network", "disconnect", "-f", REGISTRY_DOUBLE, server.container],
+            ["docker", "rm", "-f", REGISTRY_DOUBLE],
+            ["docker", "network", "rm", REGISTRY_DOUBLE],
+        ):
+            subprocess.run(command, capture_output=True, timeout=60, check=False)
 
 
 def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -119,6 +175,8 @@ def default_config() -> Config:
         "nodes": [{"name": name, "role": role} for name, role in NODES],
         "k3s": {"version": VERSION},
         "app": {"domain": "game.local"},
+        # The sim-Pis are amd64 containers; the build is for what the nodes run.
+        "images": {"platforms": ["linux/amd64"]},
         **{key: f"e2e-{key}-0123456789abcdef" for key in SECRET_KEYS[1:]},
     }
 
@@ -130,6 +188,8 @@ class Prod:
     pis: dict[str, simpi.SimPi]
     address: str
     key: str
+    registry: str
+    """The in-cluster registry's double (a container name, `registry_double`)."""
     secrets: dict[str, str] = field(default_factory=dict)
     """The secrets last written to the stack."""
 
@@ -138,6 +198,16 @@ class Prod:
         result = kubectl(self.kubeconfig, "get", *args, "-o", "json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
+    def registry_tags(self, name: str) -> list[str]:
+        """The tags the registry double holds for repository `name`, asked from the first server
+        (the host reaches the double's network too, but the Pis are what reach it in prod)."""
+        server = self.pis["pi-server-1"]
+        url = f"http://{registries.REGISTRY_CLUSTER_IP}:{registries.REGISTRY_PORT}/v2/{name}/tags/list"
+        listed = server.exec("curl", "-fsS", "--max-time", "10", url, check=False)
+        if listed.returncode != 0:
+            return []
+        return sorted(json.loads(listed.stdout).get("tags") or [])
 
     def up(self, *options: str) -> Up:
         """`pulumi up -s prod [OPTIONS]`, which must succeed."""
@@ -215,10 +285,13 @@ def prod_lab(engine_bin: Path, tmp: Path, standby: Sequence[str] = ()) -> Iterat
                  f"{first.container}:/usr/local/bin/kubectl-real"],
                 check=True, timeout=120,
             )  # fmt: skip
+            # The demo API's Dockerfile builds FROM the pinned node image: its stand-in.
+            baseimages.ensure_node()
             assert project.pulumi("stack", "init", "prod").returncode == 0
-            prod = Prod(project, kubeconfig, pis, address, lab.key_path.read_text())
-            prod.configure(default_config())
-            yield prod
+            with registry_double(first) as registry:
+                prod = Prod(project, kubeconfig, pis, address, lab.key_path.read_text(), registry)
+                prod.configure(default_config())
+                yield prod
     finally:
         stop.set()
         subprocess.run(

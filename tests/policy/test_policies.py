@@ -577,6 +577,23 @@ def test_the_policies_see_what_the_stacks_declare(local: Run, prod: Run) -> None
     assert [
         r.name for r in prod.of_type(pp.K8S_PVC) if r.value("metadata")["name"].endswith("-data")
     ]
+    # The committed prod stack builds the demo API: the in-cluster registry was judged too.
+    assert "app-registry" in {r.name for r in workloads}
+
+
+def test_a_stack_with_a_migration_passes_its_policies() -> None:
+    services = [
+        {
+            "name": "scores",
+            "build": "components/assets/demo-api",
+            "port": 3000,
+            "migrate": ["node", "migrate.js"],
+        }
+    ]
+    config = stack_file_config("prod")
+    run = run_prod({**config, "app": {**config["app"], "services": services}})
+    assert [r for r in run.registrations if r.type == KINDS["Job"]]
+    assert violations(run) == []
 
 
 def test_opening_the_local_ports_is_a_violation_until_allowed() -> None:

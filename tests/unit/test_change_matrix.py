@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.change_matrix import CHANGES, Change, markdown_table, outcome
+from components.images import plan_build
+from tests.change_matrix import CHANGES, Change, markdown_table, outcome, source_versions
 from tests.engine_rules import Action
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -29,6 +30,9 @@ EVERY_DRAIN_INSTALL_AND_CHECK = sorted(
     + [f"Command cluster-{node}-drain" for node in ("pi-agent-1", "pi-agent-2", "pi-server-1")]
 )
 """A new version also re-runs each node's drain before its install: a rolling upgrade."""
+
+RELEASES = [plan_build("lobby", folder).tag for folder in source_versions()]
+"""The content tags of the two versions of the built service's source."""
 
 # (stack, change) -> {action: sorted "Kind name" labels}; actions with nothing are left out.
 EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
@@ -107,6 +111,13 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     },
     ("prod", "`k3sToken` rotated"): {"update": EVERY_INSTALL_AND_CHECK},
     ("prod", "a service's image bumped"): {"update": ["Deployment app-lobby"]},
+    # Its build (and push) command and its Deployment change, and the new release gets its own
+    # migration Job; nothing else, no other service, no replace.
+    ("prod", "a service's source changed (with a migration)"): {
+        "create": [f"Job app-lobby-migrate-{RELEASES[1]}"],
+        "update": ["Command app-lobby-image", "Deployment app-lobby"],
+        "delete": [f"Job app-lobby-migrate-{RELEASES[0]}"],
+    },
     ("prod", "a new service"): {
         "create": ["Deployment app-chat", "Service app-chat"],
         "update": [

@@ -7,13 +7,14 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 import pytest
+from pulumi_command import Provider as CommandProvider
 
 from components.app_model import build_app
 from components.app_stack import AppStack, AppStackArgs
 from components.config import AppConfig
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.secrets import StackSecrets
-from tests.harness import TEST_IMAGES, Registration, Run, run
+from tests.harness import TEST_IMAGES, Registration, Run, run, tunnel_push
 from tests.k8s_manifests import assert_password_is_a_file, manifests, validate_manifests
 
 PLATFORM = KubernetesPlatform(domain="game.example.test", public_address="10.0.0.10")
@@ -51,14 +52,16 @@ def secrets() -> StackSecrets:
 def program(config: dict[str, Any]) -> Any:
     def body() -> None:
         provider = k8s.Provider("unit-k8s", kubeconfig="{}")
+        commands = CommandProvider("unit-command")
         AppStack(
             "app",
             AppStackArgs(
                 app=build_app(AppConfig.model_validate(config), TEST_IMAGES),
                 secrets=secrets(),
                 platform=PLATFORM,
+                push=tunnel_push(),
             ),
-            pulumi.ResourceOptions(providers=[provider]),
+            pulumi.ResourceOptions(providers=[provider, commands]),
         )
 
     return body

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import pulumi
 import pulumi_kubernetes as k8s
 import pytest
+from pulumi_command import Provider as CommandProvider
 
 from components.app_model import ASSETS, build_app
 from components.app_stack import AppStack, AppStackArgs
@@ -24,7 +25,7 @@ from components.config import AppConfig
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.restore import RESTORE_DEADLINE_SECONDS
 from components.secrets import StackSecrets
-from tests.harness import TEST_IMAGES, Run, run
+from tests.harness import TEST_IMAGES, Run, run, tunnel_push
 from tests.k8s_manifests import assert_password_is_a_file, manifests, validate_manifests
 from tools import restore_db
 from tools.restore_db import (
@@ -50,6 +51,7 @@ COMPONENT = "app.kubernetes.io/component"
 def program(config: dict[str, Any]) -> Any:
     def body() -> None:
         provider = k8s.Provider("unit-k8s", kubeconfig="{}")
+        commands = CommandProvider("unit-command")
         AppStack(
             "app",
             AppStackArgs(
@@ -60,8 +62,9 @@ def program(config: dict[str, Any]) -> Any:
                     database_url=pulumi.Output.secret(f"postgresql://game:{DB_PW}@postgres/game"),
                 ),
                 platform=KubernetesPlatform(public_address="10.0.0.10"),
+                push=tunnel_push(),
             ),
-            pulumi.ResourceOptions(providers=[provider]),
+            pulumi.ResourceOptions(providers=[provider, commands]),
         )
 
     return body

@@ -30,11 +30,13 @@ CREATED_WITH = {
     "prometheus-data": "10Gi",
     "grafana-data": "1Gi",
     "alertmanager-data": "128Mi",
+    "registry-data": "10Gi",
 }
 """The defaults: what a first `pulumi up` gave each claim."""
 BIGGER = {
     "app": {"database": {"storage": "20Gi", "backup": {"storage": "4Gi"}}},
     "monitoring": {"storage": "30Gi", "grafanaStorage": "2Gi", "alerts": {"storage": "256Mi"}},
+    "images": {"registryStorage": "20Gi"},
 }
 KEYS = {
     "postgres-data": "picluster:app.database.storage",
@@ -42,6 +44,7 @@ KEYS = {
     "prometheus-data": "picluster:monitoring.storage",
     "grafana-data": "picluster:monitoring.grafanaStorage",
     "alertmanager-data": "picluster:monitoring.alerts.storage",
+    "registry-data": "picluster:images.registryStorage",
 }
 
 

@@ -293,9 +293,11 @@ start kube-scheduler \
   --authorization-kubeconfig "$state/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$sched_port" \
   --leader-elect=false --profiling=false --v 1
-# kwok manages only Node objects carrying its annotation, so a real kubelet could join too.
+# kwok manages only Node objects carrying its annotation, so a real kubelet could join too. Its
+# pod stages are its defaults plus a failing command's double (kwok-stages.yaml says why).
 start kwok \
   --kubeconfig "$state/kwok.kubeconfig" \
+  --config "$here/kwok-stages.yaml" \
   --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
   --cidr 10.42.0.0/16 --node-ip 192.0.2.10 \
   --server-address "127.0.0.1:$kwok_port" \

@@ -320,3 +320,51 @@ func TestRun(t *testing.T) {
 func pemEncode(typ string, b []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b})
 }
+
+func TestLocalRun(t *testing.T) {
+	ctx := context.Background()
+	lg := &logger{ctx: ctx}
+	state := resource.PropertyMap{
+		"create":      resource.NewProperty("bash -s"),
+		"stdin":       resource.MakeSecret(resource.NewProperty("echo \"$GREETING from $(pwd)\"; echo err >&2")),
+		"environment": resource.NewProperty(resource.PropertyMap{"GREETING": resource.NewProperty("hello")}),
+		"dir":         resource.NewProperty(t.TempDir()),
+	}
+	checked, failures := checkLocalInputs(state)
+	if len(failures) != 0 {
+		t.Fatalf("check: %v", failures)
+	}
+	if _, has := checked["connection"]; has {
+		t.Fatal("a local command has no connection")
+	}
+	if !checked["stdin"].IsSecret() {
+		t.Fatal("stdin lost its secretness")
+	}
+	a, err := decodeLocal(checked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.run(ctx, lg, "create", *a.Create); err != nil {
+		t.Fatal(err)
+	}
+	if want := "hello from " + *a.Dir; a.Stdout != want || a.Stderr != "err" {
+		t.Fatalf("stdout %q stderr %q, want %q", a.Stdout, a.Stderr, want)
+	}
+	// The previous stdout reaches the next run, as upstream's addPreviousOutputInEnv (default on).
+	if err := a.run(ctx, lg, "update", `printf '%s' "$PULUMI_COMMAND_STDOUT!"`); err != nil || a.Stdout != "hello from "+*a.Dir+"!" {
+		t.Fatalf("previous output: %v %q", err, a.Stdout)
+	}
+	err = a.run(ctx, lg, "create", "echo to stdout; exit 3")
+	if err == nil || !strings.HasPrefix(err.Error(), "exit status 3: running ") || !strings.Contains(err.Error(), "to stdout\n") {
+		t.Fatalf("failure text: %v", err)
+	}
+	if _, failures := checkLocalInputs(resource.PropertyMap{"dir": resource.NewProperty(3.0)}); len(failures) != 1 {
+		t.Fatalf("a numeric dir: %v", failures)
+	}
+	if err := checkType("urn:pulumi:s::p::command:local:Command::x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkType("urn:pulumi:s::p::command:local:Run::x"); err == nil {
+		t.Fatal("command:local:Run is not implemented")
+	}
+}

@@ -2,7 +2,7 @@
 // plugin, which cannot be built here: the Go module proxy refuses every version of
 // github.com/pulumi/pulumi-command/provider and github.com/pulumi/pulumi-go-provider (403).
 //
-// It serves only `command:remote:Command` (plus the `pulumi:providers:command` provider with no
+// It serves `command:remote:Command` and `command:local:Command` (plus the `pulumi:providers:command` provider with no
 // settings), written for picluster against the public ResourceProvider gRPC protocol of
 // github.com/pulumi/pulumi/sdk/v3 and golang.org/x/crypto/ssh. It mirrors what v1.2.1 does (its
 // remote/command*.go, connection.go, logging.go and pulumi-go-provider v1.3.0's infer layer, read
@@ -32,9 +32,10 @@ func usage() string {
 
 A test double, not the real provider: the Go module proxy here serves no version of
 github.com/pulumi/pulumi-command/provider or github.com/pulumi/pulumi-go-provider, so the real
-plugin cannot be built. This one implements command:remote:Command only (create/update/delete over
-SSH, stdin, environment, logging, triggers, addPreviousOutputInEnv, host-key pinning, dial retries).
-Not implemented: command:local:*, command:remote:CopyToRemote/CopyFile, connection.proxy.
+plugin cannot be built. This one implements command:remote:Command (create/update/delete over
+SSH, stdin, environment, logging, triggers, addPreviousOutputInEnv, host-key pinning, dial retries)
+and command:local:Command (the same, run on this machine, with dir and interpreter).
+Not implemented: command:remote:CopyToRemote/CopyFile, connection.proxy.
 
 Usage: started by the Pulumi engine as
   pulumi-resource-command [--tracing ENDPOINT] ENGINE_ADDRESS

@@ -206,6 +206,10 @@ type commandArgs struct {
 	AddPreviousOutputInEnv                 *bool
 	Connection                             connection
 	Stdout, Stderr                         string
+	// command:local:Command only (local.go): run on this machine, not over SSH.
+	Local       bool
+	Dir         *string
+	Interpreter []string
 }
 
 type connection struct {
@@ -250,6 +254,14 @@ func optNumber(m resource.PropertyMap, k resource.PropertyKey, def float64) (flo
 		return 0, fmt.Errorf("%s: expected a number, got %s", k, p.TypeString())
 	}
 	return p.NumberValue(), nil
+}
+
+// decode reads a Command's inputs or state for the resource type of `urn`.
+func decode(urn string, m resource.PropertyMap) (commandArgs, error) {
+	if isLocal(urn) {
+		return decodeLocal(m)
+	}
+	return decodeCommand(m)
 }
 
 // decodeCommand reads inputs or state (all values known) into plain values, with the schema's

@@ -53,12 +53,27 @@ func schemaJSON(version string) string {
 	for k, v := range inputs {
 		props[k] = v
 	}
+	// command:local:Command: the same inputs without `connection`, plus `dir` and `interpreter`.
+	localInputs := map[string]any{
+		"dir":         str,
+		"interpreter": map[string]any{"type": "array", "items": str},
+	}
+	for k, v := range inputs {
+		if k != "connection" {
+			localInputs[k] = v
+		}
+	}
+	localInputs["logging"] = map[string]any{"$ref": "#/types/command:local:Logging"}
+	localProps := map[string]any{"stdout": str, "stderr": str}
+	for k, v := range localInputs {
+		localProps[k] = v
+	}
 	spec := map[string]any{
 		"name":        providerName,
 		"displayName": "Command (test double)",
 		"version":     version,
 		"description": "TEST DOUBLE of the Pulumi Command provider v1.2.1, built for picluster: " +
-			"command:remote:Command only.",
+			"command:remote:Command and command:local:Command only.",
 		"config":   map[string]any{},
 		"provider": map[string]any{},
 		"resources": map[string]any{
@@ -69,6 +84,12 @@ func schemaJSON(version string) string {
 				"properties":      props,
 				"required":        []string{"connection", "stdout", "stderr"},
 			},
+			localCommandType: map[string]any{
+				"description":     "A command to run on this machine (test double).",
+				"inputProperties": localInputs,
+				"properties":      localProps,
+				"required":        []string{"stdout", "stderr"},
+			},
 		},
 		"types": map[string]any{
 			"command:remote:Connection": map[string]any{
@@ -76,6 +97,15 @@ func schemaJSON(version string) string {
 			},
 			"command:remote:ProxyConnection": map[string]any{
 				"type": "object", "properties": proxyProps, "required": []string{"host"},
+			},
+			"command:local:Logging": map[string]any{
+				"type": "string",
+				"enum": []map[string]any{
+					{"name": logStdout, "value": logStdout},
+					{"name": logStderr, "value": logStderr},
+					{"name": logStdoutAndStderr, "value": logStdoutAndStderr},
+					{"name": logNone, "value": logNone},
+				},
 			},
 			"command:remote:Logging": map[string]any{
 				"type": "string",

@@ -23,8 +23,9 @@ import (
 )
 
 const (
-	commandType  = "command:remote:Command"
-	providerType = "pulumi:providers:command"
+	commandType      = "command:remote:Command"
+	localCommandType = "command:local:Command"
+	providerType     = "pulumi:providers:command"
 )
 
 type server struct {
@@ -137,12 +138,15 @@ func marshal(m resource.PropertyMap) (*structpb.Struct, error) {
 }
 
 func checkType(urn string) error {
-	if t := string(resource.URN(urn).Type()); t != commandType {
+	if t := string(resource.URN(urn).Type()); t != commandType && t != localCommandType {
 		return status.Errorf(codes.Unimplemented,
-			"the pulumi-command test double implements only %s, not %s", commandType, t)
+			"the pulumi-command test double implements only %s and %s, not %s",
+			commandType, localCommandType, t)
 	}
 	return nil
 }
+
+func isLocal(urn string) bool { return string(resource.URN(urn).Type()) == localCommandType }
 
 // --- plugin and provider-level RPCs ----------------------------------------------------------------
 
@@ -181,7 +185,7 @@ func (s *server) DiffConfig(context.Context, *pulumirpc.DiffRequest) (*pulumirpc
 }
 
 func (s *server) Configure(ctx context.Context, req *pulumirpc.ConfigureRequest) (*pulumirpc.ConfigureResponse, error) {
-	s.logger(ctx, "").debug(fmt.Sprintf("pulumi-command %s TEST DOUBLE configured (command:remote:Command only)",
+	s.logger(ctx, "").debug(fmt.Sprintf("pulumi-command %s TEST DOUBLE configured (remote and local Command only)",
 		s.version))
 	return &pulumirpc.ConfigureResponse{
 		AcceptSecrets: true, SupportsPreview: true, AcceptResources: true, AcceptOutputs: true,
@@ -203,6 +207,9 @@ func (s *server) Check(ctx context.Context, req *pulumirpc.CheckRequest) (*pulum
 		return nil, err
 	}
 	checked, failures := checkCommandInputs(news)
+	if isLocal(req.GetUrn()) {
+		checked, failures = checkLocalInputs(news)
+	}
 	inputs, err := marshal(checked)
 	if err != nil {
 		return nil, err
@@ -281,7 +288,7 @@ func (s *server) Diff(ctx context.Context, req *pulumirpc.DiffRequest) (*pulumir
 // The input properties of the schema, and which of them force a replace (provider:"replaceOnChanges").
 var (
 	inputKeys = []resource.PropertyKey{"connection", "create", "update", "delete", "stdin", "environment",
-		"logging", "triggers", "addPreviousOutputInEnv"}
+		"logging", "triggers", "addPreviousOutputInEnv", "dir", "interpreter"}
 	replaceOnChanges = map[string]bool{"triggers": true}
 )
 
@@ -345,7 +352,7 @@ func (s *server) Create(ctx context.Context, req *pulumirpc.CreateRequest) (*pul
 		// stdout/stderr are not known until the command has run.
 		return createResponse(id, outputs(inputs, unknownString(), unknownString()))
 	}
-	args, err := decodeCommand(inputs)
+	args, err := decode(req.GetUrn(), inputs)
 	if err != nil {
 		return nil, fmt.Errorf("invalid inputs: %w", err)
 	}
@@ -394,7 +401,7 @@ func (s *server) Update(ctx context.Context, req *pulumirpc.UpdateRequest) (*pul
 		}
 		return updateResponse(outputs(news, oldStdout, oldStderr))
 	}
-	args, err := decodeCommand(news)
+	args, err := decode(req.GetUrn(), news)
 	if err != nil {
 		return nil, fmt.Errorf("invalid inputs: %w", err)
 	}
@@ -430,7 +437,7 @@ func (s *server) Delete(ctx context.Context, req *pulumirpc.DeleteRequest) (*emp
 	if err != nil {
 		return nil, err
 	}
-	args, err := decodeCommand(state)
+	args, err := decode(req.GetUrn(), state)
 	if err != nil {
 		return nil, err
 	}

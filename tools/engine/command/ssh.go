@@ -146,6 +146,9 @@ func (c connection) dial(ctx context.Context, lg *logger) (*ssh.Client, error) {
 // from each stream. On failure the error is `<err>: running "<cmd>":\n<stdout+stderr>` and the
 // previous stdout/stderr are kept.
 func (a *commandArgs) run(ctx context.Context, lg *logger, op, cmd string) error {
+	if a.Local {
+		return a.runLocal(ctx, lg, op, cmd)
+	}
 	lg.debug(fmt.Sprintf("pulumi-command test double: %s: running %q over SSH as %s@%s:%d",
 		op, cmd, *a.Connection.User, deref(a.Connection.Host), int(a.Connection.Port)))
 	client, err := a.Connection.dial(ctx, lg)
