@@ -66,6 +66,9 @@ class TunnelPush:
     """A `docker buildx` builder to build on (a native arm64 one), or the local daemon."""
     registry_address: str = IN_CLUSTER_REGISTRY_ADDRESS
     """`host:port` of the registry as the server reaches it."""
+    registry_id: pulumi.Input[str] = ""
+    """What identifies the registry's storage (its claim's uid): in the stdin, so a registry
+    that lost its volume is a changed stdin, and the build checks and pushes again."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,11 +142,17 @@ def build_stdin(build: ImageBuild, ref: str, target: BuildTarget) -> pulumi.Outp
     if isinstance(target, LocalDaemon):
         return pulumi.Output.from_input(script_payload(SCRIPT, values))
     if isinstance(target, TunnelPush):
-        parts = pulumi.Output.all(target.server.host, target.server.private_key)
+        parts = pulumi.Output.all(target.server.host, target.server.private_key, target.registry_id)
         return pulumi.Output.secret(
             parts.apply(
                 lambda p: script_payload(
-                    SCRIPT, {**values, "SSH_HOST": str(p[0]), "SSH_PRIVATE_KEY": str(p[1])}
+                    SCRIPT,
+                    {
+                        **values,
+                        "REGISTRY_ID": str(p[2] or ""),
+                        "SSH_HOST": str(p[0]),
+                        "SSH_PRIVATE_KEY": str(p[1]),
+                    },
                 )
             )
         )

@@ -209,6 +209,10 @@ class ProgramMocks(pulumi_mocks.Mocks):
         elif args.typ == "docker:index/container:Container" and args.inputs.get("attach"):
             # The provider waits for an attached container to exit and reads its exit code.
             state["exitCode"] = self.exit_codes.get(args.name, 0)
+        elif args.typ.startswith("kubernetes:") and isinstance(state.get("metadata"), dict):
+            # The API server gives every object a uid when it is created.
+            uid = hashlib.sha256(f"{args.typ}/{args.name}".encode()).hexdigest()[:32]
+            state["metadata"] = {**state["metadata"], "uid": uid}
         elif args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = mock_image_id(args.inputs["name"])
             state["repoDigest"] = f"{args.inputs['name']}@sha256:{'0' * 64}"

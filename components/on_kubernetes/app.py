@@ -16,7 +16,7 @@ Deployment waits for.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -213,6 +213,8 @@ def _images(
         raise ValueError("the app builds images: render_app needs where to push them")
     registry = render_registry(parent, name, platform) if isinstance(push, TunnelPush) else None
     after = pulumi.ResourceOptions(parent=parent, depends_on=registry.ready if registry else [])
+    if registry is not None and isinstance(push, TunnelPush):
+        push = replace(push, registry_id=registry.storage_id)
     built: dict[str, list[pulumi.Resource]] = {}
     for workload in app.builds:
         assert workload.build is not None

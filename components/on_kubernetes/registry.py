@@ -60,6 +60,9 @@ class InClusterRegistry:
     """Ready (its `/v2/` answers) once created: the provider awaits the rollout."""
     service: k8s.core.v1.Service
     """The pinned clusterIP the nodes and the push tunnel reach."""
+    storage_id: pulumi.Output[str]
+    """The uid of the registry's claim: a new one (the volume was lost and created again) is
+    an empty registry, to which every build must push again."""
 
     @property
     def ready(self) -> list[pulumi.Resource]:
@@ -150,7 +153,11 @@ def render_registry(
         opts=opts,
     )
     _network_policy(parent, name, ns)
-    return InClusterRegistry(deployment=deployment, service=service)
+    return InClusterRegistry(
+        deployment=deployment,
+        service=service,
+        storage_id=claim.metadata.apply(lambda m: (m.uid if m else None) or ""),
+    )
 
 
 def _network_policy(parent: pulumi.Resource, name: str, ns: pulumi.Input[str]) -> None:

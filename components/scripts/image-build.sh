@@ -18,6 +18,8 @@
 #   SSH_HOST, SSH_PORT, SSH_USER, SSH_HOST_KEY, SSH_PRIVATE_KEY
 #                      tunnel: the first server (the key is a secret: a 0600 temp file only)
 #   REGISTRY_ADDRESS   tunnel: the registry as the server reaches it (default 10.43.0.50:5000)
+#   REGISTRY_ID        tunnel: the uid of the registry's claim (not read: a registry created again,
+#                      empty, changes the stdin, so the build runs, checks and pushes again)
 #   REGISTRY_USERNAME, REGISTRY_PASSWORD
 #                      registry: the account (the password is a secret: `--password-stdin`)
 # Output: last line on stdout: picluster image-build: <ref> already built | built |

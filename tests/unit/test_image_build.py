@@ -162,6 +162,19 @@ def test_a_tunnel_push_has_the_key_only_in_its_secret_stdin() -> None:
         assert "unit-image-build-key" not in str(command.value(key))
 
 
+def test_a_registry_created_again_is_a_changed_stdin_so_the_images_are_pushed_again() -> None:
+    # The registry's volume lost (its claim created again: a new uid) is an empty registry: the
+    # stdin changes, so the build command is updated, runs, finds no manifest and pushes.
+    def stdin(registry_id: str) -> str:
+        target = TunnelPush(server=_server(), platforms=("linux/arm64",), registry_id=registry_id)
+        return str(_registrations(target).named("build").value("stdin"))
+
+    first, again, other = stdin("uid-1"), stdin("uid-1"), stdin("uid-2")
+    assert header(first)["REGISTRY_ID"] == "uid-1"
+    assert first == again
+    assert first != other
+
+
 def test_a_registry_push_has_the_password_only_in_its_secret_stdin() -> None:
     target = RegistryPush(
         platforms=("linux/arm64", "linux/amd64"),

@@ -455,3 +455,13 @@ def test_a_static_frontend_waits_for_its_image() -> None:
     assert build.urn in frontend.dependencies
     image = unwrap(frontend.inputs)["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.startswith(f"{registries.REGISTRY_NAME}/frontend:")
+
+
+def test_each_push_names_the_registry_storage_it_fills(demo: Run) -> None:
+    # The claim's uid is in every push's stdin: a registry whose claim was created again
+    # (empty) makes every build run, check and push again.
+    builds = demo.of_type("command:local:Command")
+    assert builds
+    for build in builds:
+        [line] = [x for x in str(build.value("stdin")).splitlines() if x.startswith("REGISTRY_ID=")]
+        assert len(line.removeprefix("REGISTRY_ID=").strip("'")) == 32, line
