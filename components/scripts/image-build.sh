@@ -318,7 +318,8 @@ open_tunnel() {
         kill "$TUNNEL_PID" 2>/dev/null || true
         wait "$TUNNEL_PID" 2>/dev/null || true
         TUNNEL_PID=""
-        log "tunnel attempt $attempt failed${code:+ (registry answered ${code})}: $(tr '\n' ' ' <"$WORK/ssh.err")"
+        log "tunnel attempt $attempt failed${code:+ (registry answered ${code})}"
+        [[ ! -s "$WORK/ssh.err" ]] || log "ssh: $(tr '\n' ' ' <"$WORK/ssh.err")"
     done
     die "could not reach the registry $REGISTRY_ADDRESS through $SSH_USER@$SSH_HOST:$SSH_PORT"
 }

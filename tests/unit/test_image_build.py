@@ -41,7 +41,8 @@ REGISTRY_PASSWORD = "unit-registry-Pa55word"
 def header(stdin: str) -> dict[str, str]:
     """The `NAME='value'` lines before the script."""
     return {
-        m[1]: m[2].strip("'") for m in re.finditer(r"^([A-Z0-9_]+)=(.*)$", stdin.split("#!")[0], re.M)
+        m[1]: m[2].strip("'")
+        for m in re.finditer(r"^([A-Z0-9_]+)=(.*)$", stdin.split("#!")[0], re.M)
     }
 
 
