@@ -15,11 +15,11 @@ Where the image goes (`BuildTarget`):
 - `LocalDaemon`: the docker target's daemon (`docker.host`); the image stays there and the
   containers run it.
 - `TunnelPush`: the in-cluster registry, reached through an SSH tunnel to the first server
-  (`ssh -N -L 127.0.0.1:<port>:10.43.0.50:5000`, its host key pinned, the key from stdin in a
-  0600 temp file); this machine's daemon pushes to the loopback end, which Docker trusts over
-  plain HTTP. The registry is never open on the LAN.
-- `RegistryPush`: a registry the user names (`images.registry`), logged in with
-  `--password-stdin` under a temporary DOCKER_CONFIG.
+  (`ssh -F /dev/null -L 127.0.0.1:<port>:10.43.0.50:5000`, its host key pinned, the key from
+  stdin in a 0600 temp file deleted once the tunnel answers); this machine's daemon pushes to
+  the loopback end, which Docker trusts over plain HTTP. The registry is never open on the LAN.
+- `RegistryPush`: a registry the user names (`images.registry`), its account written into the
+  `config.json` of a temporary DOCKER_CONFIG (no `docker login`: no credential helper).
 
 Secrets (the SSH key, the registry password) travel only in stdin, which is then a secret; the
 script never puts them on a command line, in the environment of a child, or in a log line.
