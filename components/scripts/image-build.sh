@@ -273,7 +273,10 @@ free_port() {
 }
 
 # open_tunnel: forward a loopback port to the registry through the first server; sets PORT.
-# Cancel-safe without traps: the key file is deleted as soon as the tunnel answers (ssh read it
+# Cancel-safe without traps. pulumi-command runs `/bin/sh -c 'bash -s'` with
+# exec.CommandContext, whose cancel SIGKILLs that process only, and its Wait returns only once
+# every holder of the stdout/stderr pipes closed them (provider/pkg/provider/local/
+# commandOutputs.go). So: the key file is deleted as soon as the tunnel answers (ssh read it
 # when it connected); ssh writes to no pipe of the provider's (its output goes to a file) and
 # runs `cat >/dev/null` on the server with its stdin from fd 9, a pipe only this bash holds, so
 # it exits when this bash does, however it ends. `-F /dev/null`: the user's ~/.ssh/config
