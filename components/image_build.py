@@ -15,20 +15,27 @@ Where the image goes (`BuildTarget`):
 - `LocalDaemon`: the docker target's daemon (`docker.host`); the image stays there and the
   containers run it.
 - `TunnelPush`: the in-cluster registry, reached through an SSH tunnel to the first server
-  (`ssh -N -L 127.0.0.1:<port>:10.43.0.50:5000`, its host key pinned, the key from stdin in a
-  0600 temp file); this machine's daemon pushes to the loopback end, which Docker trusts over
-  plain HTTP. The registry is never open on the LAN.
-- `RegistryPush`: a registry the user names (`images.registry`), logged in with
-  `--password-stdin` under a temporary DOCKER_CONFIG.
+  (`ssh -F /dev/null -L 127.0.0.1:<port>:10.43.0.50:5000`, its host key pinned, the key from
+  stdin in a 0600 temp file deleted once the tunnel answers); this machine's daemon pushes to
+  the loopback end, which Docker trusts over plain HTTP. The registry is never open on the LAN.
+- `RegistryPush`: a registry the user names (`images.registry`), its account written into the
+  `config.json` of a temporary DOCKER_CONFIG (no `docker login`: no credential helper).
 
 Secrets (the SSH key, the registry password) travel only in stdin, which is then a secret; the
 script never puts them on a command line, in the environment of a child, or in a log line.
 Deleting the command does nothing: images stay on the daemon and in the registry.
+
+A push prints the digest the registry serves for the tag (`picluster image-build: digest
+sha256:...`); `pinned_ref` reads it from the command's stdout, and the pods run
+`<ref>@sha256:...`, which containerd verifies: a tag overwritten in the registry afterwards
+(anyone inside the cluster can push to the in-cluster one) is never what they run. An unchanged
+source runs nothing, and the stdout (so the digest) comes from the state.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,9 +112,17 @@ def _portable(folder: Path) -> str:
     return folder.relative_to(cwd).as_posix() if folder.is_relative_to(cwd) else str(folder)
 
 
+SECRET_NAMES = ("SSH_HOST", "SSH_PRIVATE_KEY", "REGISTRY_ID", "REGISTRY_PASSWORD")
+"""Header names whose values come from Outputs (`build_stdin` fills them for its target)."""
+
+
 def build_values(build: ImageBuild, ref: str, target: BuildTarget) -> dict[str, str]:
-    """The plain header values of the build's stdin (no secret: those are added by
-    `build_stdin`). `ref` is the content-tagged reference the target runs."""
+    """The plain header values of the build's stdin (the Output ones empty: `build_stdin` fills
+    them). `ref` is the content-tagged reference the target runs.
+
+    Every name the script reads is there, empty when unused: a `BUILDER` or `PLATFORMS`
+    exported in the user's shell never reaches the script. Except DOCKER_HOST for a push, which
+    goes through this machine's own daemon as the user's environment names it."""
     if not ref.endswith(f":{build.tag}"):
         raise ValueError(f"{ref!r} is not tagged with the build's content tag {build.tag!r}")
     values = {
@@ -115,24 +130,28 @@ def build_values(build: ImageBuild, ref: str, target: BuildTarget) -> dict[str, 
         "CONTEXT": _portable(build.context),
         "DOCKERFILE_B64": _b64(build.dockerfile),
         "IGNORE_B64": _b64("\n".join(build.ignore) + "\n" if build.dockerfile else None),
+        "PLATFORMS": "",
+        "BUILDER": "",
+        "SSH_PORT": "",
+        "SSH_USER": "",
+        "SSH_HOST_KEY": "",
+        "REGISTRY_ADDRESS": "",
+        "REGISTRY_USERNAME": "",
+        **dict.fromkeys(SECRET_NAMES, ""),
     }
     if isinstance(target, LocalDaemon):
         return {"MODE": "local", **values, "DOCKER_HOST": target.docker_host}
-    common = {
-        **values,
-        "PLATFORMS": ",".join(target.platforms),
-        "BUILDER": target.builder or "",
-    }
+    values |= {"PLATFORMS": ",".join(target.platforms), "BUILDER": target.builder or ""}
     if isinstance(target, TunnelPush):
         return {
             "MODE": "tunnel",
-            **common,
+            **values,
             "SSH_PORT": str(target.server.port),
             "SSH_USER": target.server.user,
             "SSH_HOST_KEY": target.server.host_key or "",
             "REGISTRY_ADDRESS": target.registry_address,
         }
-    return {"MODE": "registry", **common, "REGISTRY_USERNAME": target.username or ""}
+    return {"MODE": "registry", **values, "REGISTRY_USERNAME": target.username or ""}
 
 
 def build_stdin(build: ImageBuild, ref: str, target: BuildTarget) -> pulumi.Output[str]:
@@ -193,3 +212,24 @@ def declare_build(
             pulumi.ResourceOptions(parent=parent), opts or pulumi.ResourceOptions()
         ),
     )
+
+
+DIGEST_LINE = re.compile(r"^picluster image-build: digest (sha256:[0-9a-f]{64})$", re.MULTILINE)
+"""The line a push prints with the digest the registry serves for the pushed tag."""
+
+
+def pushed_digest(stdout: str) -> str:
+    """The digest in a push's stdout; ValueError when it has none (a script that did not push)."""
+    found = DIGEST_LINE.findall(stdout)
+    if not found:
+        raise ValueError("the image build printed no digest (picluster image-build: digest ...)")
+    return found[-1]
+
+
+def pinned_ref(command: local.Command, ref: str) -> pulumi.Output[str]:
+    """`ref@sha256:...`: the pushed image by its digest, from `command`'s stdout (a push build's).
+
+    Not a secret (a digest names content, it reveals none), though the stdout of a build whose
+    stdin is secret may be marked so.
+    """
+    return pulumi.Output.unsecret(command.stdout.apply(lambda out: f"{ref}@{pushed_digest(out)}"))

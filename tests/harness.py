@@ -18,6 +18,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
 import runpy
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -168,6 +169,22 @@ def mock_image_id(ref: str) -> str:
     return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
 
 
+def mock_digest(ref: str) -> str:
+    """The digest the mocks' registry serves for the pushed reference `ref`."""
+    return "sha256:" + hashlib.sha256(f"pushed {ref}".encode()).hexdigest()
+
+
+def mock_build_stdout(stdin: str) -> str:
+    """The stdout of image-build.sh run with `stdin` under the mocks: the summary, and for a push
+    (MODE tunnel or registry) the digest line before it."""
+    header = dict(re.findall(r"^([A-Z_]+)='?([^'\n]*)'?$", stdin.split("#!")[0], re.MULTILINE))
+    ref = header.get("REF", "")
+    if header.get("MODE") in {"tunnel", "registry"}:
+        digest = mock_digest(ref)
+        return f"picluster image-build: digest {digest}\npicluster image-build: {ref} pushed\n"
+    return f"picluster image-build: {ref} built\n"
+
+
 class ProgramMocks(pulumi_mocks.Mocks):
     """Answers for the providers: echo the inputs and add what the real provider computes.
 
@@ -205,6 +222,12 @@ class ProgramMocks(pulumi_mocks.Mocks):
                 state["stdout"] = K3S_KUBECONFIG
             else:
                 state["stdout"] = summary
+            state["stderr"] = ""
+        elif args.typ == "command:local:Command":
+            # What image-build.sh prints (the only local command): a push names the digest the
+            # registry served, here a hash of the reference, as content-addressed as the real one.
+            stdin = str(unwrap(args.inputs.get("stdin")) or "")
+            state["stdout"] = mock_build_stdout(stdin)
             state["stderr"] = ""
         elif args.typ == "docker:index/container:Container" and args.inputs.get("attach"):
             # The provider waits for an attached container to exit and reads its exit code.

@@ -8,7 +8,9 @@ services -> database, DNS, and monitoring.
 
 Images picluster builds from the studio's source are built and pushed by one local command each
 (components/image_build.py) before anything runs them: to the in-cluster registry
-(components/on_kubernetes/registry.py, declared first) or to the user's. A service with a
+(components/on_kubernetes/registry.py, declared first) or to the user's. Pods run a built image
+by the digest its push printed (`<ref>:<tag>@sha256:...`): a tag overwritten in the registry
+later is not what they run. A service with a
 `migrate` command gets a Job per release (components/on_kubernetes/migrations.py) that its
 Deployment waits for.
 """
@@ -22,7 +24,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.app_model import AppModel, Role, SecretKey, Workload
-from components.image_build import RegistryPush, TunnelPush, declare_build
+from components.image_build import RegistryPush, TunnelPush, declare_build, pinned_ref
 from components.nginx import nginx_conf
 from components.on_kubernetes import pods, policies, volumes
 from components.on_kubernetes.backup import render_backup
@@ -142,7 +144,9 @@ def render_app(
     network_policies = policies.render_app_policies(parent, name, ns, app, platform)
     database = _database(parent, name, ns, app, secrets, platform)
     for service in app.services:
-        after = images.get(service.name, [])
+        built = images.get(service.name)
+        after: list[pulumi.Resource] = [built.command] if built else []
+        image = built.image if built else None
         if service.migrate is not None:
             # The migration reads the database through the Secret, past the NetworkPolicies.
             after = [
@@ -156,11 +160,13 @@ def render_app(
                     config_map=f"{service.name}-files" if service.files else None,
                     files=dict(service.files),
                     depends_on=[*after, database, app_secret, *network_policies],
+                    image=image,
                 )
             ]
-        _deployment(parent, name, ns, service, secrets, depends_on=after)
+        _deployment(parent, name, ns, service, secrets, depends_on=after, image=image)
         _service(parent, name, ns, service)
-    _frontend(parent, name, ns, app, secrets, depends_on=images.get(app.frontend.name, []))
+    frontend_built = images.get(app.frontend.name)
+    _frontend(parent, name, ns, app, secrets, built=frontend_built)
     if app.backup is not None:
         render_backup(parent, name, ns, app, app.backup, secrets, platform)
         render_restore(parent, name, ns, app)
@@ -198,15 +204,25 @@ def render_app(
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Built:
+    """A workload's image as its push left it."""
+
+    command: pulumi.Resource
+    """The build-and-push command, which the workload's pods wait for."""
+    image: pulumi.Output[str]
+    """`<ref>@sha256:...`, the digest the registry served after the push."""
+
+
 def _images(
     parent: pulumi.Resource,
     name: str,
     app: AppModel,
     platform: KubernetesPlatform,
     push: TunnelPush | RegistryPush | None,
-) -> dict[str, list[pulumi.Resource]]:
+) -> dict[str, _Built]:
     """Build and push each image the app builds, after the in-cluster registry when that is where
-    they go; workload name -> what its pods wait for."""
+    they go; workload name -> its pushed image."""
     if not app.builds:
         return {}
     if push is None:
@@ -215,13 +231,13 @@ def _images(
     after = pulumi.ResourceOptions(parent=parent, depends_on=registry.ready if registry else [])
     if registry is not None and isinstance(push, TunnelPush):
         push = replace(push, registry_id=registry.storage_id)
-    built: dict[str, list[pulumi.Resource]] = {}
+    built: dict[str, _Built] = {}
     for workload in app.builds:
         assert workload.build is not None
         build = declare_build(
             parent, f"{name}-{workload.name}-image", workload.build, workload.image, push, after
         )
-        built[workload.name] = [build]
+        built[workload.name] = _Built(command=build, image=pinned_ref(build, workload.image))
     return built
 
 
@@ -298,10 +314,14 @@ def _deployment(
     *,
     extra_files: dict[str, str] | None = None,
     depends_on: Sequence[pulumi.Resource] = (),
+    image: pulumi.Input[str] | None = None,
 ) -> None:
+    """`image`: what the pods run instead of `workload.image` (a built image by its digest)."""
     files = {**workload.files, **(extra_files or {})}
     config_name = _files_config_map(parent, ns, workload, files)
-    container = workload_container(workload, APP_SECRET, config_map=config_name, files=files)
+    container = workload_container(
+        workload, APP_SECRET, config_map=config_name, files=files, image=image
+    )
     spread = [
         k8s.core.v1.TopologySpreadConstraintArgs(
             max_skew=1,
@@ -354,7 +374,7 @@ def _frontend(
     app: AppModel,
     secrets: StackSecrets,
     *,
-    depends_on: Sequence[pulumi.Resource] = (),
+    built: _Built | None = None,
 ) -> None:
     frontend = app.frontend
     # Traefik routes the service paths itself: nginx only serves the game, listening on an
@@ -371,7 +391,8 @@ def _frontend(
             ),
             "/etc/nginx/nginx.conf": UNPRIVILEGED_NGINX_CONF,
         },
-        depends_on=depends_on,
+        depends_on=[built.command] if built else [],
+        image=built.image if built else None,
     )
     _service(parent, name, ns, frontend)
 

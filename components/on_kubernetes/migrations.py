@@ -76,10 +76,14 @@ def render_migration(
     config_map: str | None,
     files: dict[str, str],
     depends_on: Sequence[pulumi.Resource],
+    image: pulumi.Input[str] | None = None,
 ) -> k8s.batch.v1.Job:
     """The release's migration Job of `workload`, after `depends_on` (its image's build and
-    push, the database, the Secret and the NetworkPolicies that let it reach the database)."""
-    container = migration_container(workload, secret_name, config_map=config_map, files=files)
+    push, the database, the Secret and the NetworkPolicies that let it reach the database);
+    `image` is a built image by its pushed digest (else `workload.image`)."""
+    container = migration_container(
+        workload, secret_name, config_map=config_map, files=files, image=image
+    )
     pod_name = f"{workload.name}-migrate"
     return k8s.batch.v1.Job(
         f"{name}-{job_name(workload)}",

@@ -6,8 +6,14 @@ The pinned `registry` image (CNCF distribution) in its own namespace under Pod S
 (`registries.REGISTRY_CLUSTER_IP`). It is never on the LAN: K3s's containerd reaches it from each
 node's host network through kube-proxy (`/etc/rancher/k3s/registries.yaml` maps
 `registry.picluster.internal` to `http://<clusterIP>:5000`), and `pulumi up` pushes through an SSH
-tunnel to the first server (`components/image_build.py`). So the registry needs no account and no
-TLS: nothing outside the cluster can connect to it.
+tunnel to the first server (`components/image_build.py`). So the registry needs no TLS and no
+account for anything outside the cluster, which cannot connect to it.
+
+Inside the cluster it is open: any process on a node, and any pod in a namespace with no egress
+NetworkPolicy (monitoring, kube-system), can push and overwrite a tag (the app namespace's pods
+cannot: `_network_policy`). That is harmless because pods never run a tag alone: they run
+`<ref>@sha256:...`, the digest the push read back from the registry (`image_build.pinned_ref`),
+and containerd pulls by that digest and verifies the content against it.
 
 Declared only when the app builds images and `images.registry` names no registry of the user's.
 """

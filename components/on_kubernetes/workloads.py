@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import pulumi
 import pulumi_kubernetes as k8s
 
 from components.app_model import ProbeKind, Role, Workload
@@ -101,13 +102,15 @@ def workload_container(
     config_map: str | None = None,
     files: Mapping[str, str] | None = None,
     data_volume: str | None = None,
+    image: pulumi.Input[str] | None = None,
 ) -> k8s.core.v1.ContainerArgs:
-    """The workload's container, hardened, with its env, secrets, files and scratch space."""
+    """The workload's container, hardened, with its env, secrets, files and scratch space;
+    `image` overrides `workload.image` (a built image pinned by its pushed digest)."""
     port = container_port(workload)
     env = _env(workload, secret_name)
     return k8s.core.v1.ContainerArgs(
         name=workload.name,
-        image=workload.image,
+        image=workload.image if image is None else image,
         image_pull_policy="IfNotPresent",
         command=list(workload.command) if workload.command else None,
         ports=[k8s.core.v1.ContainerPortArgs(name="main", container_port=port)],
@@ -128,15 +131,16 @@ def migration_container(
     *,
     config_map: str | None = None,
     files: Mapping[str, str] | None = None,
+    image: pulumi.Input[str] | None = None,
 ) -> k8s.core.v1.ContainerArgs:
-    """The workload's container running its `migrate` command: the same image, environment,
-    secrets, files, limits and hardening, but no port and no probes (it serves nothing, and a
-    liveness probe on the health path would kill a long migration)."""
+    """The workload's container running its `migrate` command: the same image (`image` when
+    given), environment, secrets, files, limits and hardening, but no port and no probes (it
+    serves nothing, and a liveness probe on the health path would kill a long migration)."""
     assert workload.migrate is not None
     env = _env(workload, secret_name)
     return k8s.core.v1.ContainerArgs(
         name="migrate",
-        image=workload.image,
+        image=workload.image if image is None else image,
         image_pull_policy="IfNotPresent",
         command=list(workload.migrate),
         env=env or None,

@@ -21,8 +21,15 @@
 #   REGISTRY_ID        tunnel: the uid of the registry's claim (not read: a registry created again,
 #                      empty, changes the stdin, so the build runs, checks and pushes again)
 #   REGISTRY_USERNAME, REGISTRY_PASSWORD
-#                      registry: the account (the password is a secret: `--password-stdin`)
-# Output: last line on stdout: picluster image-build: <ref> already built | built |
+#                      registry: the account (the password is a secret: written only into a
+#                      0600 `config.json` of a private DOCKER_CONFIG, from printf and base64's
+#                      stdin, never on a command line; no `docker login`, which may hand it to
+#                      the platform's credential helper)
+# Every name is in the header (empty when unused), so nothing exported in the caller's shell
+# changes a build; DOCKER_HOST only for `local` (a push goes through the caller's own daemon).
+# Output on stdout: for a push, `picluster image-build: digest sha256:...`, the manifest's (or
+# the manifest list's) digest as the registry serves it (`Docker-Content-Digest`), which the
+# pods pin; then, last: picluster image-build: <ref> already built | built |
 #         already in the registry | pushed
 # A `delete` does nothing: images stay on the daemon and in the registry (remove them with
 # `docker image rm` / the registry's garbage collection).
@@ -30,10 +37,14 @@ set -euo pipefail
 
 WORK=""
 TUNNEL_PID=""
+# fd 9: the write end of the tunnel's stdin (open_tunnel). Only this bash holds it: every child
+# that could outlive a moment gets `9>&-`, so when this bash dies (SIGKILL included: a
+# cancelled `pulumi up` kills only bash, and no trap runs) ssh reads EOF and exits.
 log() { printf 'picluster image-build: %s\n' "$*" >&2; }
 die() { printf 'picluster image-build: ERROR: %s\n' "$*" >&2; exit 1; }
 
 cleanup() {
+    exec 9>&-
     if [[ -n "$TUNNEL_PID" ]]; then
         kill "$TUNNEL_PID" 2>/dev/null || true
         wait "$TUNNEL_PID" 2>/dev/null || true
@@ -128,9 +139,9 @@ split_platforms() { tr ',' '\n' <<<"$PLATFORMS" | sed '/^$/d'; }
 REGISTRY_CONFIG=""
 rdocker() {
     if [[ -n "$REGISTRY_CONFIG" ]]; then
-        DOCKER_CONFIG="$REGISTRY_CONFIG" "$DOCKER" "$@"
+        DOCKER_CONFIG="$REGISTRY_CONFIG" "$DOCKER" "$@" 9>&-
     else
-        "$DOCKER" "$@"
+        "$DOCKER" "$@" 9>&-
     fi
 }
 
@@ -138,9 +149,9 @@ rdocker() {
 # only, unless it is LOCAL itself).
 push_one() {
     local source=$1 dest=$2
-    [[ "$source" == "$dest" ]] || "$DOCKER" tag "$source" "$dest"
+    [[ "$source" == "$dest" ]] || "$DOCKER" tag "$source" "$dest" 9>&-
     rdocker push "$dest" >&2
-    [[ "$source" == "$dest" ]] || "$DOCKER" image rm "$dest" >/dev/null
+    [[ "$source" == "$dest" ]] || "$DOCKER" image rm "$dest" >/dev/null 9>&-
 }
 
 # push_all DEST INSECURE: build what is missing locally and push it to DEST (repository:tag as
@@ -188,6 +199,67 @@ in_registry() {
     return 0
 }
 
+# --- the digest the pods pin ---------------------------------------------------------------
+# Tags in a registry can be overwritten (the in-cluster one takes pushes from inside the
+# cluster); a digest cannot. The digest is asked of the registry itself: the
+# `Docker-Content-Digest` of a HEAD on the manifest, accepting a list (several platforms) or a
+# single image, the way containerd asks before it pulls.
+ACCEPT=(
+    -H "Accept: application/vnd.docker.distribution.manifest.list.v2+json"
+    -H "Accept: application/vnd.oci.image.index.v1+json"
+    -H "Accept: application/vnd.docker.distribution.manifest.v2+json"
+    -H "Accept: application/vnd.oci.image.manifest.v1+json"
+)
+REGISTRY_AUTH=""
+
+# registry_head URL [AUTHORIZATION]: the response headers of a HEAD on URL. The Authorization
+# value (a password or a token) reaches curl in its config on stdin, never on its command line.
+# --noproxy: an http_proxy in the environment must not take the loopback tunnel or the registry.
+registry_head() {
+    { [[ -z "${2:-}" ]] || printf 'header = "Authorization: %s"\n' "$2"; } |
+        curl --noproxy '*' -sS -I --max-time 30 -K - "${ACCEPT[@]}" "$1" 9>&- || true
+}
+
+# bearer_token CHALLENGE: a registry token for the `WWW-Authenticate: Bearer ...` CHALLENGE
+# (distribution's token auth, as Docker Hub or ghcr.io use), with the account when there is one.
+challenge_param() { sed -n "s/.*[ ,]$1=\"\([^\"]*\)\".*/\1/p" <<<" ${2#* }"; }
+bearer_token() {
+    local challenge=$1 realm service scope
+    realm=$(challenge_param realm "$challenge")
+    service=$(challenge_param service "$challenge")
+    scope=$(challenge_param scope "$challenge")
+    [[ -n "$realm" ]] || return 0
+    { [[ -z "$REGISTRY_AUTH" ]] || printf 'header = "Authorization: Basic %s"\n' "$REGISTRY_AUTH"; } |
+        curl --noproxy '*' -sS -G --max-time 30 -K - \
+            ${service:+--data-urlencode "service=$service"} \
+            ${scope:+--data-urlencode "scope=$scope"} "$realm" 9>&- |
+        grep -o '"\(access_\)\{0,1\}token": *"[^"]*"' | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/' || true
+}
+
+# manifest_digest DEST INSECURE: the digest the registry serves for DEST (host/name:tag), or
+# nothing.
+manifest_digest() {
+    local dest=$1 scheme=https rest url headers challenge token=""
+    [[ "$2" == no ]] || scheme=http
+    rest=${dest#*/}
+    url="$scheme://${dest%%/*}/v2/${rest%:*}/manifests/${rest##*:}"
+    headers=$(registry_head "$url" "${REGISTRY_AUTH:+Basic $REGISTRY_AUTH}" | tr -d '\r')
+    challenge=$(sed -n 's/^[Ww][Ww][Ww]-[Aa]uthenticate: *//p' <<<"$headers" | head -n 1)
+    if [[ "$challenge" == [Bb]earer* ]]; then
+        token=$(bearer_token "$challenge")
+        [[ -z "$token" ]] || headers=$(registry_head "$url" "Bearer $token" | tr -d '\r')
+    fi
+    sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: *\(sha256:[0-9a-f]\{64\}\)$/\1/p' <<<"$headers" |
+        head -n 1
+}
+
+# pin DEST INSECURE: sets DIGEST, or stops.
+DIGEST=""
+pin() {
+    DIGEST=$(manifest_digest "$1" "$2")
+    [[ -n "$DIGEST" ]] || die "the registry gave no digest for $REF"
+}
+
 free_port() {
     local port tries
     for tries in $(seq 1 50); do
@@ -201,8 +273,17 @@ free_port() {
 }
 
 # open_tunnel: forward a loopback port to the registry through the first server; sets PORT.
+# Cancel-safe without traps. pulumi-command runs `/bin/sh -c 'bash -s'` with
+# exec.CommandContext, whose cancel SIGKILLs that process only, and its Wait returns only once
+# every holder of the stdout/stderr pipes closed them (provider/pkg/provider/local/
+# commandOutputs.go). So: the key file is deleted as soon as the tunnel answers (ssh read it
+# when it connected); ssh writes to no pipe of the provider's (its output goes to a file) and
+# runs `cat >/dev/null` on the server with its stdin from fd 9, a pipe only this bash holds, so
+# it exits when this bash does, however it ends. `-F /dev/null`: the user's ~/.ssh/config
+# (ControlMaster, ProxyCommand, another IdentityFile) never changes this connection.
 open_tunnel() {
-    local key="$WORK/ssh/key" known="$WORK/ssh/known_hosts" checking=yes attempt code
+    local key="$WORK/ssh/key" known="$WORK/ssh/known_hosts" fifo="$WORK/ssh/stdin"
+    local checking=yes attempt code
     mkdir -m 700 "$WORK/ssh"
     (umask 077 && printf '%s\n' "$SSH_PRIVATE_KEY" >"$key")
     if [[ -n "$SSH_HOST_KEY" ]]; then
@@ -214,25 +295,34 @@ open_tunnel() {
     fi
     for attempt in 1 2 3; do
         PORT=$(free_port)
-        ssh -N -o BatchMode=yes -o ExitOnForwardFailure=yes -o ConnectTimeout=10 \
+        rm -f "$fifo"
+        mkfifo -m 600 "$fifo"
+        ssh -F /dev/null -T -o BatchMode=yes -o ExitOnForwardFailure=yes -o ConnectTimeout=10 \
             -o ServerAliveInterval=15 -o IdentitiesOnly=yes -o LogLevel=ERROR \
             -o HostKeyAlias=picluster-first-server -o UserKnownHostsFile="$known" \
-            -o StrictHostKeyChecking="$checking" -i "$key" -p "$SSH_PORT" \
-            -L "127.0.0.1:$PORT:$REGISTRY_ADDRESS" "$SSH_USER@$SSH_HOST" &
+            -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking="$checking" \
+            -i "$key" -p "$SSH_PORT" -L "127.0.0.1:$PORT:$REGISTRY_ADDRESS" \
+            "$SSH_USER@$SSH_HOST" 'cat >/dev/null' <"$fifo" >/dev/null 2>"$WORK/ssh.err" &
         TUNNEL_PID=$!
+        exec 9>"$fifo"
+        rm -f "$fifo"
         for _ in $(seq 1 60); do
             kill -0 "$TUNNEL_PID" 2>/dev/null || break
-            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$PORT/v2/" || true)
+            code=$(curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 5 \
+                "http://127.0.0.1:$PORT/v2/" 9>&- || true)
             if [[ "$code" == 200 || "$code" == 401 ]]; then
+                rm -f "$key"
                 log "tunnel to the registry $REGISTRY_ADDRESS through $SSH_HOST on 127.0.0.1:$PORT"
                 return 0
             fi
-            sleep 0.5
+            sleep 0.5 9>&-
         done
+        exec 9>&-
         kill "$TUNNEL_PID" 2>/dev/null || true
         wait "$TUNNEL_PID" 2>/dev/null || true
         TUNNEL_PID=""
-        log "tunnel attempt $attempt failed"
+        log "tunnel attempt $attempt failed${code:+ (registry answered ${code})}"
+        [[ ! -s "$WORK/ssh.err" ]] || log "ssh: $(tr '\n' ' ' <"$WORK/ssh.err")"
     done
     die "could not reach the registry $REGISTRY_ADDRESS through $SSH_USER@$SSH_HOST:$SSH_PORT"
 }
@@ -261,20 +351,25 @@ to_tunnel() {
     dest="127.0.0.1:$PORT/${REF#*/}"
     if in_registry "$dest" yes; then
         RESULT="$REF already in the registry"
-        return 0
+    else
+        push_all "$dest" yes
+        in_registry "$dest" yes || die "the registry does not list $REF after the push"
+        RESULT="$REF pushed"
     fi
-    push_all "$dest" yes
-    in_registry "$dest" yes || die "the registry does not list $REF after the push"
-    RESULT="$REF pushed"
+    pin "$dest" yes
 }
 
 to_registry() {
     if [[ -n "$REGISTRY_USERNAME" ]]; then
-        # A private DOCKER_CONFIG: the login never lands in ~/.docker/config.json.
+        # A private DOCKER_CONFIG holding the account in its `auths`: never in
+        # ~/.docker/config.json, never in a credential helper (`docker login` picks the
+        # platform's keychain when the config names none), never on a command line (printf is a
+        # builtin; base64 reads its stdin).
         REGISTRY_CONFIG="$WORK/docker-config"
         mkdir -m 700 "$REGISTRY_CONFIG"
-        printf '%s' "$REGISTRY_PASSWORD" |
-            rdocker login --username "$REGISTRY_USERNAME" --password-stdin "${REF%%/*}" >&2
+        REGISTRY_AUTH=$(printf '%s:%s' "$REGISTRY_USERNAME" "$REGISTRY_PASSWORD" | base64 | tr -d '\n')
+        (umask 077 && printf '{"auths":{"%s":{"auth":"%s"}}}\n' "${REF%%/*}" "$REGISTRY_AUTH" \
+            >"$REGISTRY_CONFIG/config.json")
     fi
     # Plain HTTP only to this machine's loopback, as the daemon itself allows (never with a
     # password to anything else).
@@ -282,11 +377,12 @@ to_registry() {
     case "${REF%%/*}" in localhost:* | 127.*) insecure=yes ;; esac
     if in_registry "$REF" "$insecure"; then
         RESULT="$REF already in the registry"
-        return 0
+    else
+        push_all "$REF" "$insecure"
+        in_registry "$REF" "$insecure" || die "the registry does not list $REF after the push"
+        RESULT="$REF pushed"
     fi
-    push_all "$REF" "$insecure"
-    in_registry "$REF" "$insecure" || die "the registry does not list $REF after the push"
-    RESULT="$REF pushed"
+    pin "$REF" "$insecure"
 }
 
 main() {
@@ -297,7 +393,8 @@ main() {
     : "${REGISTRY_ADDRESS:=}" "${REGISTRY_USERNAME:=}" "${REGISTRY_PASSWORD:=}"
     [[ -d "$CONTEXT" ]] || die "$CONTEXT is not a folder"
     trap cleanup EXIT
-    # A cancelled `pulumi up` still removes the key file and the login (through the EXIT trap).
+    # An interrupted run removes its work directory (the EXIT trap). A cancelled `pulumi up`
+    # SIGKILLs bash (pulumi-command), where no trap runs: open_tunnel is safe without one.
     trap 'exit 130' INT TERM HUP
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/picluster-image-build.XXXXXX")
     pick_docker
@@ -308,6 +405,7 @@ main() {
         registry) to_registry ;;
         *) die "unknown MODE '$MODE' (local, tunnel or registry)" ;;
     esac
+    [[ -z "$DIGEST" ]] || printf 'picluster image-build: digest %s\n' "$DIGEST"
     printf 'picluster image-build: %s\n' "$RESULT"
 }
 

@@ -40,6 +40,11 @@ CHANGED=()
 PREVIOUS_INVOCATION=""
 log() { printf 'picluster k3s-install: %s\n' "$*" >&2; }
 die() { printf 'picluster k3s-install: ERROR: %s\n' "$*" >&2; exit 1; }
+# drop_and_die FILE MESSAGE: remove a temp file, then die.
+drop_and_die() {
+    rm -f "$1"
+    die "$2"
+}
 
 service_name() {
     if [[ "$ROLE" == server ]]; then echo k3s; else echo k3s-agent; fi
@@ -348,10 +353,12 @@ write_registries() {
     mkdir -p "$CONFIG_DIR"
     # mktemp creates the file 0600: the password is never readable by anyone but root.
     tmp=$(mktemp "$CONFIG_DIR/.registries.XXXXXX")
-    base64 -d <<<"$REGISTRIES_YAML_B64" >"$tmp" || die "REGISTRIES_YAML_B64 is not base64"
-    picluster_wrote "$tmp" || die "REGISTRIES_YAML_B64 does not start with picluster's mark"
-    chown root:root "$tmp" || die "chown $tmp failed"
-    chmod 600 "$tmp" || die "chmod $tmp failed"
+    # From here every failure removes the temp file (it may hold a registry password).
+    base64 -d <<<"$REGISTRIES_YAML_B64" >"$tmp" || drop_and_die "$tmp" "REGISTRIES_YAML_B64 is not base64"
+    picluster_wrote "$tmp" ||
+        drop_and_die "$tmp" "REGISTRIES_YAML_B64 does not start with picluster's mark"
+    chown root:root "$tmp" || drop_and_die "$tmp" "chown $tmp failed"
+    chmod 600 "$tmp" || drop_and_die "$tmp" "chmod $tmp failed"
     if [[ -e "$REGISTRIES_FILE" ]] && cmp -s "$tmp" "$REGISTRIES_FILE"; then
         rm -f "$tmp"
         { chown root:root "$REGISTRIES_FILE" && chmod 600 "$REGISTRIES_FILE"; } ||
@@ -362,11 +369,12 @@ write_registries() {
         if [[ -e "$REGISTRIES_BACKUP" ]]; then
             log "replacing $REGISTRIES_FILE, which picluster did not write ($REGISTRIES_BACKUP already holds an earlier one)"
         else
-            cp -p "$REGISTRIES_FILE" "$REGISTRIES_BACKUP" || die "could not back up $REGISTRIES_FILE"
+            cp -p "$REGISTRIES_FILE" "$REGISTRIES_BACKUP" ||
+                drop_and_die "$tmp" "could not back up $REGISTRIES_FILE"
             log "replacing $REGISTRIES_FILE, which picluster did not write: kept as $REGISTRIES_BACKUP"
         fi
     fi
-    mv -f "$tmp" "$REGISTRIES_FILE" || die "could not write $REGISTRIES_FILE"
+    mv -f "$tmp" "$REGISTRIES_FILE" || drop_and_die "$tmp" "could not write $REGISTRIES_FILE"
     CHANGED+=(registries)
 }
 

@@ -209,6 +209,27 @@ class Prod:
             return []
         return sorted(json.loads(listed.stdout).get("tags") or [])
 
+    def registry_digest(self, name: str, tag: str) -> str:
+        """The digest the registry double serves for `name:tag` (its `Docker-Content-Digest`),
+        asked from the first server as containerd asks: what a pod pinned to it must name."""
+        server = self.pis["pi-server-1"]
+        base = f"http://{registries.REGISTRY_CLUSTER_IP}:{registries.REGISTRY_PORT}"
+        accept = [
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ]
+        head = server.exec(
+            "curl", "-fsSI", "--max-time", "10",
+            *(arg for a in accept for arg in ("-H", f"Accept: {a}")),
+            f"{base}/v2/{name}/manifests/{tag}",
+        )  # fmt: skip
+        [digest] = [
+            line.split(":", 1)[1].strip()
+            for line in head.stdout.splitlines()
+            if line.lower().startswith("docker-content-digest:")
+        ]
+        return digest
+
     def up(self, *options: str) -> Up:
         """`pulumi up -s prod [OPTIONS]`, which must succeed."""
         return self.project.up("prod", *options)

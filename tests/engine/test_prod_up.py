@@ -121,11 +121,16 @@ def _api_image(prod: Prod) -> str:
     return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
+def _pinned(prod: Prod, name: str, tag: str) -> str:
+    """What a pod runs for the pushed `name:tag`: the tag and the digest the registry serves."""
+    return f"{registries.REGISTRY_NAME}/{name}:{tag}@{prod.registry_digest(name, tag)}"
+
+
 def test_the_first_up_pushed_the_demo_api_and_runs_its_content_tag(ups: Ups, prod: Prod) -> None:
     del ups
     tag = _demo_tag(prod)
     assert prod.registry_tags("api") == [tag]
-    assert _api_image(prod) == f"{registries.REGISTRY_NAME}/api:{tag}"
+    assert _api_image(prod) == _pinned(prod, "api", tag)
     registry = prod.get("deployment/registry", "-n", "picluster-registry")
     assert registry["status"].get("readyReplicas") == 1
     service = prod.get("service/registry", "-n", "picluster-registry")
@@ -146,7 +151,7 @@ def test_a_changed_demo_source_is_pushed_and_rolled_in_place(ups: Ups, prod: Pro
     assert set(changed.summary) == {"same", "update"}, changed.summary
     assert changed.remote_steps == 0
     assert prod.registry_tags("api") == sorted([old, new])
-    assert _api_image(prod) == f"{registries.REGISTRY_NAME}/api:{new}"
+    assert _api_image(prod) == _pinned(prod, "api", new)
     assert set(prod.up().summary) == {"same"}
 
 
@@ -162,6 +167,7 @@ def test_a_migration_completes_before_its_service_is_deployed(ups: Ups, prod: Pr
     job = prod.get(f"job/scores-migrate-{tag}", "-n", "game")
     assert job["status"].get("succeeded") == 1
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["node", "migrate.js"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == _pinned(prod, "scores", tag)
     deployment = prod.get("deployment/scores", "-n", "game")
     # The engine created the Deployment only once it had awaited the Job's completion.
     assert deployment["metadata"]["creationTimestamp"] >= job["status"]["completionTime"]
@@ -204,7 +210,7 @@ def test_a_failed_migration_stops_the_rollout_and_the_old_pods_keep_serving(
     # The push happened, the rollout did not: the Deployment still runs the previous release.
     assert new in prod.registry_tags("scores")
     image = prod.get("deployment/scores", "-n", "game")["spec"]["template"]["spec"]
-    assert image["containers"][0]["image"] == f"{registries.REGISTRY_NAME}/scores:{old}"
+    assert image["containers"][0]["image"] == _pinned(prod, "scores", old)
     # The previous release's Job is still there (retained), its log readable.
     assert prod.get(f"job/scores-migrate-{old}", "-n", "game")["status"].get("succeeded") == 1
 
@@ -216,4 +222,4 @@ def test_a_failed_migration_stops_the_rollout_and_the_old_pods_keep_serving(
     assert job["status"].get("succeeded") == 1
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["node", "migrate.js"]
     image = prod.get("deployment/scores", "-n", "game")["spec"]["template"]["spec"]
-    assert image["containers"][0]["image"] == f"{registries.REGISTRY_NAME}/scores:{new}"
+    assert image["containers"][0]["image"] == _pinned(prod, "scores", new)

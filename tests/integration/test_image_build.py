@@ -22,11 +22,16 @@ PICLUSTER_REQUIRE_INTEGRATION=1 (CI) turns a skip into a failure. Every wait is 
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,13 +77,39 @@ def _image_id(ref: str) -> str | None:
     return found.stdout.strip() if found.returncode == 0 else None
 
 
-def run_build(stdin: str, *, timeout: float = 600) -> tuple[int, str, str, float]:
+def run_build(
+    stdin: str,
+    *,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    argv: tuple[str, ...] = ("bash", "-s"),
+) -> tuple[int, str, str, float]:
     """Run the build as the local command does: `bash -s`, the stdin the program gave it."""
     start = time.monotonic()
     result = subprocess.run(
-        ["bash", "-s"], input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        list(argv),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
     )
     return result.returncode, result.stdout, result.stderr, time.monotonic() - start
+
+
+DIGEST = "picluster image-build: digest "
+ACCEPT = (
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+
+
+def printed_digest(stdout: str) -> str:
+    """The digest line a push prints (before its summary)."""
+    lines = [line.removeprefix(DIGEST) for line in stdout.splitlines() if line.startswith(DIGEST)]
+    assert len(lines) == 1, stdout
+    return lines[0]
 
 
 def summary(stdout: str) -> str:
@@ -360,8 +391,27 @@ class Registry:
         )
         return json.loads(out.stdout) if out.returncode == 0 and out.stdout else {}
 
+    def digest(self, pi: simpi.SimPi, name: str, tag: str) -> str:
+        """The `Docker-Content-Digest` the registry serves a node for `name:tag`."""
+        out = pi.exec(
+            "curl", "-fsSI", *(arg for a in ACCEPT for arg in ("-H", f"Accept: {a}")),
+            f"http://{self.address}/v2/{name}/manifests/{tag}",
+        ).stdout  # fmt: skip
+        [digest] = [
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.lower().startswith("docker-content-digest:")
+        ]
+        return digest
+
     def close(self) -> None:
         _docker("rm", "-f", "-v", self.container, check=False)
+
+
+@pytest.fixture(scope="module")
+def hop(sim_lab: simpi.SimPiLab) -> simpi.SimPi:
+    """The first server the pushes tunnel through."""
+    return sim_lab.start_pi("hop")
 
 
 @pytest.fixture(scope="module")
@@ -416,9 +466,9 @@ def _host_key(pi: simpi.SimPi) -> str:
 
 
 def test_a_push_through_the_tunnel_lands_in_the_registry_once(
-    sim_lab: simpi.SimPiLab, registry: Registry, refs_to_remove: list[str]
+    hop: simpi.SimPi, registry: Registry, refs_to_remove: list[str]
 ) -> None:
-    pi = sim_lab.start_pi("hop")
+    pi = hop
     build = plan_build("api", DEMO_API)
     ref = build.ref("registry.picluster.internal")
     refs_to_remove.append(ref)
@@ -433,15 +483,120 @@ def test_a_push_through_the_tunnel_lands_in_the_registry_once(
     assert manifest.get("schemaVersion") == 2, manifest
     local_id = _image_id(ref)
     assert local_id is not None and manifest["config"]["digest"] == local_id
+    # The digest the pods pin: the one the registry serves the nodes for the tag.
+    digest = registry.digest(pi, "api", build.tag)
+    assert printed_digest(out) == digest
 
     code, out, err, _ = run_build(stdin)
     assert code == 0, err
     assert summary(out) == f"{ref} already in the registry"
+    assert printed_digest(out) == digest
     assert "building" not in err and "Pushed" not in err
     # The key's temp file went with the work directory; it never reached the output.
     assert set(Path("/tmp").glob("picluster-image-build.*")) <= before  # others may run too
     key = pi.key_path.read_text().strip()
     assert key not in out + err
+
+
+def _ssh_pids(port: str) -> list[int]:
+    """The ssh processes forwarding loopback port `port`."""
+    ps = subprocess.run(
+        ["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, timeout=30, check=True
+    )
+    return [
+        int(line.split(None, 1)[0])
+        for line in ps.stdout.splitlines()
+        if f"-L 127.0.0.1:{port}:" in line and " ssh " in f" {line.split(None, 1)[1]}"
+    ]
+
+
+def test_a_killed_push_leaves_no_tunnel_and_no_key(
+    hop: simpi.SimPi, registry: Registry, refs_to_remove: list[str], tmp_path: Path
+) -> None:
+    """A cancelled `pulumi up`: pulumi-command SIGKILLs the command's bash only (no trap runs).
+    Killed while the tunnel is up (a source the registry does not have: it builds), no ssh stays
+    behind and no key file is left on disk."""
+    folder = _copy_of_demo(tmp_path, lambda f: (f / "cancelled.txt").write_text(f"{SESSION}\n"))
+    build = plan_build("api", folder)
+    ref = build.ref("registry.picluster.internal")
+    refs_to_remove.append(ref)
+    stdin = tunnel_stdin(build, ref, hop, _host_key(hop), registry.address)
+    before = set(Path("/tmp").glob("picluster-image-build.*"))
+    process = subprocess.Popen(
+        ["bash", "-s"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stderr is not None
+    process.stdin.write(stdin)
+    process.stdin.close()
+    lines: queue.Queue[str] = queue.Queue()
+    stderr = process.stderr
+
+    def read() -> None:
+        for line in iter(stderr.readline, ""):
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    port = ""
+    leftovers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not port and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if "tunnel to the registry" in line:
+                port = line.rsplit(":", 1)[1].strip()
+        assert port, "the tunnel never came up"
+        assert _ssh_pids(port), "no ssh for the tunnel"
+        assert process.poll() is None, "the build ended before it could be killed"
+        process.kill()  # SIGKILL, as pulumi-command cancels
+        process.wait(timeout=10)
+        ends = time.monotonic() + 5
+        while _ssh_pids(port) and time.monotonic() < ends:
+            time.sleep(0.2)
+        leftovers = _ssh_pids(port)
+        assert leftovers == [], "ssh outlived the killed build"
+        work = set(Path("/tmp").glob("picluster-image-build.*")) - before
+        assert work, "no work directory"
+        assert not [k for w in work if (k := w / "ssh" / "key").exists()], "the key file is left"
+    finally:
+        for pid in leftovers:  # only the ssh this test started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for w in set(Path("/tmp").glob("picluster-image-build.*")) - before:
+            shutil.rmtree(w, ignore_errors=True)
+
+
+def test_the_users_ssh_config_and_proxy_change_nothing(
+    hop: simpi.SimPi, registry: Registry, refs_to_remove: list[str], tmp_path: Path
+) -> None:
+    """An ssh config that would send the connection elsewhere (a ProxyCommand) and an
+    http_proxy in the environment, which would take the loopback probes: the push works."""
+    build = plan_build("api", DEMO_API)
+    ref = build.ref("registry.picluster.internal")
+    refs_to_remove.append(ref)
+    stdin = tunnel_stdin(build, ref, hop, _host_key(hop), registry.address)
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n    ProxyCommand /bin/false\n")
+    proxy = "http://127.0.0.1:9"  # nothing listens there
+    env = {
+        **os.environ,
+        **{k: proxy for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")},
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
+    # ssh reads the system-wide /etc/ssh/ssh_config (and ~/.ssh/config of the passwd home, not
+    # $HOME): the test's config replaces it in a mount namespace of its own, for this run only.
+    argv = (
+        "unshare", "--mount", "--propagation", "private", "bash", "-c",
+        'mount --bind "$0" /etc/ssh/ssh_config && exec bash -s', str(config),
+    )  # fmt: skip
+    code, out, err, _ = run_build(stdin, env=env, argv=argv)
+    assert code == 0, err
+    assert summary(out) in {f"{ref} pushed", f"{ref} already in the registry"}
+    assert printed_digest(out) == registry.digest(hop, "api", build.tag)
 
 
 def test_a_wrong_host_key_stops_the_push(
@@ -554,8 +709,33 @@ def _docker_config_snapshot() -> str:
     return config.read_text() if config.exists() else "absent"
 
 
+CREDENTIAL_HELPER = """#!/bin/sh
+# TEST DOUBLE of the platform's credential helper (docker-credential-secretservice, the Linux
+# keychain): the docker CLI picks it for a config with no auths when it is on PATH
+# (docker/cli cli/config/config.go, credentials.DetectDefaultStore). It records each call.
+printf '%s\\n' "$1" >>"$(dirname "$0")/calls"
+case "$1" in
+    get) echo "credentials not found in native keychain"; exit 1 ;;
+    list) echo '{}' ;;
+    *) cat >/dev/null ;;
+esac
+"""
+
+
+def _registry_digest(address: str, repository: str, tag: str) -> str:
+    """The `Docker-Content-Digest` the named registry serves for `repository:tag`."""
+    token = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://{address}/v2/{repository}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": ", ".join(ACCEPT), "Authorization": f"Basic {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.headers["Docker-Content-Digest"]
+
+
 def test_a_push_to_a_named_registry_logs_in_privately_and_pushes_once(
-    private_registry: str, refs_to_remove: list[str]
+    private_registry: str, refs_to_remove: list[str], tmp_path: Path
 ) -> None:
     build = plan_build("api", DEMO_API)
     ref = build.ref(f"{private_registry}/studio")
@@ -567,16 +747,28 @@ def test_a_push_to_a_named_registry_logs_in_privately_and_pushes_once(
     )
     stdin = declared_stdin(build, ref, target, REGISTRY_PASSWORD)
     config_before = _docker_config_snapshot()
+    helpers = tmp_path / "helpers"
+    helpers.mkdir()
+    helper = helpers / "docker-credential-secretservice"
+    helper.write_text(CREDENTIAL_HELPER)
+    helper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{helpers}:{os.environ['PATH']}"}
 
-    code, out, err, _ = run_build(stdin)
+    code, out, err, _ = run_build(stdin, env=env)
     assert code == 0, err
     assert summary(out) == f"{ref} pushed"
-    code, out2, err2, _ = run_build(stdin)
+    code, out2, err2, _ = run_build(stdin, env=env)
     assert code == 0, err2
     assert summary(out2) == f"{ref} already in the registry"
     assert "Pushed" not in err2
     assert REGISTRY_PASSWORD not in out + err + out2 + err2
-    assert _docker_config_snapshot() == config_before  # the login stayed in its temp config
+    assert _docker_config_snapshot() == config_before  # the account stayed in its temp config
+    # Never handed to the platform's keychain: the credential helper was never called.
+    assert not (helpers / "calls").exists(), (helpers / "calls").read_text()
+    # The digest the pods pin, as the registry serves it (asked with the account: Basic auth).
+    repository, tag = ref.split("/", 1)[1].rsplit(":", 1)
+    digest = _registry_digest(private_registry, repository, tag)
+    assert printed_digest(out) == printed_digest(out2) == digest
 
     wrong = RegistryPush(
         platforms=("linux/amd64",),

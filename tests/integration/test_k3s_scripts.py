@@ -524,6 +524,27 @@ def test_a_registries_yaml_picluster_did_not_write_is_kept(
         assert run(pi, "k3s-install.sh", cluster.values(cluster.agent_node)).rc == 0
 
 
+def test_a_refused_registries_yaml_leaves_no_temp_file(
+    cluster: Cluster, agent_install: tuple[Run, Run]
+) -> None:
+    """A registries.yaml that fails a check (here: no picluster mark) stops the run before K3s
+    reads it, and its temp file (it may hold a registry password) goes with it."""
+    pi = cluster.agent
+    values = registries_values(cluster, f"reg-{secrets.token_hex(12)}")
+    unmarked = base64.b64decode(values["REGISTRIES_YAML_B64"]).decode().split("\n", 1)[1]
+    refused = run(
+        pi,
+        "k3s-install.sh",
+        {**values, "REGISTRIES_YAML_B64": base64.b64encode(unmarked.encode()).decode()},
+    )
+    assert refused.rc != 0
+    assert "does not start with picluster's mark" in refused.stderr
+    left = pi.exec("find", CONFIG_DIR, "-name", ".registries.*").stdout.split()
+    assert left == [], left
+    # Back to the agent's first configuration, as the tests after this one expect.
+    assert run(pi, "k3s-install.sh", cluster.values(cluster.agent_node)).rc == 0
+
+
 def node_labels(server: simpi.SimPi, name: str) -> set[str]:
     template = 'go-template={{range $k, $v := .metadata.labels}}{{$k}}={{$v}}{{"\\n"}}{{end}}'
     return set(server.exec("k3s", "kubectl", "get", "node", name, "-o", template).stdout.split())

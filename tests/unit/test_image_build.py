@@ -22,10 +22,12 @@ from components.image_build import (
     TunnelPush,
     build_values,
     declare_build,
+    pushed_digest,
 )
 from components.images import plan_build
 from components.on_docker.app import MIGRATION_LABEL, MigrationFailedError
 from components.pi_node import SshTarget
+from components.remote_script import script_path
 from tests.engine_rules import Action, plan
 from tests.harness import MAIN, Registration, Run, run, run_main
 
@@ -39,7 +41,8 @@ REGISTRY_PASSWORD = "unit-registry-Pa55word"
 def header(stdin: str) -> dict[str, str]:
     """The `NAME='value'` lines before the script."""
     return {
-        m[1]: m[2].strip("'") for m in re.finditer(r"^([A-Z_]+)=(.*)$", stdin.split("#!")[0], re.M)
+        m[1]: m[2].strip("'")
+        for m in re.finditer(r"^([A-Z0-9_]+)=(.*)$", stdin.split("#!")[0], re.M)
     }
 
 
@@ -192,6 +195,46 @@ def test_a_registry_push_has_the_password_only_in_its_secret_stdin() -> None:
 def test_a_local_build_has_nothing_secret() -> None:
     command = _registrations(LocalDaemon(docker_host="unix:///var/run/docker.sock")).named("build")
     assert not command.is_secret("stdin")
+
+
+def _script_reads() -> set[str]:
+    """The header names image-build.sh reads: those its `main` defaults or requires."""
+    text = script_path("image-build.sh").read_text()
+    return set(re.findall(r"\$\{([A-Z0-9_]+):[?=]", text[text.index("\nmain() {") :]))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        LocalDaemon(docker_host="unix:///var/run/docker.sock"),
+        TunnelPush(server=_server(), platforms=("linux/arm64",)),
+        RegistryPush(platforms=("linux/arm64",), username="studio", password="x"),
+        RegistryPush(platforms=("linux/arm64",)),
+    ],
+    ids=["local", "tunnel", "registry", "anonymous registry"],
+)
+def test_every_name_the_script_reads_is_in_the_header(target: Any) -> None:
+    # An exported BUILDER or PLATFORMS in the user's shell must not change a local build: the
+    # header assigns every name, empty when unused. DOCKER_HOST only for the daemon the docker
+    # target names; a push goes through the user's own daemon, as the environment names it.
+    values = header(str(_registrations(target).named("build").value("stdin")))
+    reads = _script_reads()
+    assert {"MODE", "REF", "BUILDER", "PLATFORMS", "SSH_PRIVATE_KEY"} <= reads
+    expected = reads if isinstance(target, LocalDaemon) else reads - {"DOCKER_HOST"}
+    # REGISTRY_ID is there only to change the stdin (a registry created again, empty).
+    assert set(values) - {"REGISTRY_ID"} == expected
+    if isinstance(target, LocalDaemon):
+        assert values["BUILDER"] == values["PLATFORMS"] == values["SSH_PRIVATE_KEY"] == ""
+
+
+def test_the_pushed_digest_is_read_from_the_build_s_stdout() -> None:
+    digest = "sha256:" + "ab" * 32
+    out = f"picluster image-build: digest {digest}\npicluster image-build: r:t pushed\n"
+    assert pushed_digest(out) == digest
+    with pytest.raises(ValueError, match="no digest"):
+        pushed_digest("picluster image-build: r:t built\n")
+    with pytest.raises(ValueError, match="no digest"):
+        pushed_digest("picluster image-build: digest sha256:short\n")
 
 
 def test_a_reference_must_carry_the_content_tag() -> None:

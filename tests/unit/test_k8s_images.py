@@ -20,7 +20,7 @@ from components.app_model import DEMO_API
 from components.config import ConfigError
 from components.on_kubernetes import migrations
 from tests.engine_rules import Action, plan
-from tests.harness import Registration, Run, run_main, stack_file_config, unwrap
+from tests.harness import Registration, Run, mock_digest, run_main, stack_file_config, unwrap
 from tests.k8s_manifests import kubernetes_minor, manifests, validate_manifests
 
 KEY = (
@@ -230,8 +230,12 @@ def test_the_demo_api_runs_its_content_tagged_image_after_the_push(demo: Run) ->
     api = registration(demo, DEPLOYMENT, "api")
     tag = images.plan_build("api", DEMO_API).tag
     container = unwrap(api.inputs)["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == f"registry.picluster.internal/api:{tag}"
+    # By the digest the push printed: containerd pulls and verifies exactly that manifest, so a
+    # tag overwritten in the registry afterwards is never what the pods run.
+    ref = f"registry.picluster.internal/api:{tag}"
+    assert container["image"] == f"{ref}@{mock_digest(ref)}"
     assert build.urn in api.dependencies
+    assert build.urn in api.property_dependencies["spec"]
     # The push goes through the first server, after the registry is up.
     registry = registration(demo, DEPLOYMENT, "registry")
     service = registration(demo, "kubernetes:core/v1:Service", "registry")
@@ -263,6 +267,9 @@ def test_a_migration_is_one_job_per_release_like_the_service(migration_run: Run)
     assert container["command"] == ["node", "migrate.js"]
     for same in ("image", "env", "securityContext", "resources", "volumeMounts"):
         assert container[same] == service[same], same
+    assert container["image"].endswith(
+        f"@{mock_digest(f'registry.picluster.internal/scores:{tag}')}"
+    )
     assert pod["securityContext"] == service_pod["securityContext"]
     assert pod["volumes"] == service_pod["volumes"]
     assert "livenessProbe" not in container and "readinessProbe" not in container
@@ -454,7 +461,11 @@ def test_a_static_frontend_waits_for_its_image() -> None:
     build = registration(result, BUILD, "app-frontend-image")
     assert build.urn in frontend.dependencies
     image = unwrap(frontend.inputs)["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image.startswith(f"{registries.REGISTRY_NAME}/frontend:")
+    ref = images.plan_build("frontend", Path("examples/studio/game/dist"), static=True).ref(
+        registries.REGISTRY_NAME
+    )
+    assert image == f"{ref}@{mock_digest(ref)}"
+    assert build.urn in frontend.property_dependencies["spec"]
 
 
 def test_each_push_names_the_registry_storage_it_fills(demo: Run) -> None:
