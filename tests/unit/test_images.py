@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -420,7 +421,14 @@ def test_fifos_and_sockets_are_left_out_and_never_read(tmp_path: Path) -> None:
     os.mkfifo(folder / "pipe")  # reading it would block until a writer came
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(folder / "sock"))
-        assert plan_build("svc", folder).tag == tag
+        tags: list[str] = []
+        worker = threading.Thread(target=lambda: tags.append(plan_build("svc", folder).tag))
+        worker.daemon = True
+        worker.start()
+        worker.join(timeout=10)
+        if worker.is_alive():  # blocked opening the FIFO: let it go, then fail
+            os.close(os.open(folder / "pipe", os.O_WRONLY | os.O_NONBLOCK))
+        assert not worker.is_alive() and tags == [tag]
 
 
 # --- the folder checks ----------------------------------------------------------------------------
