@@ -6,7 +6,9 @@ output) is copied onto the pinned `nginx:alpine` image, and picluster's nginx co
 as before (an upload on Docker, a ConfigMap on K3s), so a route change needs no rebuild.
 
 The tag is a hash of what the build reads: every file of the folder that reaches the build (in
-path order, with its executable bit), the Dockerfile picluster writes and the pinned base image.
+path order, with its read and execute bits), the Dockerfile (picluster's, with the pinned base
+image, or the folder's own) and the ignore file in effect. Generated builds never send local
+secrets (`.env`, `.npmrc`, `*.pem`) and keep the folder's own `.dockerignore` lines.
 The same source gives the same tag on every machine, so an unchanged folder means no build, no
 push and no new container or pod; a changed one means a new tag, and only its workload rolls.
 
@@ -354,8 +356,10 @@ def generated_ignore(folder: Path, base: tuple[str, ...]) -> tuple[str, ...]:
 
 def context_files(folder: Path, ignore: tuple[str, ...]) -> list[Path]:
     """The files of `folder` that reach the build, in a stable order (symlinks not followed: a
-    symlink to a folder is listed as itself). Sockets, FIFOs and devices are left out: they are
-    never read (a FIFO would block the program)."""
+    symlink to a folder is listed as itself). FIFOs and devices are left out and sockets are
+    never read (opening a FIFO would block the program). As BuildKit sends a context (checked
+    here with Docker CLI 28.2 and daemon 20.10): a FIFO is skipped, a socket arrives as an
+    empty file with the socket's permissions."""
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         rel_root = Path(root).relative_to(folder).as_posix()
@@ -369,7 +373,7 @@ def context_files(folder: Path, ignore: tuple[str, ...]) -> list[Path]:
             if _ignored(rel_root + name, ignore):
                 continue
             mode = path.lstat().st_mode
-            if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+            if stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISSOCK(mode):
                 found.append(path)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
@@ -392,6 +396,8 @@ def content_tag(folder: Path, recipe: str, ignore: tuple[str, ...]) -> str:
         digest.update(relative.encode() + b"\0" + mode + b"\0")
         if stat.S_ISLNK(info.st_mode):
             digest.update(b"link\0" + os.readlink(path).encode() + b"\0")
+        elif stat.S_ISSOCK(info.st_mode):
+            digest.update(hashlib.sha256(b"").digest())  # an empty file in the image
         else:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:TAG_LENGTH]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -415,9 +416,16 @@ def test_a_symlink_to_a_folder_is_hashed_by_its_target(tmp_path: Path) -> None:
     assert plan_build("svc", folder).tag != tag
 
 
-def test_fifos_and_sockets_are_left_out_and_never_read(tmp_path: Path) -> None:
+def test_fifos_are_left_out_and_sockets_hashed_as_empty_files_never_read(tmp_path: Path) -> None:
+    # What BuildKit sends (checked with Docker CLI 28.2, daemon 20.10: `COPY . /x` of a context
+    # with a FIFO and a socket): no FIFO, the socket as an empty file with its permissions.
     folder = node_project(tmp_path / "svc")
+    (folder / "sock").write_text("")
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.bind(str(tmp_path / "probe"))
+        (folder / "sock").chmod(stat.S_IMODE((tmp_path / "probe").lstat().st_mode))
     tag = plan_build("svc", folder).tag
+    (folder / "sock").unlink()
     os.mkfifo(folder / "pipe")  # reading it would block until a writer came
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(folder / "sock"))
