@@ -8,6 +8,8 @@ model into resources; the stacks differ in the renderer, not in copies of the ap
 
 from __future__ import annotations
 
+import hashlib
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,7 +18,7 @@ from types import MappingProxyType
 
 from components import versions
 from components.config import AppConfig, ServiceConfig
-from components.images import ImageBuild, plan_build
+from components.images import TAG_LENGTH, BuildKind, ImageBuild, plan_build
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -194,6 +196,29 @@ def _node_probe(port: int, path: str | None) -> Probe:
     return Probe(kind=ProbeKind.HTTP, path=path, command=("node", "-e", script))
 
 
+def _shell_probe(port: int, path: str | None) -> Probe:
+    """The check for an image built from the studio's own Dockerfile, which need not have
+    `node`: busybox or curl first, `node` last (the service contract: `sh` with `wget`, `curl`
+    or `node`). Kubernetes checks natively; this is Docker's HEALTHCHECK."""
+    node = _node_probe(port, path)
+    fallback = shlex.join(node.command)
+    if path is None:
+        script = f"nc -z 127.0.0.1 {port} || {fallback}"
+        return Probe(kind=ProbeKind.TCP, command=("sh", "-c", script))
+    url = f"http://127.0.0.1:{port}{path}"
+    script = f"wget -q -O /dev/null {url} || curl -fsS -o /dev/null {url} || {fallback}"
+    return Probe(kind=ProbeKind.HTTP, path=path, command=("sh", "-c", script))
+
+
+def release(workload: Workload) -> str:
+    """What names a release of `workload` (its migration container or Job): the content tag of
+    a built image, else a hash of the pinned image reference (a new image is a new release; a
+    digest reference would otherwise give 64 hex digits)."""
+    if workload.build is not None:
+        return workload.build.tag
+    return hashlib.sha256(workload.image.encode()).hexdigest()[:TAG_LENGTH]
+
+
 DEMO_API = ASSETS / "demo-api"
 """The demo API's source folder: a Node.js project, built like a studio's own service."""
 
@@ -226,7 +251,11 @@ def _service(config: ServiceConfig, *, demo: bool, images: ImageSource) -> Workl
         replicas=config.replicas,
         env=_frozen(env),
         secret_env=MappingProxyType({"DATABASE_URL": SecretKey.DATABASE_URL}),
-        probe=_node_probe(config.port, config.health_path),
+        probe=(
+            _shell_probe(config.port, config.health_path)
+            if build is not None and build.kind is BuildKind.DOCKERFILE
+            else _node_probe(config.port, config.health_path)
+        ),
         route=config.route,
         metrics_path=config.metrics_path,
         resources=SERVICE_RESOURCES,

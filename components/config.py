@@ -855,7 +855,9 @@ def _build_invariants(
         ("picluster:app.frontend.build", frontend.build, False),
     ):
         if folder is not None:
-            problems += images.folder_problems(project_dir / folder, static=static, key=key)
+            problems += images.folder_problems(
+                project_dir / folder, static=static, key=key, dockerfile_only=not static
+            )
     if on_k3s and frontend.image is not None and images.is_loopback_registry(frontend.image):
         problems.append(_loopback_problem("picluster:app.frontend.image", frontend.image))
     for i, service in enumerate(app.services or []):
@@ -867,22 +869,42 @@ def _build_invariants(
                 "folder)"
             )
         if service.build is not None:
-            problems += images.folder_problems(
-                project_dir / service.build, static=False, key=f"{key}.build"
-            )
+            folder = project_dir / service.build
+            found = images.folder_problems(folder, static=False, key=f"{key}.build")
+            problems += found
+            uid = images.own_dockerfile_uid(folder) if not found else None
+            if uid is not None and uid != service.run_as_user:
+                # Both targets run the container as runAsUser, whatever the image's USER says.
+                problems.append(
+                    f"{key}.runAsUser: the Dockerfile runs as {uid}; set runAsUser: {uid}"
+                )
         if on_k3s and service.image is not None and images.is_loopback_registry(service.image):
             problems.append(_loopback_problem(f"{key}.image", service.image))
     registry = settings.images.registry
     if on_k3s and registry is not None and images.is_loopback_registry(f"{registry}/x"):
         problems.append(
             f"picluster:images.registry: {registry!r} is this machine's loopback, which the Pis "
-            "cannot reach; remove the key to use the in-cluster registry, or name one on the LAN"
+            "cannot reach; remove the key to use the in-cluster registry, or name an HTTPS "
+            "registry the Pis reach"
         )
     has_user = settings.images.registry_username is not None
-    if has_user != ("registryPassword" in secrets_set):
+    has_password = "registryPassword" in secrets_set
+    if has_password and not has_user:
         problems.append(
-            "picluster:images.registryUsername: and the secret picluster:registryPassword come "
-            "together (`pulumi config set --secret registryPassword`)"
+            "picluster:registryPassword: is set but picluster:images.registryUsername is not; "
+            "set the user name the password belongs to, or remove the secret "
+            "(`pulumi config rm registryPassword`)"
+        )
+    if has_user and not has_password:
+        problems.append(
+            "picluster:images.registryUsername: needs the secret picluster:registryPassword "
+            "(`pulumi config set --secret registryPassword`)"
+        )
+    platforms = settings.images.platforms
+    if len(set(platforms)) != len(platforms):
+        problems.append(
+            f"picluster:images.platforms: {platforms!r} names a platform twice; give each of "
+            "linux/arm64, linux/amd64 at most once"
         )
     if has_user and registry is None:
         problems.append(
@@ -925,14 +947,39 @@ def _registry_address_invariants(settings: Settings) -> list[str]:
     except ValueError:
         return [f"{key}: {value!r} is not a CIDR such as 10.43.0.0/16 (or an IPv4,IPv6 pair)"]
     address = ipaddress.ip_address(registries.REGISTRY_CLUSTER_IP)
-    if any(address in network for network in networks if network.version == 4):
-        return []
+    holding = [n for n in networks if n.version == 4 and address in n]
+    if holding:
+        network = holding[0]
+        offset = int(address) - int(network.network_address)
+        if 1 <= offset <= _static_band(network.num_addresses):
+            return []
+        return [
+            f"{key}: {value!r} puts {registries.REGISTRY_CLUSTER_IP}, the in-cluster image "
+            "registry's fixed Service address, outside the first "
+            f"{_static_band(network.num_addresses)} addresses of the range, which the API "
+            "server keeps for fixed addresses (another Service may take it first); remove the "
+            "key (K3s's default 10.43.0.0/16 keeps its first 256), give a larger range or one "
+            "starting closer below it, or set picluster:images.registry to a registry of your own"
+        ]
     return [
         f"{key}: {value!r} does not hold {registries.REGISTRY_CLUSTER_IP}, the in-cluster image "
         "registry's fixed Service address that every node's registries.yaml names; remove the "
         "key (K3s's default 10.43.0.0/16 holds it), give a range that holds it, or set "
         "picluster:images.registry to a registry of your own"
     ]
+
+
+_STATIC_BAND_MIN, _STATIC_BAND_MAX, _STATIC_BAND_STEP = 16, 256, 16
+
+
+def _static_band(size: int) -> int:
+    """How many addresses at the start of a Service range the API server keeps for fixed
+    clusterIPs (dynamic allocation takes them last): kube-apiserver's `calculateRangeOffset`
+    (pkg/registry/core/service/ipallocator), `min(max(16, size/16), 256)`, and none for a
+    range of 16 addresses or fewer. The band starts at the address after the network's."""
+    if size <= _STATIC_BAND_MIN:
+        return 0
+    return min(max(_STATIC_BAND_MIN, size // _STATIC_BAND_STEP), _STATIC_BAND_MAX)
 
 
 def _loopback_problem(key: str, reference: str) -> str:

@@ -6,7 +6,9 @@ output) is copied onto the pinned `nginx:alpine` image, and picluster's nginx co
 as before (an upload on Docker, a ConfigMap on K3s), so a route change needs no rebuild.
 
 The tag is a hash of what the build reads: every file of the folder that reaches the build (in
-path order, with its executable bit), the Dockerfile picluster writes and the pinned base image.
+path order, with its read and execute bits), the Dockerfile (picluster's, with the pinned base
+image, or the folder's own) and the ignore file in effect. Generated builds never send local
+secrets (`.env`, `.npmrc`, `*.pem`) and keep the folder's own `.dockerignore` lines.
 The same source gives the same tag on every machine, so an unchanged folder means no build, no
 push and no new container or pod; a changed one means a new tag, and only its workload rolls.
 
@@ -34,6 +36,8 @@ NODE_UID = 1000
 """The `node` user of the node images: services built from a package.json run as it."""
 ALWAYS_IGNORED = (".git", "node_modules", ".DS_Store", "npm-debug.log")
 """Never part of a generated build's context: dependencies are installed by the build itself."""
+SECRETS_IGNORED = (".env", ".env.*", ".npmrc", "*.pem")
+"""Never copied into a generated build's image (`COPY . .`): local secrets and tokens."""
 NPM_CA_SECRET = "npm-ca"  # noqa: S105 - a name, not a value
 """The BuildKit secret carrying extra CA certificates for npm (optional)."""
 _DOCKERFILE = "Dockerfile"
@@ -76,8 +80,11 @@ class ImageBuild:
 # --- what a folder is ----------------------------------------------------------------------------
 
 
-def folder_problems(folder: Path, *, static: bool, key: str) -> list[str]:
-    """Why `folder` cannot be built, one line per problem naming `key` (empty when it can)."""
+def folder_problems(
+    folder: Path, *, static: bool, key: str, dockerfile_only: bool = False
+) -> list[str]:
+    """Why `folder` cannot be built, one line per problem naming `key` (empty when it can).
+    `dockerfile_only`: the folder must have its own Dockerfile (the frontend's `build`)."""
     if not folder.is_dir():
         return [f"{key}: {str(folder)!r} is not a folder (paths are relative to the project)"]
     if static:
@@ -86,13 +93,24 @@ def folder_problems(folder: Path, *, static: bool, key: str) -> list[str]:
         return []
     dockerfile = folder / _DOCKERFILE
     if dockerfile.is_file():
-        user = final_user(dockerfile.read_text(encoding="utf-8", errors="replace"))
+        text = dockerfile.read_text(encoding="utf-8", errors="replace")
+        problems = [
+            f"{key}: {dockerfile} has FROM {image}, which is not pinned; give a version tag "
+            "(not latest) or a digest, as every image picluster runs is pinned"
+            for image in unpinned_bases(text)
+        ]
+        user = final_user(text)
         if user is not None and user.split(":")[0] in ("root", "0"):
-            return [
+            problems.append(
                 f"{key}: {dockerfile} sets USER {user} in its final stage; services run as a "
                 "non-root user (README: The service contract): remove it or name a non-root user"
-            ]
-        return []
+            )
+        return problems
+    if dockerfile_only:
+        return [
+            f"{key}: {str(folder)!r} has no Dockerfile; give the game's build output as "
+            "frontend.static, or a folder with a Dockerfile"
+        ]
     package = folder / _PACKAGE_JSON
     if not package.is_file():
         return [
@@ -122,6 +140,46 @@ def final_user(dockerfile: str) -> str | None:
         elif instruction == "USER":
             user = rest.strip()
     return user
+
+
+def own_dockerfile_uid(folder: Path) -> int | None:
+    """The numeric uid the final stage of the folder's own Dockerfile runs as (`USER n` or
+    `USER n:g`); None without a Dockerfile, without a USER or for a user name (resolved inside
+    the image, not here)."""
+    dockerfile = folder / _DOCKERFILE
+    if not dockerfile.is_file():
+        return None
+    user = final_user(dockerfile.read_text(encoding="utf-8", errors="replace"))
+    uid = (user or "").split(":")[0]
+    return int(uid) if uid.isdecimal() else None
+
+
+_FROM_FLAG = re.compile(r"^--\S+$")
+
+
+def unpinned_bases(dockerfile: str) -> list[str]:
+    """The `FROM` images of `dockerfile` that are not pinned: without a tag, or `latest`, and
+    without a digest. An earlier stage's name, `scratch` and `$ARG` references are exempt (an
+    ARG's value is the user's to pin)."""
+    stages: set[str] = set()
+    found: list[str] = []
+    for line in _instructions(dockerfile):
+        words = line.split()
+        if not words or words[0].upper() != "FROM":
+            continue
+        args = [w for w in words[1:] if not _FROM_FLAG.match(w)]
+        if not args:
+            continue
+        image = args[0]
+        exempt = image.lower() in stages or image.lower() == "scratch" or "$" in image
+        if len(args) >= 3 and args[1].upper() == "AS":
+            stages.add(args[2].lower())
+        if exempt or "@" in image:
+            continue
+        tag = image.rsplit("/", 1)[-1].partition(":")[2]
+        if not tag or tag == "latest":
+            found.append(image)
+    return found
 
 
 def _instructions(dockerfile: str) -> Iterator[str]:
@@ -155,12 +213,32 @@ def node_main(folder: Path) -> str:
 
 
 def _native_dependencies(folder: Path) -> bool:
-    """True when the lockfile says a dependency runs an install script (usually a native addon,
-    which must be built on the image's own platform)."""
-    for name in _LOCKFILES:
-        lock = folder / name
-        if lock.is_file():
-            return '"hasInstallScript": true' in lock.read_text(encoding="utf-8", errors="replace")
+    """True when the dependencies must be installed on the image's own platform: a package runs
+    an install script (usually a native addon), one is platform-specific (`cpu`, `os` or `libc`:
+    napi-rs style prebuilt optional dependencies, which npm picks for the platform it runs on),
+    or there is no lockfile (or one without v2/v3 `packages`) to tell."""
+    lock = next((folder / name for name in _LOCKFILES if (folder / name).is_file()), None)
+    if lock is None:
+        return True
+    try:
+        data: object = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    if not isinstance(data, dict):
+        return True
+    packages: object = data.get("packages")  # pyright: ignore[reportUnknownMemberType]
+    if packages is None:
+        version: object = data.get("lockfileVersion")  # pyright: ignore[reportUnknownMemberType]
+        return not (isinstance(version, int) and version >= 2)
+    if not isinstance(packages, dict):
+        return True
+    for entry in packages.values():  # pyright: ignore[reportUnknownVariableType]
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("hasInstallScript") is True:  # pyright: ignore[reportUnknownMemberType]
+            return True
+        if any(k in entry for k in ("cpu", "os", "libc")):
+            return True
     return False
 
 
@@ -170,9 +248,10 @@ def _native_dependencies(folder: Path) -> bool:
 def node_dockerfile(folder: Path) -> str:
     """The Dockerfile of a Node.js project: production dependencies only, run as `node` (1000).
 
-    Dependencies are installed in a first stage; when none runs an install script (no native
-    addon) that stage runs on the builder's own platform (`$BUILDPLATFORM`), so an arm64 image
-    builds on an x86 laptop without emulating a single instruction. The final stage only copies.
+    Dependencies are installed in a first stage; when the lockfile shows none is native (no
+    install script, no platform-specific package) that stage runs on the builder's own platform
+    (`$BUILDPLATFORM`), so an arm64 image builds on an x86 laptop without emulating a single
+    instruction. The final stage only copies.
     """
     lock = next((name for name in _LOCKFILES if (folder / name).is_file()), None)
     deps_platform = "" if _native_dependencies(folder) else " --platform=$BUILDPLATFORM"
@@ -241,47 +320,84 @@ def _ignored(relative: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def _folder_ignores(folder: Path) -> tuple[str, ...] | None:
-    """The folder's own `.dockerignore` patterns when they are simple enough to apply exactly
-    the way Docker does (no `!` exceptions, no `**`); None means hash every file (a safe
-    over-approximation: at worst an extra build, never a missed one)."""
-    path = folder / ".dockerignore"
-    if not path.is_file():
-        return ()
-    lines = [
+def _ignore_lines(text: str) -> tuple[str, ...]:
+    """The patterns of a `.dockerignore` text (blank lines and comments dropped)."""
+    return tuple(
         line.strip()
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for line in text.splitlines()
         if line.strip() and not line.lstrip().startswith("#")
-    ]
-    if any(line.startswith("!") or "**" in line for line in lines):
-        return None
-    return tuple(lines)
+    )
+
+
+def _simple(patterns: tuple[str, ...]) -> bool:
+    """True when `patterns` can be applied exactly the way Docker does here: no `!` exception,
+    no `**`."""
+    return not any(p.startswith("!") or "**" in p for p in patterns)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+
+
+def _own_ignore_file(folder: Path) -> Path:
+    """The ignore file BuildKit applies to a folder's own Dockerfile: `Dockerfile.dockerignore`
+    next to the Dockerfile when there is one, else the context's `.dockerignore`."""
+    specific = folder / f"{_DOCKERFILE}.dockerignore"
+    return specific if specific.is_file() else folder / ".dockerignore"
+
+
+def generated_ignore(folder: Path, base: tuple[str, ...]) -> tuple[str, ...]:
+    """The `Dockerfile.dockerignore` picluster writes next to its Dockerfile (which BuildKit
+    reads instead of the folder's `.dockerignore`): `base`, the local secrets, then the folder's
+    own `.dockerignore` lines verbatim, so what the studio excludes stays excluded."""
+    own = _read(folder / ".dockerignore").splitlines()
+    return (*base, *SECRETS_IGNORED, *(line.rstrip("\r") for line in own))
 
 
 def context_files(folder: Path, ignore: tuple[str, ...]) -> list[Path]:
-    """The files of `folder` that reach the build, in a stable order (symlinks not followed)."""
+    """The files of `folder` that reach the build, in a stable order (symlinks not followed: a
+    symlink to a folder is listed as itself). FIFOs and devices are left out and sockets are
+    never read (opening a FIFO would block the program). As BuildKit sends a context (checked
+    here with Docker CLI 28.2 and daemon 20.10): a FIFO is skipped, a socket arrives as an
+    empty file with the socket's permissions."""
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         rel_root = Path(root).relative_to(folder).as_posix()
         rel_root = "" if rel_root == "." else rel_root + "/"
-        dirs[:] = sorted(d for d in dirs if not _ignored(rel_root + d, ignore))
-        found += [Path(root) / f for f in files if not _ignored(rel_root + f, ignore)]
+        kept = [d for d in dirs if not _ignored(rel_root + d, ignore)]
+        # os.walk lists a symlink to a folder among `dirs` and does not descend into it.
+        found += [Path(root) / d for d in kept if (Path(root) / d).is_symlink()]
+        dirs[:] = sorted(d for d in kept if not (Path(root) / d).is_symlink())
+        for name in files:
+            path = Path(root) / name
+            if _ignored(rel_root + name, ignore):
+                continue
+            mode = path.lstat().st_mode
+            if stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISSOCK(mode):
+                found.append(path)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def content_tag(folder: Path, dockerfile: str | None, ignore: tuple[str, ...]) -> str:
-    """The tag: a hash of the context's files (path, executable bit, bytes) and the Dockerfile."""
+def content_tag(folder: Path, recipe: str, ignore: tuple[str, ...]) -> str:
+    """The tag: a hash of `recipe` (the Dockerfile and the ignore file in effect) and of the
+    context's files (path, read and execute bits, bytes or link target). `ignore`: the
+    patterns applied to the walk, when they are simple; otherwise every file is hashed (a safe
+    over-approximation: at worst an extra build, never a missed one)."""
     digest = hashlib.sha256()
-    digest.update(b"picluster-image-v1\0")
-    digest.update((dockerfile or "").encode() + b"\0")
-    digest.update("\n".join(ignore).encode() + b"\0")
-    for path in context_files(folder, ignore):
+    digest.update(b"picluster-image-v2\0")
+    digest.update(recipe.encode() + b"\0")
+    patterns = _ignore_lines("\n".join(ignore))
+    for path in context_files(folder, patterns if _simple(patterns) else ()):
         info = path.lstat()
         relative = path.relative_to(folder).as_posix()
-        executable = b"x" if info.st_mode & stat.S_IXUSR else b"-"
-        digest.update(relative.encode() + b"\0" + executable + b"\0")
+        # Read and execute bits for user, group and others: the same under any umask that
+        # keeps the file readable, and what a COPY keeps.
+        mode = f"{stat.S_IMODE(info.st_mode) & 0o555:o}".encode()
+        digest.update(relative.encode() + b"\0" + mode + b"\0")
         if stat.S_ISLNK(info.st_mode):
             digest.update(b"link\0" + os.readlink(path).encode() + b"\0")
+        elif stat.S_ISSOCK(info.st_mode):
+            digest.update(hashlib.sha256(b"").digest())  # an empty file in the image
         else:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:TAG_LENGTH]
@@ -290,21 +406,29 @@ def content_tag(folder: Path, dockerfile: str | None, ignore: tuple[str, ...]) -
 def plan_build(name: str, folder: Path, *, static: bool = False) -> ImageBuild:
     """The build of `folder` (already checked by `folder_problems`)."""
     folder = folder.resolve()
-    if static:
-        kind, dockerfile, ignore = BuildKind.STATIC, static_dockerfile(), (".git", ".DS_Store")
-    elif (folder / _DOCKERFILE).is_file():
-        kind, dockerfile = BuildKind.DOCKERFILE, None
-        ignore = _folder_ignores(folder) or ()
-    else:
-        kind, dockerfile, ignore = BuildKind.NODE, node_dockerfile(folder), ALWAYS_IGNORED
-    # The folder's own Dockerfile is part of the context, so its text is in the hash already.
+    if static or not (folder / _DOCKERFILE).is_file():
+        kind = BuildKind.STATIC if static else BuildKind.NODE
+        dockerfile = static_dockerfile() if static else node_dockerfile(folder)
+        ignore = generated_ignore(folder, ALWAYS_IGNORED)
+        return ImageBuild(
+            name=name,
+            context=folder,
+            kind=kind,
+            dockerfile=dockerfile,
+            ignore=ignore,
+            tag=content_tag(folder, dockerfile + "\0" + "\n".join(ignore), ignore),
+        )
+    # The folder's own Dockerfile and ignore file are hashed as text even when the ignore file
+    # excludes them from the context (BuildKit reads both anyway).
+    own_ignore = _read(_own_ignore_file(folder))
+    recipe = _read(folder / _DOCKERFILE) + "\0" + own_ignore
     return ImageBuild(
         name=name,
         context=folder,
-        kind=kind,
-        dockerfile=dockerfile,
-        ignore=ignore if kind is not BuildKind.DOCKERFILE else (),
-        tag=content_tag(folder, dockerfile, ignore),
+        kind=BuildKind.DOCKERFILE,
+        dockerfile=None,
+        ignore=(),
+        tag=content_tag(folder, recipe, _ignore_lines(own_ignore)),
     )
 
 

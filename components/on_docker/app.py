@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import pulumi
 import pulumi_docker as docker
 
-from components.app_model import AppModel, Role, Workload
+from components.app_model import AppModel, Role, Workload, release
 from components.image_build import LocalDaemon, declare_build
 from components.nginx import DOCKER_RESOLVER, nginx_conf
 from components.on_docker.backup import render_backup
@@ -62,14 +62,14 @@ class MigrationFailedError(pulumi.RunError):
 def _migrate(
     scope: DockerScope, service: Workload, secrets: StackSecrets, database: docker.Container
 ) -> docker.Container:
-    """The service's migration: one container per release (named by the image's tag, so a new
+    """The service's migration: one container per release (so a new
     release runs it once and a new replica count none), with the service's image, environment
-    and secrets, run to completion after the database is healthy."""
+    and secrets, run to completion after the database is healthy. The release is named as on
+    K3s (`app_model.release`): the content tag, or a hash of a pinned reference."""
     assert service.migrate is not None
-    tag = service.image.rsplit(":", 1)[-1]
     spec = replace(
         _spec(service, secrets, replica=None),
-        name=f"{service.name}-migrate-{tag}",
+        name=f"{service.name}-migrate-{release(service)}",
         aliases=(),
         command=service.migrate,
         health=None,

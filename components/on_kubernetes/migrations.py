@@ -25,14 +25,12 @@ command or environment reaches the next release's Job, which is the only one tha
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.app_model import Workload
-from components.images import TAG_LENGTH
+from components.app_model import Workload, release
 from components.on_kubernetes import pods
 from components.on_kubernetes.platform import labels
 from components.on_kubernetes.policies import MIGRATION_COMPONENT
@@ -50,14 +48,6 @@ migration once more (which a migration tool that records what it applied answers
 to do)."""
 _MAX_NAME = 63
 """A Job's name is also its pods' `job-name` label value: at most 63 characters."""
-
-
-def release(workload: Workload) -> str:
-    """What names the release: the content tag of a built image, else a hash of the pinned
-    image reference (a new image is a new release)."""
-    if workload.build is not None:
-        return workload.build.tag
-    return hashlib.sha256(workload.image.encode()).hexdigest()[:TAG_LENGTH]
 
 
 def job_name(workload: Workload) -> str:

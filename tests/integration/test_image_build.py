@@ -330,6 +330,31 @@ def test_a_changed_file_gives_a_new_tag_and_a_new_image(
     assert "Bonjour from" in result.stdout
 
 
+def test_local_secrets_and_the_folder_s_ignored_files_stay_out_of_a_node_image(
+    stand_ins: dict[str, str], refs_to_remove: list[str], tmp_path: Path
+) -> None:
+    # picluster's `Dockerfile.dockerignore` replaces the folder's `.dockerignore` for BuildKit:
+    # the folder's lines and the local secrets must be in it, or `COPY . .` takes them.
+    def add_local_files(folder: Path) -> None:
+        (folder / ".env").write_text("DATABASE_URL=postgres://not-for-the-image\n")
+        (folder / "secret.txt").write_text("a token\n")
+        (folder / ".dockerignore").write_text("secret.txt\n")
+
+    folder = _copy_of_demo(tmp_path, add_local_files)
+    service = {"name": "api", "build": str(folder), "port": 3000, "path": "/api"}
+    stdin = program_stdins({"app": {"services": [service]}})["app-api-build"]
+    ref = _ref(stdin)
+    refs_to_remove.append(ref)
+    code, out, err, _ = run_build(stdin)
+    assert code == 0, err
+    assert summary(out) == f"{ref} built"
+    listing = _docker("run", "--rm", "--read-only", "--tmpfs", "/tmp", ref, "ls", "-a", "/app")
+    files = listing.stdout.split()
+    assert "server.js" in files and "package.json" in files
+    assert ".env" not in files
+    assert "secret.txt" not in files
+
+
 def test_a_cold_build_of_new_dependencies(
     stand_ins: dict[str, str], refs_to_remove: list[str], tmp_path: Path
 ) -> None:

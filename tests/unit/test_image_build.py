@@ -4,9 +4,13 @@ or delete."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import re
 import runpy
 import shutil
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,8 @@ import pulumi
 import pytest
 from pulumi_command import Provider as CommandProvider
 
-from components.app_model import DEMO_API
+from components.app_model import DEMO_API, ImageSource, build_app
+from components.config import AppConfig
 from components.image_build import (
     IN_CLUSTER_REGISTRY_ADDRESS,
     LocalDaemon,
@@ -350,11 +355,109 @@ def test_a_new_release_runs_a_new_migration(tmp_path: Path) -> None:
     assert again.steps == []
 
 
-def test_a_pinned_image_s_migration_is_named_by_its_tag() -> None:
+def _release(image: str) -> str:
+    return hashlib.sha256(image.encode()).hexdigest()[:12]
+
+
+def test_a_pinned_image_s_migration_is_named_by_its_release_as_on_k3s() -> None:
     lobby = {"name": "lobby", "image": "ghcr.io/studio/lobby:1.4.2", "port": 8081}
     result = docker_run([{**lobby, "migrate": ["npm", "run", "migrate"]}])
     migration = _migration(result)
-    assert migration.value("name") == "picluster-local-lobby-migrate-1.4.2"
+    release = _release("ghcr.io/studio/lobby:1.4.2")
+    assert migration.value("name") == f"picluster-local-lobby-migrate-{release}"
     assert not result.of_type(BUILD)
     bumped = docker_run([{**lobby, "image": "ghcr.io/studio/lobby:1.4.3", "migrate": ["x"]}])
-    assert _migration(bumped).value("name") == "picluster-local-lobby-migrate-1.4.3"
+    release = _release("ghcr.io/studio/lobby:1.4.3")
+    assert _migration(bumped).value("name") == f"picluster-local-lobby-migrate-{release}"
+    # A digest reference: the release is a 12-digit hash too, not the digest's 64 hex digits.
+    digest = "ghcr.io/studio/lobby@sha256:" + "ab" * 32
+    pinned = docker_run([{**lobby, "image": digest, "migrate": ["x"]}])
+    assert _migration(pinned).value("name") == f"picluster-local-lobby-migrate-{_release(digest)}"
+
+
+# --- the Docker health check of a service built from its own Dockerfile -------------------------
+
+
+def _own_dockerfile_service(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    folder = tmp_path / "lobby"
+    folder.mkdir(parents=True)
+    (folder / "Dockerfile").write_text("FROM python:3.12-alpine\nUSER 1000\n")
+    return {"name": "lobby", "build": str(folder), "port": 8000, **extra}
+
+
+def _healthcheck(result: Run, name: str) -> list[str]:
+    [container] = [r for r in result.of_type(CONTAINER) if r.value("name").endswith(f"-{name}-1")]
+    return list(container.value("healthcheck")["tests"])
+
+
+def test_node_services_keep_their_node_health_check(tmp_path: Path) -> None:
+    node = _healthcheck(docker_run([service(demo_copy(tmp_path), healthPath="/api/hello")]), "api")
+    script = (
+        "require('http').get('http://127.0.0.1:3000/api/hello',"
+        "r=>process.exit(r.statusCode<400?0:1)).on('error',()=>process.exit(1))"
+    )
+    assert node == ["CMD", "node", "-e", script]
+    pinned = {"name": "lobby", "image": "ghcr.io/studio/lobby:1.4.2", "port": 8081}
+    tcp = _healthcheck(docker_run([pinned]), "lobby")
+    assert tcp[:3] == ["CMD", "node", "-e"] and "require('net').connect(8081" in tcp[3]
+
+
+def test_an_own_dockerfile_service_is_checked_with_wget_curl_or_node(tmp_path: Path) -> None:
+    http = _healthcheck(
+        docker_run([_own_dockerfile_service(tmp_path, healthPath="/health")]), "lobby"
+    )
+    assert http[:3] == ["CMD", "sh", "-c"]
+    assert http[3].startswith(
+        "wget -q -O /dev/null http://127.0.0.1:8000/health || "
+        "curl -fsS -o /dev/null http://127.0.0.1:8000/health || node -e "
+    )
+    tcp = _healthcheck(docker_run([_own_dockerfile_service(tmp_path / "t")]), "lobby")
+    assert tcp[3].startswith("nc -z 127.0.0.1 8000 || node -e ")
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health" else 503)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tool", ["wget", "curl", "node"])
+def test_the_own_dockerfile_health_check_works_with_any_one_of_its_tools(
+    tmp_path: Path, tool: str
+) -> None:
+    # The check run for real by `sh`, with a PATH that holds `sh` and one tool only (an image
+    # with busybox wget, one with curl, one with node).
+    for needed in ("sh", tool):
+        if shutil.which(needed) is None:
+            pytest.skip(f"{needed} is not installed here")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sh", tool):
+        (bin_dir / name).symlink_to(str(shutil.which(name)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        for path, healthy in (("/health", True), ("/sick", False)):
+            config = AppConfig.model_validate(
+                {
+                    "services": [
+                        _own_dockerfile_service(tmp_path / path[1:], port=port, healthPath=path)
+                    ]
+                }
+            )
+            [lobby] = build_app(config, ImageSource(repository="x", project_dir=tmp_path)).services
+            result = subprocess.run(
+                list(lobby.probe.command),
+                env={"PATH": str(bin_dir)},
+                executable=str(bin_dir / "sh"),
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            assert (result.returncode == 0) is healthy, (path, result.stderr)
+    finally:
+        server.shutdown()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ from components.images import (
     folder_problems,
     is_loopback_registry,
     plan_build,
+    unpinned_bases,
 )
 
 
@@ -35,7 +40,8 @@ def test_a_node_project_gets_a_dockerfile_on_the_pinned_node_image_run_as_a_non_
     assert build.kind is BuildKind.NODE
     assert build.dockerfile is not None
     lines = build.dockerfile.splitlines()
-    assert f"FROM --platform=$BUILDPLATFORM {versions.NODE} AS deps" in lines
+    # No lockfile: nothing says the dependencies are portable, so they install on the target.
+    assert f"FROM {versions.NODE} AS deps" in lines
     assert f"FROM {versions.NODE}" in lines
     assert (
         "RUN --mount=type=secret,id=npm-ca NODE_EXTRA_CA_CERTS=/run/secrets/npm-ca "
@@ -53,6 +59,7 @@ def test_a_lockfile_means_npm_ci_and_an_install_script_means_deps_built_for_the_
     assert plain.dockerfile is not None
     assert "/run/secrets/npm-ca npm ci --omit=dev --no-audit --no-fund && mkdir" in plain.dockerfile
     assert "COPY package.json package-lock.json ./" in plain.dockerfile
+    assert f"FROM --platform=$BUILDPLATFORM {versions.NODE} AS deps" in plain.dockerfile
     native = node_project(
         tmp_path / "b",
         lock={"packages": {"node_modules/bcrypt": {"hasInstallScript": True}}},
@@ -60,6 +67,48 @@ def test_a_lockfile_means_npm_ci_and_an_install_script_means_deps_built_for_the_
     dockerfile = plan_build("b", native).dockerfile
     assert dockerfile is not None
     assert f"FROM {versions.NODE} AS deps" in dockerfile.splitlines()
+
+
+PORTABLE = f"FROM --platform=$BUILDPLATFORM {versions.NODE} AS deps"
+TARGET = f"FROM {versions.NODE} AS deps"
+
+
+@pytest.mark.parametrize(
+    ("lock", "deps"),
+    [
+        # Pure JavaScript dependencies: installed on the builder's platform, copied as they are.
+        (
+            {"lockfileVersion": 3, "packages": {"": {}, "node_modules/pg": {"version": "8"}}},
+            PORTABLE,
+        ),
+        # napi-rs prebuilt optional dependencies: npm picks the one for the platform it runs on.
+        (
+            {
+                "lockfileVersion": 3,
+                "packages": {"node_modules/@node-rs/argon2-linux-arm64-musl": {"cpu": ["arm64"]}},
+            },
+            TARGET,
+        ),
+        ({"lockfileVersion": 2, "packages": {"node_modules/fsevents": {"os": ["darwin"]}}}, TARGET),
+        ({"lockfileVersion": 3, "packages": {"node_modules/x": {"libc": ["musl"]}}}, TARGET),
+        # A v1 lockfile has no `packages` to tell: the safe choice.
+        ({"lockfileVersion": 1, "dependencies": {"left-pad": {"version": "1"}}}, TARGET),
+        # Parsed, not searched: the words in a string value say nothing.
+        (
+            {
+                "lockfileVersion": 3,
+                "packages": {"node_modules/d": {"description": '"hasInstallScript": true'}},
+            },
+            PORTABLE,
+        ),
+    ],
+)
+def test_the_deps_stage_runs_on_the_target_unless_the_lockfile_shows_no_native_package(
+    tmp_path: Path, lock: dict[str, Any], deps: str
+) -> None:
+    dockerfile = plan_build("a", node_project(tmp_path / "a", lock=lock)).dockerfile
+    assert dockerfile is not None
+    assert deps in dockerfile.splitlines()
 
 
 def test_the_tag_is_stable_and_changes_exactly_when_what_the_build_reads_changes(
@@ -146,7 +195,7 @@ def test_folder_problems_name_the_key_and_what_to_do(tmp_path: Path) -> None:
     assert "neither a Dockerfile nor a package.json" in problem
     root = tmp_path / "root"
     root.mkdir()
-    (root / "Dockerfile").write_text("FROM a\nUSER root\n")
+    (root / "Dockerfile").write_text("FROM a:1\nUSER root\n")
     assert "non-root" in folder_problems(root, static=False, key=key)[0]
     missing_main = node_project(tmp_path / "m")
     (missing_main / "server.js").unlink()
@@ -274,3 +323,207 @@ def test_registry_credentials_come_in_pairs_and_only_for_a_named_registry(tmp_pa
         p.startswith("picluster:images.platforms")
         for p in problems(K3S | {"images": {"platforms": ["linux/arm/v7"]}}, tmp_path)
     )
+
+
+# --- what reaches a generated build, and what the tag hashes -------------------------------------
+
+
+def test_a_generated_build_never_copies_local_secrets_and_keeps_the_folder_s_own_ignores(
+    tmp_path: Path,
+) -> None:
+    # BuildKit reads picluster's `Dockerfile.dockerignore` instead of the folder's `.dockerignore`,
+    # so the folder's own lines are copied into it, after the secrets picluster always leaves out.
+    folder = node_project(tmp_path / "svc")
+    (folder / ".dockerignore").write_text("# local files\nsecret.txt\ncoverage\n")
+    build = plan_build("svc", folder)
+    for pattern in (".env", ".env.*", ".npmrc", "*.pem", "node_modules", ".git"):
+        assert pattern in build.ignore
+    assert build.ignore[-3:] == ("# local files", "secret.txt", "coverage")
+    tag = build.tag
+    for name in (".env", ".env.local", ".npmrc", "tls.pem", "secret.txt"):
+        (folder / name).write_text("token")
+        assert plan_build("svc", folder).tag == tag, name
+    static = tmp_path / "dist"
+    static.mkdir()
+    (static / "index.html").write_text("<html/>")
+    (static / ".env").write_text("KEY=1")
+    assert ".env" in plan_build("frontend", static, static=True).ignore
+
+
+def test_ignore_patterns_the_hash_cannot_apply_exactly_mean_every_file_is_hashed(
+    tmp_path: Path,
+) -> None:
+    folder = node_project(tmp_path / "svc")
+    (folder / ".dockerignore").write_text("*.log\n!keep.log\n")
+    tag = plan_build("svc", folder).tag
+    # Docker sends keep.log (the exception) and not debug.log; the hash, which does not read
+    # exceptions, counts both: an extra build at worst, never a missed one.
+    (folder / "keep.log").write_text("kept")
+    assert plan_build("svc", folder).tag != tag
+    tag = plan_build("svc", folder).tag
+    (folder / "debug.log").write_text("noise")
+    assert plan_build("svc", folder).tag != tag
+
+
+def test_an_own_dockerfile_excluded_by_its_dockerignore_still_changes_the_tag(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "svc"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("FROM node:22.12.0-alpine\nCOPY . /app\n")
+    (folder / ".dockerignore").write_text("Dockerfile\n.dockerignore\n")
+    tag = plan_build("svc", folder).tag
+    (folder / "Dockerfile").write_text("FROM node:22.12.0-alpine\nCOPY . /srv\n")
+    assert plan_build("svc", folder).tag != tag
+    tag = plan_build("svc", folder).tag
+    (folder / ".dockerignore").write_text("Dockerfile\n.dockerignore\nREADME.md\n")
+    assert plan_build("svc", folder).tag != tag
+
+
+def test_a_dockerfile_specific_ignore_file_is_the_one_in_effect(tmp_path: Path) -> None:
+    # BuildKit prefers `<Dockerfile>.dockerignore` next to the Dockerfile over `.dockerignore`.
+    folder = tmp_path / "svc"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text("FROM node:22.12.0-alpine\nCOPY . /app\n")
+    (folder / ".dockerignore").write_text("notes.md\n")
+    (folder / "Dockerfile.dockerignore").write_text("*.tmp\n")
+    tag = plan_build("svc", folder).tag
+    (folder / "scratch.tmp").write_text("x")
+    assert plan_build("svc", folder).tag == tag
+    (folder / "notes.md").write_text("sent: the .dockerignore is not read")
+    assert plan_build("svc", folder).tag != tag
+
+
+def test_the_hash_reads_read_and_execute_bits_not_the_umask_s_write_bits(tmp_path: Path) -> None:
+    folder = node_project(tmp_path / "svc")
+    (folder / "lib.js").write_text("x")
+    (folder / "lib.js").chmod(0o644)
+    tag = plan_build("svc", folder).tag
+    (folder / "lib.js").chmod(0o664)  # a umask of 002 instead of 022
+    assert plan_build("svc", folder).tag == tag
+    (folder / "lib.js").chmod(0o600)  # no longer readable by the image's non-root user
+    assert plan_build("svc", folder).tag != tag
+
+
+def test_a_symlink_to_a_folder_is_hashed_by_its_target(tmp_path: Path) -> None:
+    folder = node_project(tmp_path / "svc")
+    for name in ("a", "b"):
+        (folder / name).mkdir()
+    (folder / "current").symlink_to("a")
+    tag = plan_build("svc", folder).tag
+    (folder / "current").unlink()
+    (folder / "current").symlink_to("b")
+    assert plan_build("svc", folder).tag != tag
+
+
+def test_fifos_are_left_out_and_sockets_hashed_as_empty_files_never_read(tmp_path: Path) -> None:
+    # What BuildKit sends (checked with Docker CLI 28.2, daemon 20.10: `COPY . /x` of a context
+    # with a FIFO and a socket): no FIFO, the socket as an empty file with its permissions.
+    folder = node_project(tmp_path / "svc")
+    (folder / "sock").write_text("")
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.bind(str(tmp_path / "probe"))
+        (folder / "sock").chmod(stat.S_IMODE((tmp_path / "probe").lstat().st_mode))
+    tag = plan_build("svc", folder).tag
+    (folder / "sock").unlink()
+    os.mkfifo(folder / "pipe")  # reading it would block until a writer came
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(folder / "sock"))
+        tags: list[str] = []
+        worker = threading.Thread(target=lambda: tags.append(plan_build("svc", folder).tag))
+        worker.daemon = True
+        worker.start()
+        worker.join(timeout=10)
+        if worker.is_alive():  # blocked opening the FIFO: let it go, then fail
+            os.close(os.open(folder / "pipe", os.O_WRONLY | os.O_NONBLOCK))
+        assert not worker.is_alive() and tags == [tag]
+
+
+# --- the folder checks ----------------------------------------------------------------------------
+
+
+def test_a_frontend_build_folder_needs_its_own_dockerfile(tmp_path: Path) -> None:
+    node_project(tmp_path / "web")
+    found = problems({"target": "docker", "app": {"frontend": {"build": "web"}}}, tmp_path)
+    assert found == [
+        f"picluster:app.frontend.build: '{tmp_path / 'web'}' has no Dockerfile; give the "
+        "game's build output as frontend.static, or a folder with a Dockerfile"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "unpinned"),
+    [
+        ("FROM node\n", ["node"]),
+        ("FROM node:latest AS build\nFROM build\n", ["node:latest"]),
+        ("FROM --platform=$BUILDPLATFORM golang AS b\nFROM scratch\n", ["golang"]),
+        ("FROM registry.lan:5000/base\n", ["registry.lan:5000/base"]),
+        ("FROM node:22.12.0-alpine AS b\nFROM b\nFROM scratch\n", []),
+        ("ARG BASE=node:22\nFROM ${BASE}\n", []),
+        ("FROM registry.lan:5000/base@sha256:" + "a" * 64 + "\n", []),
+        ("FROM registry.lan:5000/base:1.2\n", []),
+    ],
+)
+def test_a_dockerfile_s_base_images_must_be_pinned(
+    dockerfile: str, unpinned: list[str], tmp_path: Path
+) -> None:
+    assert unpinned_bases(dockerfile) == unpinned
+    folder = tmp_path / "svc"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(dockerfile)
+    key = "picluster:app.services[2].build"
+    found = folder_problems(folder, static=False, key=key)
+    assert [p.split(" has FROM ")[1].split(",")[0] for p in found] == unpinned
+    assert all(p.startswith(f"{key}: ") for p in found)
+
+
+def _own_dockerfile(project: Path, user: str) -> None:
+    (project / "svc").mkdir()
+    (project / "svc" / "Dockerfile").write_text(f"FROM python:3.12-alpine\nUSER {user}\n")
+
+
+@pytest.mark.parametrize(
+    ("user", "error"), [("10001", True), ("10001:10001", True), ("app", False)]
+)
+def test_an_own_dockerfile_s_numeric_user_must_be_the_service_s_run_as_user(
+    tmp_path: Path, user: str, error: bool
+) -> None:
+    _own_dockerfile(tmp_path, user)
+    service = {"name": "svc", "build": "svc", "port": 8000}
+    raw = {"target": "docker", "app": {"services": [service]}}
+    if error:
+        assert problems(raw, tmp_path) == [
+            "picluster:app.services[0].runAsUser: the Dockerfile runs as 10001; "
+            "set runAsUser: 10001"
+        ]
+    else:
+        validate(raw, project_dir=tmp_path)
+    validate(
+        {"target": "docker", "app": {"services": [{**service, "runAsUser": 10001}]}},
+        project_dir=tmp_path,
+    )
+
+
+def test_registry_credential_errors_say_which_half_is_missing(tmp_path: Path) -> None:
+    named = {"registry": "registry.lan:5000/game"}
+    [only_password] = problems(
+        K3S | {"images": named, "registryPassword": "s3cret-value"}, tmp_path
+    )
+    assert only_password.startswith(
+        "picluster:registryPassword: is set but picluster:images.registryUsername is not; "
+    )
+    [only_user] = problems(K3S | {"images": named | {"registryUsername": "ci"}}, tmp_path)
+    assert only_user == (
+        "picluster:images.registryUsername: needs the secret picluster:registryPassword "
+        "(`pulumi config set --secret registryPassword`)"
+    )
+
+
+def test_platforms_are_unique_and_a_loopback_registry_names_the_alternatives(
+    tmp_path: Path,
+) -> None:
+    [twice] = problems(K3S | {"images": {"platforms": ["linux/arm64", "linux/arm64"]}}, tmp_path)
+    assert twice.startswith("picluster:images.platforms: ")
+    [loopback] = problems(K3S | {"images": {"registry": "localhost:5000"}}, tmp_path)
+    assert loopback.startswith("picluster:images.registry: ")
+    assert loopback.endswith("or name an HTTPS registry the Pis reach")

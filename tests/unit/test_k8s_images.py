@@ -396,12 +396,35 @@ def _k3s(server_config: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "cidr", ["10.43.0.0/16", "10.43.0.0/24", "10.43.0.0/16,fd00:43::/112", ["10.43.0.0/20"]]
+    "cidr", ["10.43.0.0/16", "10.43.0.0/22", "10.43.0.0/16,fd00:43::/112", ["10.43.0.0/20"]]
 )
 def test_a_service_cidr_holding_the_registry_address_is_fine(cidr: Any) -> None:
     from components import config as stack_config
 
     stack_config.validate(_k3s({"service-cidr": cidr}), secret_values=False)
+
+
+@pytest.mark.parametrize(
+    ("cidr", "band"),
+    [
+        ("10.43.0.0/24", 16),  # 256 addresses: a band of max(16, 256/16) = 16
+        ("10.43.0.0/23", 32),  # 512 / 16
+        ("10.42.0.0/15", 256),  # 10.43.0.50 is 65586 past 10.42.0.0
+    ],
+)
+def test_a_service_cidr_must_hold_the_registry_address_in_its_static_band(
+    cidr: str, band: int
+) -> None:
+    # kube-apiserver's calculateRangeOffset (pkg/registry/core/service/ipallocator): the first
+    # min(max(16, size/16), 256) addresses are taken by dynamic allocation only when the rest
+    # are full, so a fixed clusterIP outside them may already be some other Service's.
+    from components import config as stack_config
+
+    with pytest.raises(ConfigError) as error:
+        stack_config.validate(_k3s({"service-cidr": cidr}), secret_values=False)
+    (problem,) = error.value.problems
+    assert problem.startswith("picluster:k3s.serverConfig.service-cidr: ")
+    assert f"outside the first {band} addresses of the range" in problem
 
 
 @pytest.mark.parametrize("cidr", ["10.96.0.0/12", "10.43.1.0/24", "fd00:43::/112"])
