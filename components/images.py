@@ -36,8 +36,9 @@ NODE_UID = 1000
 """The `node` user of the node images: services built from a package.json run as it."""
 ALWAYS_IGNORED = (".git", "node_modules", ".DS_Store", "npm-debug.log")
 """Never part of a generated build's context: dependencies are installed by the build itself."""
-SECRETS_IGNORED = (".env", ".env.*", ".npmrc", "*.pem")
-"""Never copied into a generated build's image (`COPY . .`): local secrets and tokens."""
+SECRETS_IGNORED = ("**/.env", "**/.env.*", "**/.npmrc", "**/*.pem")
+"""Never copied into a generated build's image (`COPY . .`), at any depth: local secrets and
+tokens."""
 NPM_CA_SECRET = "npm-ca"  # noqa: S105 - a name, not a value
 """The BuildKit secret carrying extra CA certificates for npm (optional)."""
 _DOCKERFILE = "Dockerfile"
@@ -301,10 +302,18 @@ def static_dockerfile() -> str:
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """A `.dockerignore` pattern as Go's `filepath.Match` reads it: `*` and `?` never cross `/`."""
+    """A `.dockerignore` pattern as Docker reads it (moby/patternmatcher): `*` and `?` never
+    cross `/`, `**/` matches any number of folders (none included), a trailing `**` anything."""
     out = ""
-    for char in pattern:
-        out += {"*": "[^/]*", "?": "[^/]"}.get(char, re.escape(char))
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
     return re.compile(out + r"\Z")
 
 
@@ -330,9 +339,8 @@ def _ignore_lines(text: str) -> tuple[str, ...]:
 
 
 def _simple(patterns: tuple[str, ...]) -> bool:
-    """True when `patterns` can be applied exactly the way Docker does here: no `!` exception,
-    no `**`."""
-    return not any(p.startswith("!") or "**" in p for p in patterns)
+    """True when `patterns` can be applied exactly the way Docker does here: no `!` exception."""
+    return not any(p.strip().startswith("!") for p in patterns)
 
 
 def _read(path: Path) -> str:

@@ -337,6 +337,9 @@ def test_local_secrets_and_the_folder_s_ignored_files_stay_out_of_a_node_image(
     # the folder's lines and the local secrets must be in it, or `COPY . .` takes them.
     def add_local_files(folder: Path) -> None:
         (folder / ".env").write_text("DATABASE_URL=postgres://not-for-the-image\n")
+        (folder / "config").mkdir()
+        (folder / "config" / ".env").write_text("TOKEN=not-for-the-image\n")
+        (folder / "config" / "app.json").write_text("{}\n")
         (folder / "secret.txt").write_text("a token\n")
         (folder / ".dockerignore").write_text("secret.txt\n")
 
@@ -353,6 +356,8 @@ def test_local_secrets_and_the_folder_s_ignored_files_stay_out_of_a_node_image(
     assert "server.js" in files and "package.json" in files
     assert ".env" not in files
     assert "secret.txt" not in files
+    nested = _docker("run", "--rm", ref, "ls", "-a", "/app/config").stdout.split()
+    assert "app.json" in nested and ".env" not in nested
 
 
 def test_a_cold_build_of_new_dependencies(

@@ -336,18 +336,49 @@ def test_a_generated_build_never_copies_local_secrets_and_keeps_the_folder_s_own
     folder = node_project(tmp_path / "svc")
     (folder / ".dockerignore").write_text("# local files\nsecret.txt\ncoverage\n")
     build = plan_build("svc", folder)
-    for pattern in (".env", ".env.*", ".npmrc", "*.pem", "node_modules", ".git"):
+    for pattern in ("**/.env", "**/.env.*", "**/.npmrc", "**/*.pem", "node_modules", ".git"):
         assert pattern in build.ignore
     assert build.ignore[-3:] == ("# local files", "secret.txt", "coverage")
     tag = build.tag
-    for name in (".env", ".env.local", ".npmrc", "tls.pem", "secret.txt"):
+    (folder / "config" / "certs").mkdir(parents=True)
+    for name in (
+        ".env",
+        ".env.local",
+        ".npmrc",
+        "tls.pem",
+        "secret.txt",
+        "config/.env",
+        "config/certs/server.pem",
+    ):
         (folder / name).write_text("token")
         assert plan_build("svc", folder).tag == tag, name
+    # Only the secrets' names are left out: a nested source file still counts.
+    (folder / "config" / "settings.js").write_text("module.exports = {}\n")
+    assert plan_build("svc", folder).tag != tag
     static = tmp_path / "dist"
     static.mkdir()
     (static / "index.html").write_text("<html/>")
     (static / ".env").write_text("KEY=1")
-    assert ".env" in plan_build("frontend", static, static=True).ignore
+    assert "**/.env" in plan_build("frontend", static, static=True).ignore
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("**/.env", ".env", True),
+        ("**/.env", "a/b/.env", True),
+        ("**/.env", "a/.envrc", False),
+        ("**/*.pem", "certs/tls.pem", True),
+        ("logs/**", "logs/a/b.log", True),
+        ("*.log", "sub/app.log", False),
+        ("a/**/b", "a/b", True),
+        ("a/**/b", "a/x/y/b", True),
+    ],
+)
+def test_ignore_patterns_match_as_docker_s(pattern: str, path: str, matches: bool) -> None:
+    from components.images import _ignored  # pyright: ignore[reportPrivateUsage]
+
+    assert _ignored(path, (pattern,)) is matches
 
 
 def test_ignore_patterns_the_hash_cannot_apply_exactly_mean_every_file_is_hashed(
