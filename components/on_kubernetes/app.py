@@ -235,7 +235,7 @@ def _images(
     for workload in app.builds:
         assert workload.build is not None
         build = declare_build(
-            parent, f"{name}-{workload.name}-image", workload.build, workload.image, push, after
+            parent, f"{name}-{workload.name}-build", workload.build, workload.image, push, after
         )
         built[workload.name] = _Built(command=build, image=pinned_ref(build, workload.image))
     return built

@@ -115,7 +115,7 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
     # migration Job; nothing else, no other service, no replace.
     ("prod", "a service's source changed (with a migration)"): {
         "create": [f"Job app-lobby-migrate-{RELEASES[1]}"],
-        "update": ["Command app-lobby-image", "Deployment app-lobby"],
+        "update": ["Command app-lobby-build", "Deployment app-lobby"],
         "delete": [f"Job app-lobby-migrate-{RELEASES[0]}"],
     },
     ("prod", "a new service"): {

@@ -308,7 +308,7 @@ def test_the_rollout_waits_for_the_migration_which_waits_for_the_push(migration_
     tag = images.plan_build("scores", DEMO_API).tag
     job = registration(migration_run, JOB, f"scores-migrate-{tag}")
     deployment = registration(migration_run, DEPLOYMENT, "scores")
-    build = registration(migration_run, BUILD, "app-scores-image")
+    build = registration(migration_run, BUILD, "app-scores-build")
     # The engine runs a step only after every step it depends on succeeded, and skips it when
     # one failed: a failed migration leaves the Deployment, and so the old pods, as they are.
     assert job.urn in deployment.dependencies
@@ -321,7 +321,7 @@ def test_the_rollout_waits_for_the_migration_which_waits_for_the_push(migration_
         "app-netpol-migrations",
         "app-netpol-dns",
     } <= waits_for
-    assert {"app-scores-image", "app-registry"} <= waits_for
+    assert {"app-scores-build", "app-registry"} <= waits_for
     # Kept after its release: the engine forgets it, the TTL controller removes it.
     assert job.retain_on_delete
     assert job.ignore_changes == ["spec"]
@@ -338,7 +338,7 @@ def test_a_changed_source_is_a_new_build_rollout_and_migration(tmp_path: Path) -
     new_tag = images.plan_build("scores", source).tag
     assert old_tag != new_tag
     result = plan(before.registrations, after.registrations)
-    assert result.names(Action.UPDATE) == {"app-scores-image", "app-scores"}, result.summary()
+    assert result.names(Action.UPDATE) == {"app-scores-build", "app-scores"}, result.summary()
     assert result.names(Action.CREATE) == {f"app-scores-migrate-{new_tag}"}
     assert result.names(Action.DELETE) == {f"app-scores-migrate-{old_tag}"}
     assert not result.names(Action.REPLACE)
@@ -481,7 +481,7 @@ def test_a_static_frontend_waits_for_its_image() -> None:
         {"app": {"domain": "game.local", "frontend": {"static": "examples/studio/game/dist"}}}
     )
     frontend = registration(result, DEPLOYMENT, "frontend")
-    build = registration(result, BUILD, "app-frontend-image")
+    build = registration(result, BUILD, "app-frontend-build")
     assert build.urn in frontend.dependencies
     image = unwrap(frontend.inputs)["spec"]["template"]["spec"]["containers"][0]["image"]
     ref = images.plan_build("frontend", Path("examples/studio/game/dist"), static=True).ref(
