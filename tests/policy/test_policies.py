@@ -160,6 +160,22 @@ def test_kubernetes_unpinned_container_or_init_container_fails(kind: str) -> Non
     assert "containers[0] (api).image 'api:latest' is tagged latest" in problems[1]
 
 
+def test_an_image_known_only_at_update_is_left_to_the_update_and_a_missing_one_fails() -> None:
+    # A built image's reference carries the digest its push prints: unknown in a fresh preview,
+    # checked again by `pulumi up --policy-pack`. An image that is not set at all still fails.
+    unknown = {"containers": [container(UNKNOWN_STRING_VALUE, name="api")]}
+    assert (
+        judge("images-pinned", sdk_args(KINDS["Deployment"], workload("Deployment", unknown))) == []
+    )
+    missing_image = container(name="api")
+    del missing_image["image"]
+    missing = {"containers": [missing_image]}
+    [problem] = judge(
+        "images-pinned", sdk_args(KINDS["Deployment"], workload("Deployment", missing))
+    ) or ["none"]
+    assert "containers[0] (api).image is not set" in problem
+
+
 # --- container-limits ----------------------------------------------------------------------------
 
 
