@@ -246,8 +246,33 @@ def _docker_host(value: str) -> str:
     return value
 
 
+_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521")
+
+
+def _host_key_line(value: str) -> str:
+    """The key line `value` names: itself, or the first line of the `.pub` file it is a path of."""
+    text = value.strip()
+    if text.split(" ", 1)[0] in (*_KEY_TYPES, "ssh-rsa") or " " in text:
+        return text
+    path = Path(text).expanduser()
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError):
+        raise ValueError(
+            f"{text!r} is neither an OpenSSH public host key nor a readable .pub file; give "
+            "the Pi's /etc/ssh/ssh_host_ed25519_key.pub (its content or a copy's path)"
+        ) from None
+    return next((line for line in lines if line and not line.startswith("#")), "")
+
+
 def _host_key(value: str) -> str:
-    if value.strip().startswith("ssh-rsa "):
+    """The pinned key as `type base64`: a line as `ssh-keyscan` prints it (with or without the
+    host name in front), a `.pub` line with its trailing comment, or the path of a `.pub` file."""
+    fields = _host_key_line(value).split()
+    if len(fields) >= 3 and fields[1] in (*_KEY_TYPES, "ssh-rsa") and fields[0] not in _KEY_TYPES:
+        fields = fields[1:]  # `host ssh-ed25519 AAAA...`, as ssh-keyscan and known_hosts write it
+    key = " ".join(fields[:2])
+    if fields and fields[0] == "ssh-rsa":
         # pulumi-command pins the key's own algorithm (HostKeyAlgorithms = ["ssh-rsa"], SHA-1
         # signatures: provider/pkg/provider/remote/connection.go), which OpenSSH 8.8+ refuses.
         raise ValueError(
@@ -257,12 +282,13 @@ def _host_key(value: str) -> str:
             "line `ssh-keyscan -t ed25519 <host>` prints without the host name "
             "('ssh-ed25519 AAAAC3Nza...')"
         )
-    if not _HOST_KEY.match(value.strip()):
+    if not _HOST_KEY.match(key):
         raise ValueError(
             "is not an OpenSSH public host key; give the key line as `ssh-keyscan` prints it "
-            "without the host name, such as 'ssh-ed25519 AAAAC3Nza...'"
+            "(such as 'ssh-ed25519 AAAAC3Nza...', a trailing comment is fine) or the path of "
+            "the Pi's ssh_host_ed25519_key.pub"
         )
-    return value.strip()
+    return key
 
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")

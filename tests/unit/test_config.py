@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -393,3 +394,47 @@ def test_node_role_labels_and_own_prefixes_are_accepted() -> None:
     ]
     settings = validate({**K3S_BASE, "nodes": nodes})
     assert settings.nodes[0].labels["node-role.kubernetes.io/game"] == "true"
+
+
+# --- hostKey as people have it ------------------------------------------------------------------
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMkz3ZQ9Wm0d7yQ3p2K8Jxq0M1Rf5XzN0o2c9V4hT6bA"
+
+
+def host_key_of(value: str) -> str | None:
+    node = {"name": "pi-1", "host": "10.0.0.1", "role": "server", "hostKey": value}
+    raw = {
+        "target": "k3s",
+        "ssh": {"privateKeyPath": None},
+        "sshPrivateKey": "key",
+        "nodes": [node],
+        "k3s": {"version": "v1.31.4+k3s1"},
+    }
+    return validate(raw).nodes[0].host_key
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ED25519,
+        f"{ED25519} root@raspberrypi",  # the .pub file's line, with its comment
+        f"  {ED25519}  \n",
+        f"192.168.1.10 {ED25519}",  # as ssh-keyscan and known_hosts write it
+    ],
+)
+def test_a_host_key_line_is_pinned_without_host_name_or_comment(value: str) -> None:
+    assert host_key_of(value) == ED25519
+
+
+def test_a_host_key_can_be_the_path_of_the_pis_pub_file(tmp_path: Path) -> None:
+    pub = tmp_path / "ssh_host_ed25519_key.pub"
+    pub.write_text(f"{ED25519} root@pi-server-1\n")
+    assert host_key_of(str(pub)) == ED25519
+    rsa = tmp_path / "ssh_host_rsa_key.pub"
+    rsa.write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7 root@pi\n")
+    with pytest.raises(ConfigError) as error:
+        host_key_of(str(rsa))
+    assert "ssh-rsa key, which cannot be pinned" in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        host_key_of(str(tmp_path / "missing.pub"))
+    assert "nor a readable .pub file" in str(error.value)
