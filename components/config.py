@@ -177,6 +177,12 @@ def _ipv4(value: str) -> str:
 def _image(value: str) -> str:
     match = _IMAGE.match(value)
     if not match:
+        name, colon, tag = value.partition(":")
+        if _IMAGE.match(name.lower() + colon + tag):
+            raise ValueError(
+                f"{value!r} has capital letters in its name, which image names cannot have; "
+                f"write {name.lower() + colon + tag!r}"
+            )
         raise ValueError(f"{value!r} is not an image reference such as nginx:1.27.3-alpine")
     if match["digest"] is None and match["tag"] in (None, "latest"):
         raise ValueError(
@@ -722,7 +728,25 @@ def _describe(error: Mapping[str, Any]) -> str:
         valid = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
         return f"{path}: unknown key; valid keys here are {', '.join(valid)}"
     if kind == "missing":
+        if loc == ("target",):
+            return (
+                f"{path}: is required: docker (the local stack) or k3s (the Pis); "
+                "`pulumi config set target docker` (README: Configuration reference)"
+            )
         return f"{path}: is required"
+    given = error.get("input")
+    if kind in ("int_type", "int_parsing", "bool_type", "bool_parsing") and isinstance(given, str):
+        if kind.startswith("int") and given.strip().lstrip("-").isdigit():
+            return (
+                f"{path}: is the text {given!r}; write the number without quotes: {given.strip()}"
+            )
+        if kind.startswith("bool") and given.strip().lower() in ("true", "false"):
+            return f"{path}: is the text {given!r}; write true or false without quotes"
+    if kind in ("model_type", "dict_type"):
+        owner = _model_at(loc)
+        keys = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
+        listed = f" with the keys {', '.join(keys)}" if keys else ""
+        return f"{path}: should be a mapping{listed} (got {given!r})"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind.startswith("value_error") or kind == "assertion_error":
         return f"{path}: {message}"
