@@ -185,35 +185,34 @@ def render_app_policies(
         ],
     )
     if app.backup is not None:
-        _policy(
-            parent,
-            f"{name}-netpol-backup",
-            ns,
-            "backup",
-            pod_labels={COMPONENT_LABEL: BACKUP_COMPONENT},
-            policy_types=["Egress"],
-            egress=[
-                k8s.networking.v1.NetworkPolicyEgressRuleArgs(
-                    to=[_from_component(Role.DATABASE.value)], ports=[db_port]
-                )
-            ],
-        )
+        _database_only(parent, f"{name}-netpol-backup", ns, "backup", BACKUP_COMPONENT, db_port)
     if not migrations:
         return []
-    return [
-        dns,
-        database,
-        _policy(
-            parent,
-            f"{name}-netpol-migrations",
-            ns,
-            "migrations",
-            pod_labels={COMPONENT_LABEL: MIGRATION_COMPONENT},
-            policy_types=["Egress"],
-            egress=[
-                k8s.networking.v1.NetworkPolicyEgressRuleArgs(
-                    to=[_from_component(Role.DATABASE.value)], ports=[db_port]
-                )
-            ],
-        ),
-    ]
+    migration = _database_only(
+        parent, f"{name}-netpol-migrations", ns, "migrations", MIGRATION_COMPONENT, db_port
+    )
+    return [dns, database, migration]
+
+
+def _database_only(
+    parent: pulumi.Resource,
+    resource_name: str,
+    ns: pulumi.Input[str],
+    policy_name: str,
+    component: str,
+    db_port: k8s.networking.v1.NetworkPolicyPortArgs,
+) -> k8s.networking.v1.NetworkPolicy:
+    """The pods of `component` may reach the database and nothing else (backups, migrations)."""
+    return _policy(
+        parent,
+        resource_name,
+        ns,
+        policy_name,
+        pod_labels={COMPONENT_LABEL: component},
+        policy_types=["Egress"],
+        egress=[
+            k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                to=[_from_component(Role.DATABASE.value)], ports=[db_port]
+            )
+        ],
+    )

@@ -55,7 +55,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from components import versions
 from tests.integration import simpi
@@ -233,20 +232,8 @@ def build_base(tag: str) -> None:
         _run(["chroot", str(root), "apt-get", "clean"], timeout=120)
         for lists in (root / "var/lib/apt/lists").glob("*_*"):
             lists.unlink()
-        changes = [arg for change in BASE_CHANGES for arg in ("--change", change)]
-        changes += ["--change", f"LABEL {LABEL}={base_recipe_hash()}"]
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-c", "."],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            _run(["docker", "import", *changes, "-", tag], stdin=tar.stdout, timeout=600)
-        finally:
-            if tar.stdout is not None:
-                tar.stdout.close()
-            tar.wait(timeout=600)
-        if tar.returncode != 0:
-            raise RuntimeError(f"tar of {root} failed with exit code {tar.returncode}")
+        changes = [*BASE_CHANGES, f"LABEL {LABEL}={base_recipe_hash()}"]
+        simpi.import_root(root, tag, changes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -287,11 +274,10 @@ def _run(
     *,
     timeout: float = 60,
     check: bool = True,
-    stdin: IO[bytes] | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, stdin=stdin, env=env, check=False
+        argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")

@@ -30,7 +30,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
 
 from tests.integration import simpi
 
@@ -169,28 +168,14 @@ def _build() -> None:
         for lists in (root / "var/lib/apt/lists").glob("*_*"):
             lists.unlink()
         (root / "etc/resolv.conf").unlink()
-        changes = [arg for change in IMPORT_CHANGES for arg in ("--change", change)]
-        changes += ["--change", f"LABEL {LABEL}={recipe_hash()}"]
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-c", "."],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            _run(["docker", "import", *changes, "-", TAG], stdin=tar.stdout, timeout=600)
-        finally:
-            if tar.stdout is not None:
-                tar.stdout.close()
-            tar.wait(timeout=600)
-        if tar.returncode != 0:
-            raise RuntimeError(f"tar of {root} failed with exit code {tar.returncode}")
+        changes = [*IMPORT_CHANGES, f"LABEL {LABEL}={recipe_hash()}"]
+        simpi.import_root(root, TAG, changes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(argv: list[str], *, timeout: float, stdin: IO[bytes] | None = None) -> None:
-    result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, stdin=stdin, check=False
-    )
+def _run(argv: list[str], *, timeout: float) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(
             f"building {TAG} failed: {' '.join(argv)}\n{result.stdout}\n{result.stderr}"

@@ -272,6 +272,28 @@ def _log(message: str) -> None:
     print(f"[simpi] {message}", file=sys.stderr, flush=True)
 
 
+def import_root(root: Path, tag: str, changes: Sequence[str]) -> None:
+    """`tar` of the root filesystem at `root` piped into `docker import` as `tag`, with the
+    Dockerfile instructions in `changes` (`--change`); RuntimeError with the output on failure."""
+    argv = ["docker", "import", *(a for c in changes for a in ("--change", c)), "-", tag]
+    tar = subprocess.Popen(
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-c", "."],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        result = subprocess.run(
+            argv, stdin=tar.stdout, capture_output=True, text=True, timeout=600, check=False
+        )
+    finally:
+        if tar.stdout is not None:
+            tar.stdout.close()
+        tar.wait(timeout=600)
+    if tar.returncode != 0:
+        raise RuntimeError(f"tar of {root} failed with exit code {tar.returncode}")
+    if result.returncode != 0:
+        raise RuntimeError(f"importing {tag} failed:\n{result.stdout}\n{result.stderr}")
+
+
 def _run(
     argv: list[str],
     *,
@@ -418,20 +440,9 @@ def _build_image(tag: str) -> None:
             _run(["chroot", str(root), *command], timeout=300)
         for lists in (root / "var/lib/apt/lists").glob("*_*"):
             lists.unlink()
-        changes = [arg for change in IMPORT_CHANGES for arg in ("--change", change)]
+        changes = list(IMPORT_CHANGES)
         _log(f"importing {tag}")
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-c", "."],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            _run(["docker", "import", *changes, "-", tag], stdin=tar.stdout, timeout=600)
-        finally:
-            if tar.stdout is not None:
-                tar.stdout.close()
-            tar.wait(timeout=600)
-        if tar.returncode != 0:
-            raise RuntimeError(f"tar of {root} failed with exit code {tar.returncode}")
+        import_root(root, tag, changes)
     except subprocess.CalledProcessError as error:
         raise RuntimeError(
             f"building {tag} failed: {' '.join(error.cmd)}\n{error.stdout}\n{error.stderr}"

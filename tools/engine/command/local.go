@@ -6,16 +6,12 @@ package main
 // Create, Update (update, else create), Delete (delete, if any) and Read are the remote one's.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strings"
 
-	"github.com/pulumi/pulumi/sdk/v3/go/common/diag"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 )
 
@@ -90,40 +86,9 @@ func (a *commandArgs) runLocal(ctx context.Context, lg *logger, op, cmd string) 
 		c.Stdin = strings.NewReader(*a.Stdin)
 	}
 
-	var stdoutbuf, stderrbuf, stdouterrbuf bytes.Buffer
-	r, w := io.Pipe()
-	both := &lockedWriter{w: &stdouterrbuf}
-	logged := &lockedWriter{w: w}
-	stdoutWriters := []io.Writer{&stdoutbuf, both}
-	if shouldLogStdout(a.Logging) {
-		stdoutWriters = append(stdoutWriters, logged)
-	}
-	stderrWriters := []io.Writer{&stderrbuf, both}
-	if shouldLogStderr(a.Logging) {
-		stderrWriters = append(stderrWriters, logged)
-	}
-	c.Stdout = io.MultiWriter(stdoutWriters...)
-	c.Stderr = io.MultiWriter(stderrWriters...)
-
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		scanner := bufio.NewScanner(r)
-		scanner.Buffer(make([]byte, 64*1024), 16*1024*1024)
-		for scanner.Scan() {
-			lg.status(diag.Info, scanner.Text())
-		}
-		_, _ = io.Copy(io.Discard, r)
-	}()
-
+	out := newCapture(a.Logging, lg)
+	c.Stdout = out.Stdout
+	c.Stderr = out.Stderr
 	err := c.Run()
-	w.Close()
-	<-done
-
-	if err != nil {
-		return fmt.Errorf("%w: running %q:\n%s", err, cmd, stdouterrbuf.String())
-	}
-	a.Stdout = strings.TrimSuffix(stdoutbuf.String(), "\n")
-	a.Stderr = strings.TrimSuffix(stderrbuf.String(), "\n")
-	return nil
+	return out.finish(a, cmd, err)
 }

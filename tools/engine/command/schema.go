@@ -9,6 +9,17 @@ import (
 	"encoding/json"
 )
 
+// loggingEnum is the schema of both packages' Logging type (the same four values).
+var loggingEnum = map[string]any{
+	"type": "string",
+	"enum": []map[string]any{
+		{"name": logStdout, "value": logStdout},
+		{"name": logStderr, "value": logStderr},
+		{"name": logStdoutAndStderr, "value": logStdoutAndStderr},
+		{"name": logNone, "value": logNone},
+	},
+}
+
 func schemaJSON(version string) string {
 	str := map[string]any{"type": "string"}
 	secretStr := map[string]any{"type": "string", "secret": true}
@@ -98,24 +109,8 @@ func schemaJSON(version string) string {
 			"command:remote:ProxyConnection": map[string]any{
 				"type": "object", "properties": proxyProps, "required": []string{"host"},
 			},
-			"command:local:Logging": map[string]any{
-				"type": "string",
-				"enum": []map[string]any{
-					{"name": logStdout, "value": logStdout},
-					{"name": logStderr, "value": logStderr},
-					{"name": logStdoutAndStderr, "value": logStdoutAndStderr},
-					{"name": logNone, "value": logNone},
-				},
-			},
-			"command:remote:Logging": map[string]any{
-				"type": "string",
-				"enum": []map[string]any{
-					{"name": logStdout, "value": logStdout},
-					{"name": logStderr, "value": logStderr},
-					{"name": logStdoutAndStderr, "value": logStdoutAndStderr},
-					{"name": logNone, "value": logNone},
-				},
-			},
+			"command:local:Logging":  loggingEnum,
+			"command:remote:Logging": loggingEnum,
 		},
 	}
 	b, err := json.Marshal(spec)

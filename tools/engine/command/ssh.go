@@ -4,12 +4,9 @@ package main
 // pulumi-command v1.2.1 do, re-written here.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strings"
@@ -185,56 +182,17 @@ func (a *commandArgs) run(ctx context.Context, lg *logger, op, cmd string) error
 		session.Stdin = strings.NewReader(*a.Stdin)
 	}
 
-	var stdoutbuf, stderrbuf, stdouterrbuf bytes.Buffer
-	r, w := io.Pipe()
-	both := &lockedWriter{w: &stdouterrbuf}
-	logged := &lockedWriter{w: w}
-	stdoutWriters := []io.Writer{&stdoutbuf, both}
-	if shouldLogStdout(a.Logging) {
-		stdoutWriters = append(stdoutWriters, logged)
-	}
-	stderrWriters := []io.Writer{&stderrbuf, both}
-	if shouldLogStderr(a.Logging) {
-		stderrWriters = append(stderrWriters, logged)
-	}
-	session.Stdout = io.MultiWriter(stdoutWriters...)
-	session.Stderr = io.MultiWriter(stderrWriters...)
-
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		scanner := bufio.NewScanner(r)
-		scanner.Buffer(make([]byte, 64*1024), 16*1024*1024)
-		for scanner.Scan() {
-			lg.status(diag.Info, scanner.Text())
-		}
-		_, _ = io.Copy(io.Discard, r) // never leave the writers blocked
-	}()
-
+	out := newCapture(a.Logging, lg)
+	session.Stdout = out.Stdout
+	session.Stderr = out.Stderr
 	err = session.Run(cmd)
-	w.Close()
-	<-done
-
-	if err != nil {
-		return fmt.Errorf("%w: running %q:\n%s", err, cmd, stdouterrbuf.String())
-	}
-	a.Stdout = strings.TrimSuffix(stdoutbuf.String(), "\n")
-	a.Stderr = strings.TrimSuffix(stderrbuf.String(), "\n")
-	return nil
+	return out.finish(a, cmd, err)
 }
 
 func setenvMessage(key string) string {
 	return fmt.Sprintf(`Unable to set '%s'. This only works if your SSH server is configured to accept
 	these variables via AcceptEnv. Alternatively, if a Bash-like shell runs the command on the remote host, you could
 	prefix the command itself with the variables in the form 'VAR=value command'`, key)
-}
-
-func shouldLogStdout(l *string) bool {
-	return l == nil || *l == logStdout || *l == logStdoutAndStderr
-}
-
-func shouldLogStderr(l *string) bool {
-	return l == nil || *l == logStderr || *l == logStdoutAndStderr
 }
 
 func deref(s *string) string {
