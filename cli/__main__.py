@@ -12,7 +12,12 @@ import sys
 from collections.abc import Sequence
 
 # (module, in the order `--help` lists them)
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = (
+    "status",
+    "logs",
+    "ssh",
+    "forward",
+)
 
 
 def parser() -> argparse.ArgumentParser:
