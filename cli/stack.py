@@ -44,7 +44,7 @@ def raw_settings(stack: str, root: Path = ROOT) -> dict[str, Any]:
     if not path.is_file():
         known = sorted(p.name.split(".")[1] for p in root.glob("Pulumi.*.yaml"))
         raise StackError(
-            f"no {path.name}: name a stack of this project with -s ({', '.join(known) or 'none'})"
+            f"no {path.name}: name a stack of this project ({', '.join(known) or 'none yet'})"
         )
     config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
     prefix = f"{NAMESPACE}:"
@@ -134,9 +134,11 @@ class Stack:
         return outputs
 
 
-def load(stack: str, root: Path = ROOT) -> Stack:
-    """The stack named `stack`, its settings validated (ConfigError, StackError)."""
-    return Stack(stack, settings(stack, root), root)
+def load(stack: str, root: Path | None = None) -> Stack:
+    """The stack named `stack` of the project at `root` (default: this checkout), its settings
+    validated (ConfigError, StackError)."""
+    where = root if root is not None else ROOT
+    return Stack(stack, settings(stack, where), where)
 
 
 def add_stack_option(parser: argparse.ArgumentParser, default: str) -> None:
