@@ -1,4 +1,4 @@
-"""`bin/picluster ssh NODE [-s STACK] [--accept-new] [-- COMMAND...]`: a shell (or one command)
+"""`bin/picluster ssh NODE [-s STACK] [--accept-new] [-- COMMAND ...]`: a shell (or one command)
 on a configured Pi, reached exactly as `pulumi up` reaches it.
 
 As `ssh.user` (or the node's `user`) on the node's port, the host key checked against the
@@ -44,10 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="for a node without hostKey: trust its key the first time (~/.ssh/known_hosts)",
     )
-    parser.add_argument(
-        "command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="run this, not a shell"
-    )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, takes_command=True)
 
 
 def find_node(stack: Stack, name: str) -> tuple[int, NodeConfig]:
@@ -152,9 +149,7 @@ def agent_with(key: str) -> Iterator[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
+    command = list(args.rest)  # after `--` (cli/__main__.py)
     try:
         stack = load(args.stack)
         index, node = find_node(stack, args.node)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cli import ssh, stack
+from cli.__main__ import main
 from components.config import validate
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKc5ZQ7u1fyaKUl1d3KdWFPgOFjd2d6d1a4zLhq8Uz1b"
@@ -67,7 +68,7 @@ def test_a_node_without_a_host_key_is_refused_without_accept_new(
     monkeypatch.setattr(ssh, "load", lambda name: stack_)
     ran: list[list[str]] = []
     monkeypatch.setattr(ssh.subprocess, "run", lambda argv, **_: ran.append(argv))
-    args = argparse.Namespace(stack="prod", node="pi-2", accept_new=False, command=[])
+    args = argparse.Namespace(stack="prod", node="pi-2", accept_new=False, rest=[])
     assert ssh.run(args) == 2
     assert not ran
     message = capsys.readouterr().err
@@ -94,3 +95,18 @@ def test_the_secret_key_goes_to_a_private_agent_not_to_a_file_or_argv(tmp_path: 
     assert not socket.exists()
     with pytest.raises(stack.StackError, match="ssh-add refused"), ssh.agent_with("not a key"):
         pass
+
+
+def test_the_remote_command_follows_two_dashes_and_options_stay_ours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(ssh, "run", lambda args: seen.append(args) or 0)
+    assert main(["ssh", "pi-1", "-s", "lab", "--", "uname", "-a", "--", "x"]) == 0
+    assert main(["ssh", "pi-1"]) == 0
+    assert [(a.node, a.stack, a.rest, a.accept_new) for a in seen] == [
+        ("pi-1", "lab", ["uname", "-a", "--", "x"], False),
+        ("pi-1", "prod", [], False),
+    ]
+    with pytest.raises(SystemExit):
+        main(["status", "--", "x"])
