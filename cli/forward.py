@@ -103,10 +103,16 @@ class Forwarder:
         self._errors: dict[int, list[str]] = {}
 
     def start(self, forward: Forward, argv: list[str]) -> None:
-        process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True,
-        )  # fmt: skip
+        try:
+            process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                text=True,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise StackError(
+                "no `kubectl` on PATH: the K3s commands need it on this machine "
+                "(README: Prerequisites)"
+            ) from None
         started, errors = threading.Event(), []
         self._started[process.pid], self._errors[process.pid] = started, errors
 
