@@ -2,7 +2,9 @@
 api/v2/openapi.yaml: a list of gettableAlert with labels, annotations, startsAt and
 status.state active|suppressed|unprocessed).
 
-Docker: through the port the stack publishes (`docker.publishAddress`:`docker.ports.alertmanager`).
+Docker: through the port the stack publishes (`docker.publishAddress`:`docker.ports.alertmanager`);
+on a remote daemon (`docker.host` ssh:// or tcp://) whose published address is its own loopback,
+from inside the container (`docker exec ... wget`, which the Alertmanager image has).
 K3s: through the API server's service proxy
 (`/api/v1/namespaces/monitoring/services/alertmanager:9093/proxy/...`), so nothing needs to be
 forwarded first.
@@ -11,6 +13,7 @@ forwarded first.
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -38,6 +41,39 @@ def docker_url(stack: Stack) -> str:
     if address == "0.0.0.0":  # noqa: S104 - published on every address: loopback is one
         address = "127.0.0.1"
     return f"http://{address}:{docker.ports.alertmanager}/{API_PATH}"
+
+
+def remote_loopback(stack: Stack) -> bool:
+    """Whether the published port is on another machine's loopback, out of this one's reach."""
+    host = stack.docker_host or ""
+    address = stack.settings.docker.publish_address
+    return host.startswith(("ssh://", "tcp://")) and address.startswith("127.")
+
+
+def from_container(stack: Stack) -> list[dict[str, Any]]:
+    """The alerts asked from inside the Alertmanager container."""
+    container = f"{stack.docker_prefix}-{alertmanager_config.ALERTMANAGER}"
+    url = f"http://127.0.0.1:{alertmanager_config.ALERTMANAGER_PORT}/{API_PATH}"
+    argv = stack.docker_argv("exec", container, "wget", "-q", "-O", "-", url)
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=HTTP_SECONDS * 3, check=False
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired) as error:
+        raise StackError(f"Alertmanager does not answer in {container}: {error}") from None
+    if result.returncode != 0:
+        raise StackError(f"Alertmanager does not answer in {container}: {result.stderr.strip()}")
+    try:
+        return _alert_list(result.stdout)
+    except ValueError as error:
+        raise StackError(
+            f"Alertmanager's answer in {container} is not its alert list: {error}"
+        ) from None
+
+
+def from_docker(stack: Stack) -> list[dict[str, Any]]:
+    """The alerts of the Docker target, wherever its daemon is."""
+    return from_container(stack) if remote_loopback(stack) else from_url(docker_url(stack))
 
 
 def from_url(url: str) -> list[dict[str, Any]]:

@@ -97,7 +97,7 @@ def docker_report(stack: Stack, report: Report) -> None:
     report.problems += container_problems(stack, containers)
     _urls(stack, report, None)
     if stack.settings.monitoring.enabled:
-        _alerts(report, lambda: alerts.from_url(alerts.docker_url(stack)))
+        _alerts(report, lambda: alerts.from_docker(stack))
 
 
 # --- K3s -----------------------------------------------------------------------------------------

@@ -219,6 +219,9 @@ def test_the_summary_is_one_line_naming_the_first_problems() -> None:
 def test_alertmanager_is_asked_where_each_target_serves_it(tmp_path: Path) -> None:
     stack_ = local(tmp_path, docker={"publishAddress": "0.0.0.0", "ports": {"alertmanager": 19093}})
     assert alerts.docker_url(stack_) == "http://127.0.0.1:19093/api/v2/alerts"
+    assert not alerts.remote_loopback(stack_)
+    remote = local(tmp_path, docker={"host": "ssh://pi@192.168.1.20"})
+    assert alerts.remote_loopback(remote)  # 127.0.0.1 there is the Pi's: asked from inside
     assert alerts.proxy_path() == (
         "/api/v1/namespaces/monitoring/services/alertmanager:9093/proxy/api/v2/alerts"
     )
