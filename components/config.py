@@ -37,7 +37,15 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from components import datastore_snapshots, images, registries, versions
-from components.config_errors import ConfigError, Loc, Parsed, command, parse, set_command
+from components.config_errors import (
+    ConfigError,
+    Loc,
+    Parsed,
+    command,
+    parse,
+    set_command,
+    steps,
+)
 
 NAMESPACE = "picluster"
 
@@ -431,6 +439,12 @@ class SshConfig(_Model):
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _S3_ENDPOINT = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _S3_FOLDER = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_S3_REGION = re.compile(r"^[a-z0-9-]{1,40}$")
+_PG_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PG_NAME_WORDS = (
+    "a PostgreSQL {} name such as game: lowercase letters, digits and '_', not starting with "
+    "a digit, at most 63 characters"
+)
 
 
 def _pattern(regex: re.Pattern[str], what: str) -> AfterValidator:
@@ -449,7 +463,9 @@ class SnapshotS3Config(_Model):
     endpoint: Annotated[
         str, _pattern(_S3_ENDPOINT, "an S3 endpoint host[:port] such as s3.amazonaws.com")
     ] = "s3.amazonaws.com"
-    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,40}$")] = "us-east-1"
+    region: Annotated[
+        str, _pattern(_S3_REGION, "an S3 region such as us-east-1 (lowercase letters, digits, '-')")
+    ] = "us-east-1"
     folder: Annotated[str, _pattern(_S3_FOLDER, "a folder such as picluster/prod")] | None = None
     insecure: bool = False
     skip_ssl_verify: bool = False
@@ -546,8 +562,8 @@ class DatabaseConfig(_Model):
     """PostgreSQL."""
 
     image: Image = versions.POSTGRES
-    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "game"
-    user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "game"
+    name: Annotated[str, _pattern(_PG_NAME, _PG_NAME_WORDS.format("database"))] = "game"
+    user: Annotated[str, _pattern(_PG_NAME, _PG_NAME_WORDS.format("user"))] = "game"
     storage: Quantity = "5Gi"
     backup: BackupConfig = BackupConfig()
 
@@ -598,7 +614,16 @@ class NtfyReceiver(_Model):
 class SlackReceiver(_Model):
     """A Slack channel; the incoming-webhook URL is the secret `alertsSlackWebhookUrl`."""
 
-    channel: Annotated[str, Field(pattern=r"^[#@]?[A-Za-z0-9._-]{1,80}$")] | None = None
+    channel: (
+        Annotated[
+            str,
+            _pattern(
+                re.compile(r"^[#@]?[A-Za-z0-9._-]{1,80}$"),
+                "a Slack channel such as #alerts (letters, digits, '.', '_', '-')",
+            ),
+        ]
+        | None
+    ) = None
     min_severity: Severity = "warning"
 
 
@@ -641,7 +666,16 @@ class ImagesConfig(_Model):
         list[Literal["linux/arm64", "linux/amd64"]], Field(min_length=1, max_length=2)
     ] = Field(default_factory=lambda: ["linux/arm64"])
     """K3s target: what the nodes run (a Pi is linux/arm64). Docker: the daemon's own."""
-    builder: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] | None = None
+    builder: (
+        Annotated[
+            str,
+            _pattern(
+                re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"),
+                "a buildx builder name such as pi-builder (letters, digits, '.', '_', '-')",
+            ),
+        ]
+        | None
+    ) = None
     """A `docker buildx` builder to build on (README: a native arm64 builder)."""
     registry: Annotated[str, AfterValidator(_registry)] | None = None
     """K3s target: `host[:port][/path]` of a registry the nodes pull from, instead of the
@@ -675,6 +709,7 @@ _PLACEHOLDERS: dict[Loc, Any] = {
 """Stand-ins for a required key that is missing or bad, so that the checks which do not read it
 still run; the key counts as failed, so no check that reads it runs."""
 
+_KEY_FILE = "~/.ssh/id_ed25519"
 STACK_PLACEHOLDER = "<stack>"
 """The stack name in suggested commands when the caller does not know it."""
 
@@ -696,16 +731,16 @@ class _Checked:
     def ok(self, *locs: Loc) -> bool:
         return self.parsed.ok(*locs)
 
-    def nodes(self) -> list[tuple[int, NodeConfig]]:
-        """The nodes that parsed whole, each with its index in the stack's config."""
+    def nodes(self, *reads: str) -> list[tuple[int, NodeConfig]]:
+        """The nodes whose keys `reads` parsed, each with its index in the stack's config."""
         indexed = self.parsed.indexed(("nodes",), self.settings.nodes)
-        return [(i, node) for i, node in indexed if self.ok(("nodes", i))]
+        return [(i, n) for i, n in indexed if self.ok(*(("nodes", i, key) for key in reads))]
 
-    def services(self) -> list[tuple[int, ServiceConfig]]:
-        """The services that parsed whole, each with its index in the stack's config."""
-        listed = self.settings.app.services or []
-        indexed = self.parsed.indexed(("app", "services"), listed)
-        return [(i, service) for i, service in indexed if self.ok(("app", "services", i))]
+    def services(self, *reads: str) -> list[tuple[int, ServiceConfig]]:
+        """The services whose keys `reads` parsed, each with its index in the stack's config."""
+        base = ("app", "services")
+        indexed = self.parsed.indexed(base, self.settings.app.services or [])
+        return [(i, s) for i, s in indexed if self.ok(*((*base, i, key) for key in reads))]
 
     def command(self, args: str) -> str:
         return command(args, self.stack)
@@ -721,7 +756,7 @@ def _node_uniqueness(checked: _Checked) -> list[str]:
     default_port = ssh.port if ssh else 22
     seen_names: dict[str, int] = {}
     seen_endpoints: dict[tuple[str, int], int] = {}
-    for i, node in checked.nodes():
+    for i, node in checked.nodes("name", "host", "port"):
         if node.name in seen_names:
             problems.append(
                 f"picluster:nodes[{i}].name: {node.name!r} is already used by "
@@ -746,17 +781,16 @@ def _node_counts(checked: _Checked) -> list[str]:
     servers = sum(1 for node in nodes if node.role is NodeRole.SERVER)
     if not nodes:
         first = ("nodes", 0)
-        steps = [
-            set_command((*first, "name"), "pi-1", checked.stack),
-            set_command((*first, "host"), "192.168.1.10", checked.stack),
-            set_command((*first, "role"), "server", checked.stack),
-            set_command((*first, "hostKey"), "'ssh-ed25519 AAAA...'", checked.stack),
-        ]
         return [
             "picluster:nodes: is required when target is k3s: one entry per Pi with its name, "
             "host (address) and role (server or agent; 1 or 3 servers), and its hostKey "
-            "(recommended: the line `ssh-keyscan -t ed25519 HOST` prints); for the first Pi:\n"
-            + "\n".join(f"  {step.strip('`')}" for step in steps)
+            "(recommended: the line `ssh-keyscan -t ed25519 HOST` prints); for the first Pi:"
+            + steps(
+                set_command((*first, "name"), "pi-1", checked.stack),
+                set_command((*first, "host"), "192.168.1.10", checked.stack),
+                set_command((*first, "role"), "server", checked.stack),
+                set_command((*first, "hostKey"), "'ssh-ed25519 AAAA...'", checked.stack),
+            )
         ]
     if servers == 0:
         return ["picluster:nodes: needs at least one node with role: server"]
@@ -785,16 +819,15 @@ def _ssh_required(checked: _Checked) -> list[str]:
     nodes_listed = bool(checked.settings.nodes) or not checked.ok(("nodes",))
     if checked.settings.ssh is not None or not (_k3s_target(checked) or nodes_listed):
         return []
-    steps = [
-        set_command(("ssh", "user"), "pi", checked.stack),
-        set_command(("ssh", "privateKeyPath"), "~/.ssh/id_ed25519", checked.stack),
-    ]
     return [
         "picluster:ssh: is required when target is k3s or nodes are listed: the user picluster "
-        "logs in to the Pis as, and the key (a file, or the secret picluster:sshPrivateKey):\n"
-        + "\n".join(f"  {step.strip('`')}" for step in steps)
-        + "\n  or, the key itself as a secret: "
-        + command("config set --secret sshPrivateKey", checked.stack, stdin="~/.ssh/id_ed25519")
+        "logs in to the Pis as, and its key (a file, or the secret picluster:sshPrivateKey):"
+        + steps(
+            set_command(("ssh", "user"), "pi", checked.stack),
+            set_command(("ssh", "privateKeyPath"), "~/.ssh/id_ed25519", checked.stack),
+        )
+        + "\n  or, instead of privateKeyPath, the key itself as a secret:"
+        + steps(command("config set --secret sshPrivateKey", checked.stack, stdin=_KEY_FILE))
     ]
 
 
@@ -840,7 +873,7 @@ def _k3s_config_invariants(checked: _Checked) -> list[str]:
 
 def _service_names(checked: _Checked) -> list[str]:
     problems: list[str] = []
-    services = checked.services()
+    services = checked.services("name", "path")
     names = Counter(s.name for _, s in services)
     routes = Counter(s.route for _, s in services)
     for i, service in services:
@@ -898,7 +931,7 @@ def _frontend_sources(checked: _Checked) -> list[str]:
 def _service_sources(checked: _Checked) -> list[str]:
     """One source per service, folders that can be built, the user the Dockerfile runs as."""
     problems: list[str] = []
-    for i, service in checked.services():
+    for i, service in checked.services("image", "build", "runAsUser"):
         key = f"picluster:app.services[{i}]"
         if (service.image is None) == (service.build is None):
             what = "both image and build" if service.image else "neither image nor build"
@@ -931,7 +964,7 @@ def _loopback_images(checked: _Checked) -> list[str]:
         and images.is_loopback_registry(frontend.image)
     ):
         problems.append(_loopback_problem("picluster:app.frontend.image", frontend.image))
-    for i, service in checked.services():
+    for i, service in checked.services("image"):
         if service.image is not None and images.is_loopback_registry(service.image):
             problems.append(_loopback_problem(f"picluster:app.services[{i}].image", service.image))
     registry = checked.settings.images.registry
@@ -1349,13 +1382,13 @@ def _private_key_file(ssh: SshConfig, stack: str) -> tuple[Path | None, str | No
             "picluster:ssh.privateKeyPath: is required unless the secret "
             "picluster:sshPrivateKey is set; set one of them: "
             f"{set_command(('ssh', 'privateKeyPath'), '~/.ssh/id_ed25519', stack)} or "
-            f"{command('config set --secret sshPrivateKey', stack, stdin='~/.ssh/id_ed25519')}"
+            f"{command('config set --secret sshPrivateKey', stack, stdin=_KEY_FILE)}"
         )
     path = Path(configured).expanduser()
     if not path.is_file() or not os.access(path, os.R_OK):
         return None, (
             f"picluster:ssh.privateKeyPath: {configured!r} is not a readable file; point it at "
             "your SSH private key or give the key itself as a secret: "
-            f"{command('config set --secret sshPrivateKey', stack, stdin='~/.ssh/id_ed25519')}"
+            f"{command('config set --secret sshPrivateKey', stack, stdin=_KEY_FILE)}"
         )
     return path, None

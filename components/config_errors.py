@@ -69,12 +69,19 @@ def command(args: str, stack: str, *, stdin: str | None = None) -> str:
     return f"`{WRAPPER} {args} -s {stack}{redirect}`"
 
 
-def set_command(loc: Loc, value: str, stack: str) -> str:
-    """The `config set` that sets the key at `loc` to `value` (`--path` below the top level)."""
+def set_command(loc: Loc, value: str, stack: str, *, as_text: bool = False) -> str:
+    """The `config set` that sets the key at `loc` to `value` (`--path` below the top level;
+    `--type string` keeps a number or true/false as text)."""
     path = key_path(loc).removeprefix(f"{NAMESPACE}:")
     if len(loc) == 1:
         return command(f"config set {path} {value}", stack)
-    return command(f"config set --path '{path}' {value}", stack)
+    kind = " --type string" if as_text else ""
+    return command(f"config set --path '{path}'{kind} {value}", stack)
+
+
+def steps(*commands: str) -> str:
+    """Commands, one per indented line under a problem (the ConfigError keeps the indent)."""
+    return "".join(f"\n  {line.strip('`')}" for line in commands)
 
 
 def unknown_key(loc: Loc, valid: Sequence[str], *, list_all: bool = True) -> str:
@@ -133,7 +140,8 @@ def _step(current: Any, part: str | int) -> Any:
         if field is None:
             return None
         annotation: Any = field.annotation
-        return Annotated[(annotation, *field.metadata)] if field.metadata else annotation
+        metadata: list[Any] = field.metadata
+        return Annotated[(annotation, *metadata)] if metadata else annotation
     origin, args = get_origin(kind), get_args(kind)
     if origin is list and isinstance(part, int):
         return args[0]
@@ -256,10 +264,12 @@ def describe(root: type[BaseModel], error: Mapping[str, Any], stack: str) -> str
         )
     if kind.startswith("value_error") or kind == "assertion_error":
         return f"{path}: {str(error['msg']).removeprefix('Value error, ')}"
-    return f"{path}: {_wrong_type(kind, given, annotation, loc, error.get('ctx') or {})}"
+    return f"{path}: {_wrong_type(kind, given, annotation, loc, error.get('ctx') or {}, stack)}"
 
 
-def _wrong_type(kind: str, given: Any, annotation: Any, loc: Loc, ctx: Mapping[str, Any]) -> str:
+def _wrong_type(
+    kind: str, given: Any, annotation: Any, loc: Loc, ctx: Mapping[str, Any], stack: str
+) -> str:
     """The sentence after the key path for a value of the wrong type or out of range."""
     what = _what_it_is(given)
     wanted = expected(annotation)
@@ -282,7 +292,7 @@ def _wrong_type(kind: str, given: Any, annotation: Any, loc: Loc, ctx: Mapping[s
             text = str(given).lower() if isinstance(given, bool) else str(given)
             return (
                 f"is {what} but takes text; quote it in the stack file ('{text}') or set it "
-                f"with `--type string`"
+                f"with {set_command(loc, text, stack, as_text=True)}"
             )
         return f"is {what}; give {wanted}"
     if kind == "string_too_short":
@@ -294,7 +304,10 @@ def _wrong_type(kind: str, given: Any, annotation: Any, loc: Loc, ctx: Mapping[s
         return f"{given!r} is not valid here; give {wanted}"
     if kind == "list_type":
         if isinstance(given, str):
-            return f"is {what}; give a list, such as [{given}] (in the stack file)"
+            return (
+                f"is {what}; give a list, such as [{given}] in the stack file, or set each item "
+                f"with {set_command((*loc, 0), given, stack)}"
+            )
         return f"is {what}; give a list"
     if kind == "too_short":
         least = ctx.get("min_length", 1)
@@ -358,6 +371,7 @@ def parse(
     problems: list[str] = []
     failed: set[Loc] = set()
     units: dict[Loc, Any] = {}
+    meant: set[Loc] = set()  # keys an unknown key is a typo of: not reported missing again
     for found in errors:
         loc: Loc = tuple(found["loc"])
         if found["type"] == "extra_forbidden":
@@ -367,16 +381,25 @@ def parse(
             problems.append(unknown_key(loc, valid, list_all=len(loc) > 1))
             near = close_match(str(loc[-1]), valid)
             if near is not None:
-                failed.add((*loc[:-1], near))
+                meant.add((*loc[:-1], near))
             units[loc] = _DROP
+    failed |= meant
+    whole = True
+    for found in errors:
+        loc = tuple(found["loc"])
+        if found["type"] == "extra_forbidden":
             continue
-        problems.append(describe(root, found, stack))
+        if not (found["type"] == "missing" and loc in meant):
+            problems.append(describe(root, found, stack))
         failed.add(loc)
         unit = _unit(root, loc, placeholders)
         if unit is None:
-            return Parsed(None, problems, frozenset(failed), {})
+            whole = False
+            continue
         failed.add(unit)
         units[unit] = placeholders.get(unit, _DROP)
+    if not whole:
+        return Parsed(None, problems, frozenset(failed), {})
     dropped = _apply(data, units)
     for _ in range(3):
         try:
