@@ -301,7 +301,9 @@ def _wrong_type(
         choices = _choices(annotation)
         if isinstance(given, str) and given.lower() in choices:
             return f"{given!r} must be written in lowercase: {given.lower()}"
-        return f"{given!r} is not valid here; give {wanted}"
+        if isinstance(given, str):
+            return f"{given!r} is not valid here; give {wanted}"
+        return f"is {what}; give {wanted}"
     if kind == "list_type":
         if isinstance(given, str):
             return (
