@@ -2,9 +2,10 @@
 
 Every key lives under the `picluster:` namespace. Shapes and types are checked by pydantic models
 (`extra="forbid"` at every depth); the invariants that span keys (unique node names, an odd number
-of servers, unique service paths) are checked after that. Every problem is reported in one
-`ConfigError` whose lines each name the full key path (`picluster:nodes[1].host`) and what would
-be valid, before any resource is declared.
+of servers, unique service paths) are checked after that, each one whose keys parsed (`_CHECKS`),
+so a bad value hides nothing else. Every problem is reported in one `ConfigError` whose lines each
+name the full key path (`picluster:nodes[1].host`) and what would be valid, in words
+(`components/config_errors.py`), before any resource is declared.
 
 Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`, the `alerts*`
 receiver secrets and the S3 keys of etcd snapshots `etcdS3AccessKey` and `etcdS3SecretKey`) are
@@ -698,18 +699,17 @@ class Settings(_Model):
     monitoring: MonitoringConfig = MonitoringConfig()
 
 
-_TOP_LEVEL_KEYS = (
-    tuple((field.alias or name) for name, field in Settings.model_fields.items()) + SECRET_KEYS
-)
-
+_K3S_EXAMPLE = "v1.31.4+k3s1"
+"""The pinned release messages suggest."""
 _PLACEHOLDERS: dict[Loc, Any] = {
     ("target",): Target.DOCKER.value,
-    ("k3s", "version"): "v1.31.4+k3s1",
+    ("k3s", "version"): _K3S_EXAMPLE,
 }
 """Stand-ins for a required key that is missing or bad, so that the checks which do not read it
 still run; the key counts as failed, so no check that reads it runs."""
 
 _KEY_FILE = "~/.ssh/id_ed25519"
+"""The key file messages suggest (`ssh.privateKeyPath`'s default)."""
 STACK_PLACEHOLDER = "<stack>"
 """The stack name in suggested commands when the caller does not know it."""
 
@@ -735,6 +735,16 @@ class _Checked:
         """The nodes whose keys `reads` parsed, each with its index in the stack's config."""
         indexed = self.parsed.indexed(("nodes",), self.settings.nodes)
         return [(i, n) for i, n in indexed if self.ok(*(("nodes", i, key) for key in reads))]
+
+    def every_node(self, *reads: str) -> list[NodeConfig] | None:
+        """All the nodes when each parsed with its keys `reads`, else None (a count of them
+        would be wrong)."""
+        nodes = self.nodes(*reads)
+        if ("nodes",) in self.parsed.failed or len(nodes) != len(self.settings.nodes):
+            return None
+        if self.parsed.dropped.get(("nodes",)):
+            return None
+        return [node for _, node in nodes]
 
     def services(self, *reads: str) -> list[tuple[int, ServiceConfig]]:
         """The services whose keys `reads` parsed, each with its index in the stack's config."""
@@ -775,9 +785,9 @@ def _node_uniqueness(checked: _Checked) -> list[str]:
 
 
 def _node_counts(checked: _Checked) -> list[str]:
-    if not _k3s_target(checked):
+    nodes = checked.every_node("role")
+    if not _k3s_target(checked) or nodes is None:
         return []
-    nodes = checked.settings.nodes
     servers = sum(1 for node in nodes if node.role is NodeRole.SERVER)
     if not nodes:
         first = ("nodes", 0)
@@ -836,7 +846,7 @@ def _k3s_required(checked: _Checked) -> list[str]:
         return []
     return [
         "picluster:k3s: is required when target is k3s, with a pinned K3s release: "
-        + set_command(("k3s", "version"), "v1.31.4+k3s1", checked.stack)
+        + set_command(("k3s", "version"), _K3S_EXAMPLE, checked.stack)
     ]
 
 
@@ -1163,7 +1173,8 @@ def _single_server_snapshots(checked: _Checked) -> list[str]:
     uploads etcd snapshots only)."""
     settings = checked.settings
     snapshots = settings.k3s.snapshots if settings.k3s else None
-    servers = sum(1 for node in settings.nodes if node.role is NodeRole.SERVER)
+    nodes = checked.every_node("role")
+    servers = sum(1 for node in nodes or [] if node.role is NodeRole.SERVER)
     if snapshots is None or settings.target is not Target.K3S or servers != 1:
         return []
     problems: list[str] = []
@@ -1184,7 +1195,7 @@ _Check = Callable[[_Checked], list[str]]
 _CHECKS: tuple[tuple[tuple[Loc, ...], _Check], ...] = (
     # (the keys a check reads, which must all have parsed; the check)
     ((("ssh",),), _node_uniqueness),  # on the nodes that parsed
-    ((("target",), ("nodes",)), _node_counts),
+    ((("target",),), _node_counts),  # when every node's role parsed
     ((("target",), ("k3s", "disable")), _k3s_disable),
     ((("target",), ("ssh",)), _ssh_required),
     ((("target",), ("k3s",)), _k3s_required),
@@ -1200,7 +1211,7 @@ _CHECKS: tuple[tuple[tuple[Loc, ...], _Check], ...] = (
     ),
     ((("monitoring", "alerts"),), _alert_invariants),
     ((("k3s", "snapshots", "s3"),), _snapshot_secrets),
-    ((("target",), ("nodes",), ("k3s", "snapshots")), _single_server_snapshots),
+    ((("target",), ("k3s", "snapshots")), _single_server_snapshots),  # as _node_counts
 )
 """Every cross-key check. One runs only when every key it reads parsed, so a bad value is
 reported once, never again as the consequence a default standing in for it would have."""

@@ -121,6 +121,23 @@ def test_nodes_that_parsed_are_compared_and_counts_wait_for_every_node() -> None
     ]  # and no "has 2 servers": nodes[1]'s role cannot be counted while it does not parse
 
 
+def test_a_typo_inside_a_node_does_not_stop_the_server_count() -> None:
+    problems = problems_of(
+        {
+            **K3S,
+            "nodes": [
+                {"name": "pi-1", "host": "192.168.1.10", "role": "server", "hostkey": "x"},
+                {"name": "pi-2", "host": "192.168.1.11", "role": "server"},
+            ],
+        }
+    )
+    assert [p.split(";", 1)[0] for p in problems] == [
+        "picluster:nodes[0].hostkey: unknown key",
+        "picluster:nodes: has 2 servers",
+    ]
+    assert "did you mean hostKey?" in problems[0]
+
+
 @pytest.mark.parametrize(
     ("raw", "only"),
     [
