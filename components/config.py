@@ -708,6 +708,20 @@ _PLACEHOLDERS: dict[Loc, Any] = {
 """Stand-ins for a required key that is missing or bad, so that the checks which do not read it
 still run; the key counts as failed, so no check that reads it runs."""
 
+_EXAMPLES: dict[str, str] = {
+    "nodes.name": "pi-1",
+    "nodes.host": "192.168.1.10",
+    "nodes.role": "server",
+    "k3s.version": _K3S_EXAMPLE,
+    "k3s.snapshots.s3.bucket": "k3s-snapshots",
+    "app.services.name": "api",
+    "app.services.port": "3000",
+    "monitoring.alerts.email.to": "ops@example.com",
+    "monitoring.alerts.email.from": "picluster@example.com",
+    "monitoring.alerts.email.smarthost": "smtp.example.com:587",
+}
+"""A value for each required key, for the command a "missing" message shows."""
+
 _KEY_FILE = "~/.ssh/id_ed25519"
 """The key file messages suggest (`ssh.privateKeyPath`'s default)."""
 STACK_PLACEHOLDER = "<stack>"
@@ -1331,6 +1345,7 @@ def _check(
         stack=stack,
         placeholders=_PLACEHOLDERS,
         root_extra_keys=SECRET_KEYS,
+        examples=_EXAMPLES,
     )
     problems += parsed.problems
     if parsed.model is None:

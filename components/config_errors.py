@@ -239,11 +239,29 @@ def _what_it_is(value: Any) -> str:
     return repr(value)
 
 
+def _not_json(value: Any) -> str:
+    """A note for text that looks like a JSON object or list but did not parse as one."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        return ", which is not valid JSON"
+    return ""
+
+
 # --- one pydantic error in plain words -----------------------------------------------------------
 
 
-def describe(root: type[BaseModel], error: Mapping[str, Any], stack: str) -> str:
-    """One pydantic error as `picluster:key.path: what is wrong; what to write instead`."""
+def example_key(loc: Loc) -> str:
+    """The key of `loc` in an examples table: its path without list indices (`nodes.host`)."""
+    return ".".join(str(part) for part in loc if isinstance(part, str) and part != "[key]")
+
+
+def describe(
+    root: type[BaseModel],
+    error: Mapping[str, Any],
+    stack: str,
+    examples: Mapping[str, str] | None = None,
+) -> str:
+    """One pydantic error as `picluster:key.path: what is wrong; what to write instead`.
+    `examples` (by `example_key`) gives the value a missing key's command shows."""
     loc: Loc = tuple(error["loc"])
     kind: str = error["type"]
     path = key_path(loc)
@@ -258,10 +276,14 @@ def describe(root: type[BaseModel], error: Mapping[str, Any], stack: str) -> str
                 f"Docker) or k3s (a K3s cluster on your Raspberry Pis); set it with "
                 f"{set_command(loc, 'docker', stack)} or {set_command(loc, 'k3s', stack)}"
             )
-        return (
-            f"{path}: is required ({expected(annotation)}); "
-            f"set it with {set_command(loc, '<value>', stack)}"
-        )
+        example = (examples or {}).get(example_key(loc))
+        at = (*loc, 0) if get_origin(_unwrap(annotation)[0]) is list else loc
+        if example is None:
+            return (
+                f"{path}: is required ({expected(annotation)}); "
+                f"set it with {set_command(at, '<value>', stack)}"
+            )
+        return f"{path}: is required; set it, for example: {set_command(at, example, stack)}"
     if kind.startswith("value_error") or kind == "assertion_error":
         return f"{path}: {str(error['msg']).removeprefix('Value error, ')}"
     return f"{path}: {_wrong_type(kind, given, annotation, loc, error.get('ctx') or {}, stack)}"
@@ -274,7 +296,7 @@ def _wrong_type(
     what = _what_it_is(given)
     wanted = expected(annotation)
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"should be {wanted} (got {what})"
+        return f"should be {wanted} (got {what}{_not_json(given)})"
     if kind.startswith("bool"):
         if isinstance(given, str) and given.strip().lower() in ("true", "false"):
             return f"is {what}; write true or false without quotes"
@@ -305,12 +327,13 @@ def _wrong_type(
             return f"{given!r} is not valid here; give {wanted}"
         return f"is {what}; give {wanted}"
     if kind == "list_type":
-        if isinstance(given, str):
+        if isinstance(given, str) and not _not_json(given):
+            items = [item.strip() for item in given.split(",")]
             return (
-                f"is {what}; give a list, such as [{given}] in the stack file, or set each item "
-                f"with {set_command((*loc, 0), given, stack)}"
+                f"is {what}; give a list, such as [{', '.join(items)}] in the stack file, or set "
+                f"each item with {set_command((*loc, 0), items[0], stack)}"
             )
-        return f"is {what}; give a list"
+        return f"is {what}{_not_json(given)}; give a list"
     if kind == "too_short":
         least = ctx.get("min_length", 1)
         return f"needs at least {least} item{'s' if least != 1 else ''}"
@@ -358,13 +381,15 @@ def parse(
     stack: str,
     placeholders: Mapping[Loc, Any],
     root_extra_keys: Sequence[str] = (),
+    examples: Mapping[str, str] | None = None,
 ) -> Parsed[M]:
     """Validate `raw` as `root`, reporting every problem and parsing around the bad values.
 
     A bad value is dropped where a default can stand in (the nearest key that has one), or
     where it is an item of a list of mappings (nodes, services); a required key with an entry in
     `placeholders` takes that value instead (and counts as failed). `root_extra_keys` are valid
-    top-level keys the model does not hold (the secrets), offered as suggestions."""
+    top-level keys the model does not hold (the secrets), offered as suggestions; `examples`
+    are values for the commands that set a missing key."""
     data = copy.deepcopy(dict(raw))
     try:
         return Parsed(root.model_validate(data), [], frozenset(), {})
@@ -392,7 +417,7 @@ def parse(
         if found["type"] == "extra_forbidden":
             continue
         if not (found["type"] == "missing" and loc in meant):
-            problems.append(describe(root, found, stack))
+            problems.append(describe(root, found, stack, examples))
         failed.add(loc)
         unit = _unit(root, loc, placeholders)
         if unit is None:

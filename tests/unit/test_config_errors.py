@@ -390,9 +390,57 @@ def test_wrong_types_say_how_to_write_the_value(
 def test_a_missing_nested_key_says_which_command_sets_it() -> None:
     raw = _with(("nodes", 0, "host"), None, missing=True) | {"ssh": {"user": "pi"}}
     assert problems_of(raw) == [
-        "picluster:nodes[0].host: is required (text); set it with "
-        "`bin/pulumi config set --path 'nodes[0].host' <value> -s dev`"
+        "picluster:nodes[0].host: is required; set it, for example: "
+        "`bin/pulumi config set --path 'nodes[0].host' 192.168.1.10 -s dev`"
     ]
+
+
+def test_every_required_key_has_an_example_for_its_command() -> None:
+    required = [
+        loc
+        for loc in KEYS
+        if loc != ("target",)  # its own message names both values
+        and fields_by_key(_owner(loc))[loc[-1]].is_required()
+    ]
+    assert len(required) >= 10
+    for loc in required:
+        key = ".".join(map(str, loc)).replace(".0.", "[0].")
+        [message] = [m for m in _messages(_with(loc, None, missing=True)) if key in m]
+        assert "<value>" not in message and "set it, for example: `bin/pulumi config" in message
+
+
+def _owner(loc: tuple[Any, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = fields_by_key(model)[part]
+        model = next(
+            t
+            for t in _types_in(field.annotation)
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        )
+    return model
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("{bad", "should be a mapping with the keys database, domain, frontend, services (got "),
+        ("{bad", "the text '{bad', which is not valid JSON)"),
+    ],
+)
+def test_text_that_is_not_json_says_so(value: str, says: str) -> None:
+    assert any(says in m for m in _messages({"target": "docker", "app": value}))
+
+
+def test_a_comma_separated_list_is_shown_as_a_list() -> None:
+    [message] = _messages(_with(("images", "platforms"), "linux/arm64, linux/amd64"))
+    assert message == (
+        "picluster:images.platforms: is the text 'linux/arm64, linux/amd64'; give a list, such as "
+        "[linux/arm64, linux/amd64] in the stack file, or set each item with "
+        "`bin/pulumi config set --path 'images.platforms[0]' linux/arm64 -s <stack>`"
+    )
 
 
 # --- an empty stack ------------------------------------------------------------------------------
