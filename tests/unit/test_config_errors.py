@@ -7,6 +7,7 @@ no pydantic wording reaches the user, and an empty stack says what to set and wi
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -352,6 +353,36 @@ def test_every_model_and_key_is_exercised() -> None:
     assert ("nodes", 0, "hostKey") in KEYS
     assert ("monitoring", "alerts", "email", "from") in KEYS
     assert len(KEYS) > 90
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    for key, value in other.items():
+        mine = into.get(key)
+        if isinstance(mine, dict) and isinstance(value, dict):
+            _merge(mine, value)  # pyright: ignore[reportUnknownArgumentType]
+        elif isinstance(mine, list) and isinstance(value, list) and mine and value:
+            if isinstance(mine[0], dict) and isinstance(value[0], dict):
+                _merge(mine[0], value[0])  # pyright: ignore[reportUnknownArgumentType]
+            else:
+                into[key] = value
+        else:
+            into[key] = value
+    return into
+
+
+def test_several_bad_values_together_give_one_plain_line_each() -> None:
+    # Bad values on up to four keys at once, anywhere: parsing around them never breaks, and
+    # no line is repeated or speaks pydantic.
+    rng = random.Random(13)  # noqa: S311 -- a fixed sample of cases, not a secret
+    for _ in range(400):
+        raw: dict[str, Any] = {"target": rng.choice(["docker", "k3s", "K3s", None])}
+        for _ in range(rng.randint(1, 4)):
+            loc = rng.choice(KEYS)
+            _merge(raw, _with(loc, rng.choice(BAD_VALUES), missing=rng.random() < 0.2))
+        problems = _messages(raw)
+        assert len(set(problems)) == len(problems), problems
+        for problem in problems:
+            assert problem.startswith("picluster:") and not _leaks(problem), problem
 
 
 @pytest.mark.parametrize(
