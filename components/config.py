@@ -6,7 +6,7 @@ of servers, unique service paths) are checked after that. Every problem is repor
 `ConfigError` whose lines each name the full key path (`picluster:nodes[1].host`) and what would
 be valid, before any resource is declared.
 
-Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`, the `alerts*`
+Secret keys (`sshPrivateKey` and its `sshKeyPassphrase`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`, the `alerts*`
 receiver secrets and the S3 keys of etcd snapshots `etcdS3AccessKey` and `etcdS3SecretKey`) are
 never copied into the model: they are read as Pulumi secrets by `StackConfig.secret`, and an error
 about them never repeats their value.
@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components import datastore_snapshots, images, registries, versions
+from components import datastore_snapshots, images, registries, ssh_auth, versions
 
 NAMESPACE = "picluster"
 
@@ -55,6 +55,7 @@ ALERT_SECRET_URLS = frozenset(
 )
 SECRET_KEYS: tuple[str, ...] = (
     "sshPrivateKey",
+    "sshKeyPassphrase",
     "k3sToken",
     "dbPassword",
     "grafanaAdminPassword",
@@ -434,7 +435,12 @@ class SshConfig(_Model):
 
     user: Annotated[str, Field(min_length=1)] = "pi"
     port: Port = 22
-    private_key_path: str | None = "~/.ssh/id_ed25519"
+    private_key_path: str | None = ssh_auth.DEFAULT_KEY_PATH
+    """The private key file; its default applies only when `agent` is false (as applied:
+    `ssh_auth.key_path`). The secret `sshPrivateKey` wins over it."""
+    agent: bool = False
+    """Sign in with the keys of the ssh-agent at `$SSH_AUTH_SOCK` of the shell running pulumi
+    (read at each run, never stored)."""
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -1133,21 +1139,40 @@ class StackConfig:
     """The validated configuration, and access to the secrets it left out."""
 
     def __init__(
-        self, settings: Settings, secrets_set: frozenset[str], key_file: Path | None = None
+        self,
+        settings: Settings,
+        secrets_set: frozenset[str],
+        key_file: Path | None = None,
+        key_choice: ssh_auth.KeyChoice | None = None,
     ) -> None:
         self.settings = settings
         self._secrets_set = secrets_set
         self._key_file = key_file
+        self._key_choice = key_choice or ssh_auth.KeyChoice(
+            use_key=True, use_passphrase="sshKeyPassphrase" in secrets_set
+        )
         self._config = pulumi.Config(NAMESPACE)
 
-    def ssh_private_key(self) -> pulumi.Output[str]:
-        """The SSH private key, a secret: `sshPrivateKey`, else the file at `ssh.privateKeyPath`."""
+    def ssh_private_key(self) -> pulumi.Output[str] | None:
+        """The SSH private key, a secret: `sshPrivateKey`, else the file at `ssh.privateKeyPath`;
+        None when the agent alone signs in (`ssh.agent` without a usable key)."""
+        if not self._key_choice.use_key:
+            return None
         given = self.secret("sshPrivateKey")
         if given is not None:
             return given
         if self._key_file is None:
             raise ConfigError(["picluster:sshPrivateKey: is required when no key file is set"])
         return pulumi.Output.secret(self._key_file.read_text())
+
+    def ssh_key_passphrase(self) -> pulumi.Output[str] | None:
+        """The key's passphrase (`sshKeyPassphrase`, a secret) when the key needs one."""
+        return self.secret("sshKeyPassphrase") if self._key_choice.use_passphrase else None
+
+    @property
+    def ssh_agent(self) -> bool:
+        """`ssh.agent`: the agent at `$SSH_AUTH_SOCK` signs in (too)."""
+        return self.settings.ssh is not None and self.settings.ssh.agent
 
     def secret(self, key: str) -> pulumi.Output[str] | None:
         """The secret `key` as a Pulumi secret, or None when the stack does not set it."""
@@ -1243,29 +1268,49 @@ def load() -> StackConfig:
                 f"{NAMESPACE}:{key} is stored in plain text in the stack file; "
                 f"set it with `pulumi config set --secret {key}`"
             )
-    key_file = None
-    if settings.nodes and "sshPrivateKey" not in secrets_set:
-        key_file = _private_key_file(settings)
-    return StackConfig(settings, secrets_set, key_file)
+    key_file, key_choice = None, None
+    if settings.nodes:
+        key_file, key_choice = _ssh_key(settings, raw)
+    return StackConfig(settings, secrets_set, key_file, key_choice)
 
 
-def _private_key_file(settings: Settings) -> Path:
-    """The readable key file named by `ssh.privateKeyPath`, or one ConfigError."""
-    configured = settings.ssh.private_key_path if settings.ssh else None
-    if configured is None:
-        raise ConfigError(
-            [
-                "picluster:ssh.privateKeyPath: is required unless the secret "
-                "picluster:sshPrivateKey is set"
-            ]
-        )
+def _ssh_key(
+    settings: Settings, raw: Mapping[str, Any]
+) -> tuple[Path | None, ssh_auth.KeyChoice]:
+    """The key file (None: the secret `sshPrivateKey`, or the agent alone) and what the
+    connection uses (key, passphrase, agent), or one ConfigError with every SSH problem."""
+    given = raw.get("sshPrivateKey")
+    key_file: Path | None = None
+    if isinstance(given, str):
+        key_text: str | None = given
+        key_name = "picluster:sshPrivateKey"
+    else:
+        configured = ssh_auth.key_path(settings.ssh)
+        key_file = None if configured is None else _private_key_file(configured)
+        key_text = None if key_file is None else key_file.read_text(errors="replace")
+        key_name = f"picluster:ssh.privateKeyPath: {configured!r}"
+    choice = ssh_auth.choose(
+        key_text=key_text,
+        key_name=key_name,
+        passphrase_set="sshKeyPassphrase" in raw,
+        agent=settings.ssh is not None and settings.ssh.agent,
+        environ=ssh_auth.environ(),
+    )
+    if choice.problems:
+        raise ConfigError(choice.problems)
+    return key_file, choice
+
+
+def _private_key_file(configured: str) -> Path:
+    """The readable key file `configured` (`ssh.privateKeyPath`) names, or one ConfigError."""
     path = Path(configured).expanduser()
     if not path.is_file() or not os.access(path, os.R_OK):
         raise ConfigError(
             [
                 f"picluster:ssh.privateKeyPath: {configured!r} is not a readable file; point it at "
-                "your SSH private key or set it with `pulumi config set --secret sshPrivateKey "
-                "< ~/.ssh/id_ed25519`"
+                "your SSH private key, set it with `pulumi config set --secret sshPrivateKey "
+                "< ~/.ssh/id_ed25519`, or sign in with ssh-agent (`pulumi config set --path "
+                "ssh.agent true`)"
             ]
         )
     return path
