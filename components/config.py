@@ -6,10 +6,10 @@ of servers, unique service paths) are checked after that. Every problem is repor
 `ConfigError` whose lines each name the full key path (`picluster:nodes[1].host`) and what would
 be valid, before any resource is declared.
 
-Secret keys (`sshPrivateKey` and its `sshKeyPassphrase`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`, the `alerts*`
-receiver secrets and the S3 keys of etcd snapshots `etcdS3AccessKey` and `etcdS3SecretKey`) are
-never copied into the model: they are read as Pulumi secrets by `StackConfig.secret`, and an error
-about them never repeats their value.
+Secret keys (`sshPrivateKey` and its `sshKeyPassphrase`, `k3sToken`, `dbPassword`,
+`grafanaAdminPassword`, the `alerts*` receiver secrets and the S3 keys of etcd snapshots
+`etcdS3AccessKey` and `etcdS3SecretKey`) are never copied into the model: they are read as Pulumi
+secrets by `StackConfig.secret`, and an error about them never repeats their value.
 """
 
 from __future__ import annotations
@@ -1274,9 +1274,7 @@ def load() -> StackConfig:
     return StackConfig(settings, secrets_set, key_file, key_choice)
 
 
-def _ssh_key(
-    settings: Settings, raw: Mapping[str, Any]
-) -> tuple[Path | None, ssh_auth.KeyChoice]:
+def _ssh_key(settings: Settings, raw: Mapping[str, Any]) -> tuple[Path | None, ssh_auth.KeyChoice]:
     """The key file (None: the secret `sshPrivateKey`, or the agent alone) and what the
     connection uses (key, passphrase, agent), or one ConfigError with every SSH problem."""
     given = raw.get("sshPrivateKey")

@@ -23,9 +23,9 @@ Where the image goes (`BuildTarget`):
 - `RegistryPush`: a registry the user names (`images.registry`), its account written into the
   `config.json` of a temporary DOCKER_CONFIG (no `docker login`: no credential helper).
 
-Secrets (the SSH key and its passphrase, the registry password) travel only in stdin, which is then a secret; the
-script never puts them on a command line, in the environment of a child, or in a log line.
-Deleting the command does nothing: images stay on the daemon and in the registry.
+Secrets (the SSH key and its passphrase, the registry password) travel only in stdin, which is
+then a secret; the script never puts them on a command line, in the environment of a child, or in
+a log line. Deleting the command does nothing: images stay on the daemon and in the registry.
 
 A push prints the digest the registry serves for the tag (`picluster image-build: digest
 sha256:...`); `pinned_ref` reads it from the command's stdout, and the pods run

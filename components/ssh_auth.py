@@ -55,7 +55,7 @@ class Protection(enum.StrEnum):
 
     NONE = "none"
     """Not encrypted (or a format this check does not read: the provider then says why)."""
-    PASSPHRASE = "passphrase"
+    PASSPHRASE = "passphrase"  # noqa: S105 (a kind of key, not a password)
     """Encrypted: an OpenSSH key whose kdfname is not `none`, or a PEM key with
     `Proc-Type: 4,ENCRYPTED`; the provider decrypts it with `privateKeyPassword`."""
     PKCS8 = "pkcs8"
