@@ -472,6 +472,7 @@ class SshAgent:
     """A real `ssh-agent` of the test's own on a socket in `directory`, killed by its pid."""
 
     def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         self.socket = directory / "agent.sock"
         out = _run(["ssh-agent", "-s", "-a", str(self.socket)], timeout=30).stdout
         self.pid = int(out.split("SSH_AGENT_PID=", 1)[1].split(";", 1)[0])
