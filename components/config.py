@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components import datastore_snapshots, images, registries, ssh_auth, versions
+from components import datastore_snapshots, docker_host, images, registries, ssh_auth, versions
 
 NAMESPACE = "picluster"
 
@@ -410,7 +409,9 @@ class PublishedPorts(_Model):
 class DockerConfig(_Model):
     """The Docker daemon the `docker` target deploys to."""
 
-    host: Annotated[str, AfterValidator(_docker_host)] = "unix:///var/run/docker.sock"
+    host: Annotated[str, AfterValidator(_docker_host)] = docker_host.DEFAULT_HOST
+    """Unset: the daemon the `docker` CLI uses (DOCKER_HOST, else its current context, else
+    this default), resolved by `load` (components/docker_host.py)."""
     publish_address: IPv4 = "127.0.0.1"
     ports: PublishedPorts = PublishedPorts()
 
@@ -1261,6 +1262,24 @@ def load() -> StackConfig:
     """Read and validate the stack's configuration once, before any resource is declared."""
     raw = _raw_config()
     settings = validate(raw)
+    problems: list[str] = []
+    if "host" not in settings.docker.model_fields_set:
+        # Unset: the daemon the docker CLI uses (DOCKER_HOST, its context), as `docker info` does.
+        host, problem = docker_host.default_host(_docker_host)
+        problems += [problem] if problem else []
+        docker = settings.docker.model_copy(update={"host": host})
+        settings = settings.model_copy(update={"docker": docker})
+    key_file, key_choice = None, None
+    if settings.nodes:
+        given = raw.get("sshPrivateKey")
+        key_file, key_choice = ssh_auth.key_for(
+            settings.ssh,
+            given if isinstance(given, str) else None,
+            passphrase_set="sshKeyPassphrase" in raw,
+        )
+        problems += key_choice.problems
+    if problems:
+        raise ConfigError(problems)
     secrets_set = frozenset(k for k in SECRET_KEYS if k in raw)
     for key in sorted(secrets_set):
         if not runtime_config.is_config_secret(f"{NAMESPACE}:{key}"):
@@ -1268,47 +1287,4 @@ def load() -> StackConfig:
                 f"{NAMESPACE}:{key} is stored in plain text in the stack file; "
                 f"set it with `pulumi config set --secret {key}`"
             )
-    key_file, key_choice = None, None
-    if settings.nodes:
-        key_file, key_choice = _ssh_key(settings, raw)
     return StackConfig(settings, secrets_set, key_file, key_choice)
-
-
-def _ssh_key(settings: Settings, raw: Mapping[str, Any]) -> tuple[Path | None, ssh_auth.KeyChoice]:
-    """The key file (None: the secret `sshPrivateKey`, or the agent alone) and what the
-    connection uses (key, passphrase, agent), or one ConfigError with every SSH problem."""
-    given = raw.get("sshPrivateKey")
-    key_file: Path | None = None
-    if isinstance(given, str):
-        key_text: str | None = given
-        key_name = "picluster:sshPrivateKey"
-    else:
-        configured = ssh_auth.key_path(settings.ssh)
-        key_file = None if configured is None else _private_key_file(configured)
-        key_text = None if key_file is None else key_file.read_text(errors="replace")
-        key_name = f"picluster:ssh.privateKeyPath: {configured!r}"
-    choice = ssh_auth.choose(
-        key_text=key_text,
-        key_name=key_name,
-        passphrase_set="sshKeyPassphrase" in raw,
-        agent=settings.ssh is not None and settings.ssh.agent,
-        environ=ssh_auth.environ(),
-    )
-    if choice.problems:
-        raise ConfigError(choice.problems)
-    return key_file, choice
-
-
-def _private_key_file(configured: str) -> Path:
-    """The readable key file `configured` (`ssh.privateKeyPath`) names, or one ConfigError."""
-    path = Path(configured).expanduser()
-    if not path.is_file() or not os.access(path, os.R_OK):
-        raise ConfigError(
-            [
-                f"picluster:ssh.privateKeyPath: {configured!r} is not a readable file; point it at "
-                "your SSH private key, set it with `pulumi config set --secret sshPrivateKey "
-                "< ~/.ssh/id_ed25519`, or sign in with ssh-agent (`pulumi config set --path "
-                "ssh.agent true`)"
-            ]
-        )
-    return path

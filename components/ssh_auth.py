@@ -234,6 +234,48 @@ def agent_problems(*, agent: bool, key_given: bool, environ: Mapping[str, str]) 
     return []
 
 
+def key_for(
+    ssh: SshConfig | None,
+    secret_key: str | None,
+    *,
+    passphrase_set: bool,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Path | None, KeyChoice]:
+    """The key file (None: the secret `sshPrivateKey` is the key, or the agent alone signs in)
+    and what the connection uses; the choice's `problems` are the config errors."""
+    key_file: Path | None = None
+    if secret_key is not None:
+        key_text: str | None = secret_key
+        key_name = "picluster:sshPrivateKey"
+    else:
+        configured = key_path(ssh)
+        key_name = f"picluster:ssh.privateKeyPath: {configured!r}"
+        key_text = None
+        if configured is not None:
+            key_file = Path(configured).expanduser()
+            try:
+                key_text = key_file.read_text(errors="replace")
+            except OSError:
+                return None, KeyChoice(
+                    use_key=False,
+                    use_passphrase=False,
+                    problems=(
+                        f"{key_name} is not a readable file; point it at your SSH private key, "
+                        "set it with `pulumi config set --secret sshPrivateKey "
+                        "< ~/.ssh/id_ed25519`, or sign in with ssh-agent (`pulumi config set "
+                        "--path ssh.agent true`)",
+                    ),
+                )
+    choice = choose(
+        key_text=key_text,
+        key_name=key_name,
+        passphrase_set=passphrase_set,
+        agent=ssh is not None and ssh.agent,
+        environ=os.environ if environ is None else environ,
+    )
+    return key_file, choice
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClientAuth:
     """How the system `ssh` signs in to the Pis, as the stack's remote commands do."""
@@ -277,8 +319,3 @@ def key_path(ssh: SshConfig | None) -> str | None:
     if "private_key_path" not in ssh.model_fields_set and ssh.agent:
         return None
     return ssh.private_key_path
-
-
-def environ() -> Mapping[str, str]:
-    """The environment of the process running the program (the one the providers inherit)."""
-    return os.environ
