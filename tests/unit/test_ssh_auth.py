@@ -7,11 +7,8 @@ test's own; the program runs under mocks.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from components.images import plan_build
 from components.pi_node import SshTarget
 from components.ssh_auth import Protection
 from tests.harness import Run, run, run_main, stack_file_config, unwrap
+from tests.integration.simpi import SshAgent
 
 PASSPHRASE = "unit-passphrase-7c1f"
 TOKEN = "K10picluster-unit-test-token-0123456789abcdef"
@@ -52,33 +50,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@dataclass(frozen=True)
-class Agent:
-    socket: Path
-    pid: int
-
-    def add(self, key: Path) -> None:
-        subprocess.run(
-            ["ssh-add", "-q", str(key)],
-            env={**os.environ, "SSH_AUTH_SOCK": str(self.socket)},
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-
-
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
+def agent(tmp_path: Path) -> Iterator[SshAgent]:
     """A real ssh-agent of this test's own (killed by its pid at the end)."""
-    sock = tmp_path / "agent.sock"
-    out = subprocess.run(
-        ["ssh-agent", "-s", "-a", str(sock)], check=True, capture_output=True, text=True, timeout=30
-    ).stdout
-    pid = int(out.split("SSH_AGENT_PID=", 1)[1].split(";", 1)[0])
-    try:
-        yield Agent(sock, pid)
-    finally:
-        os.kill(pid, signal.SIGTERM)
+    with SshAgent(tmp_path / "agent") as found:
+        yield found
 
 
 @pytest.fixture
@@ -118,7 +94,7 @@ def test_the_key_formats_are_told_apart(keys: dict[str, Path]) -> None:
     assert ssh_auth.protection(fake) is Protection.NONE
 
 
-def test_the_agent_s_keys_are_counted(agent: Agent, keys: dict[str, Path]) -> None:
+def test_the_agent_s_keys_are_counted(agent: SshAgent, keys: dict[str, Path]) -> None:
     assert ssh_auth.agent_key_count(str(agent.socket)) == 0
     agent.add(keys["plain"])
     assert ssh_auth.agent_key_count(str(agent.socket)) == 1
@@ -191,7 +167,7 @@ def test_a_public_key_and_a_pkcs8_key_are_named(
 
 
 def test_the_agent_alone_signs_in_and_no_key_file_is_read(
-    agent: Agent, keys: dict[str, Path], clean_env: pytest.MonkeyPatch
+    agent: SshAgent, keys: dict[str, Path], clean_env: pytest.MonkeyPatch
 ) -> None:
     agent.add(keys["plain"])
     clean_env.setenv("SSH_AUTH_SOCK", str(agent.socket))
@@ -208,7 +184,7 @@ def test_the_agent_alone_signs_in_and_no_key_file_is_read(
 
 
 def test_with_the_agent_an_encrypted_key_file_is_left_to_the_agent(
-    agent: Agent, keys: dict[str, Path], clean_env: pytest.MonkeyPatch
+    agent: SshAgent, keys: dict[str, Path], clean_env: pytest.MonkeyPatch
 ) -> None:
     agent.add(keys["plain"])
     clean_env.setenv("SSH_AUTH_SOCK", str(agent.socket))
@@ -217,7 +193,7 @@ def test_with_the_agent_an_encrypted_key_file_is_left_to_the_agent(
 
 
 def test_the_agent_needs_ssh_auth_sock_and_a_key(
-    agent: Agent, clean_env: pytest.MonkeyPatch
+    agent: SshAgent, clean_env: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(ConfigError) as caught:
         prod({"agent": True})
