@@ -172,8 +172,8 @@ def choose(
     found = protection(key_text)
     if found is Protection.PUBLIC:
         problems.append(
-            f"{key_name} is a public key (the .pub file); give the private key, the same path "
-            "without .pub"
+            f"{key_name} is a public key (a .pub file's line); give the private key, the file "
+            "of the same name without .pub"
         )
     elif found is Protection.PKCS8:
         problems.append(
@@ -194,8 +194,8 @@ def choose(
         )
     elif found is Protection.NONE and passphrase_set:
         problems.append(
-            f"picluster:sshKeyPassphrase: is set but {key_name} has no passphrase; remove it "
-            "with `pulumi config rm sshKeyPassphrase`"
+            f"picluster:sshKeyPassphrase: is set but {key_name.replace(': ', ' ', 1)} has no "
+            "passphrase; remove it with `pulumi config rm sshKeyPassphrase`"
         )
     return KeyChoice(
         use_key=True,
