@@ -1,7 +1,8 @@
-"""The README's recipe for an interrupted run ("An interrupted run"), with the real CLI on a file
-backend: a `pulumi up` killed while a step runs leaves the stack's lock and a pending create;
-`cancel` deletes the lock, `refresh --clear-pending-creates` clears the pending operation, and the
-next `up` runs the step again. A local command (which shares pulumi-command's engine path with the
+"""The README's "A failed run" and "An interrupted run", with the real CLI on a file backend: a
+step that fails is not recorded as done, so the next `up` runs it again (created or updated); a
+`pulumi up` killed while a step runs leaves the stack's lock and a pending create; `cancel`
+deletes the lock, `refresh --clear-pending-creates` clears the pending operation, and the next
+`up` runs the step again. A local command (which shares pulumi-command's engine path with the
 remote ones) stands in for a step on a Pi; `pulumi-resource-command` is the double of the real
 plugin (tools/engine/README.md)."""
 
@@ -42,6 +43,14 @@ PROGRAM = textwrap.dedent(
         create="echo run >> runs.log; sleep 30; echo done",
         opts=pulumi.ResourceOptions(provider=provider, depends_on=[first]),
     )
+    # Fails until the file `fixed` exists; its input is the config value `release`.
+    release = pulumi.Config().get("release") or "1"
+    local.Command(
+        "flaky",
+        create=f"echo {{release}} >> flaky.log; test -f fixed",
+        update=f"echo {{release}} >> flaky.log; test -f fixed",
+        opts=pulumi.ResourceOptions(provider=provider),
+    )
     """
 )
 
@@ -74,7 +83,7 @@ def project(engine_bin: Path, tmp_path: Path) -> Project:
         f"    toolchain: pip\n    virtualenv: {ROOT / '.venv'}\n"
         "backend:\n  url: file://./.state\n"
     )
-    (path / "__main__.py").write_text(PROGRAM)
+    (path / "__main__.py").write_text(PROGRAM.replace("{{", "{").replace("}}", "}"))
     (path / ".state").mkdir()
     project = Project(path, engine_env(engine_bin, tmp_path))
     assert project.pulumi("stack", "init", STACK).returncode == 0
@@ -83,6 +92,7 @@ def project(engine_bin: Path, tmp_path: Path) -> Project:
 
 def test_the_readme_recipe_recovers_a_killed_up(project: Project) -> None:
     runs = project.path / "runs.log"
+    (project.path / "fixed").touch()  # the failing step is the other test's
     killed = subprocess.Popen(
         ["pulumi", "up", "--yes", "--non-interactive", "-s", STACK],
         cwd=project.path,
@@ -116,4 +126,21 @@ def test_the_readme_recipe_recovers_a_killed_up(project: Project) -> None:
 
     assert export_file is not None and json.loads(export_file.read_text())["deployment"]
     assert runs.read_text().splitlines() == ["run", "run"]  # the interrupted step ran again
-    assert project.up(STACK).summary == {"same": 4}
+    assert project.up(STACK).summary == {"same": 5}
+
+
+def test_a_failed_step_runs_again_on_the_next_up(project: Project) -> None:
+    flaky = project.path / "flaky.log"
+    (project.path / "runs.log").touch()  # the slow step is not what this test is about
+    assert project.pulumi("up", "--yes", "-s", STACK, timeout=300).returncode != 0
+    (project.path / "fixed").touch()
+    project.up(STACK)  # created this time
+    assert flaky.read_text().splitlines() == ["1", "1"]
+
+    (project.path / "fixed").unlink()
+    assert project.pulumi("config", "set", "release", "2", "-s", STACK).returncode == 0
+    assert project.pulumi("up", "--yes", "-s", STACK, timeout=300).returncode != 0
+    (project.path / "fixed").touch()
+    assert project.up(STACK).summary.get("update") == 1  # the failed update is not recorded
+    assert flaky.read_text().splitlines() == ["1", "1", "2", "2"]
+    assert project.up(STACK).summary.get("update") is None
