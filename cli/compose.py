@@ -197,7 +197,7 @@ def translate(
                 name = secret_file(Path(path).name, content)
                 spec.setdefault("secrets", []).append({"source": name, "target": path})
             else:
-                name = f"{service}-{_slug(Path(path).name)}"
+                name = f"{service}-{_slug(path)}"
                 configs[name] = {"content": content}
                 spec.setdefault("configs", []).append({"source": name, "target": path})
         health = container.value("healthcheck")
@@ -264,15 +264,14 @@ def _read_or_generate(folder: Path) -> dict[str, str]:
     return values
 
 
-def render(stack: str, out: Path) -> tuple[Compose, dict[str, str]]:
+def render(stack: str, out: Path, stack_file: Path | None = None) -> tuple[Compose, dict[str, str]]:
     """The stack's compose project, with the passwords in `out`'s `secrets/` (or new ones)."""
     passwords = _read_or_generate(out.parent / SECRETS_DIR)
-    declared = declare(stack, given_secrets=passwords)
-    given = list(passwords.values())
+    declaration = declare(stack, given_secrets=passwords, stack_file=stack_file)
     compose = translate(
-        declared,
+        declaration.resources,
         project=f"picluster-{stack}-compose".lower(),
-        secret_values=given,
+        secret_values=list(declaration.secrets),
         out_dir=out.parent.resolve(),
     )
     return compose, passwords

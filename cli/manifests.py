@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,15 +75,6 @@ class Rendered:
     builds: list[BuiltImage]
 
 
-def _placeholders(declared: Sequence[Declared]) -> dict[str, str]:
-    """Each secret value the run used -> how `secrets.txt` names it."""
-    names: dict[str, str] = {}
-    for resource in declared:
-        if resource.type == "random:index/randomPassword:RandomPassword":
-            names[f"render-placeholder-{resource.name}"] = f"<{resource.name}>"
-    return names
-
-
 def _strip_digests(value: Any) -> Any:
     if isinstance(value, str):
         return value.replace(f"@{PLACEHOLDER_DIGEST}", "")
@@ -135,16 +126,18 @@ def _builds(declared: Iterable[Declared]) -> list[BuiltImage]:
     return builds
 
 
-def render(stack: str) -> Rendered:
+def render(stack: str, stack_file: Path | None = None) -> Rendered:
     """The stack's Kubernetes objects but Secrets, the Secrets to create, the images to build."""
-    declared = declare(stack)
+    declaration = declare(stack, stack_file=stack_file)
+    declared = declaration.resources
     objects = [r for r in declared if r.type.startswith(KUBERNETES)]
     if not objects:
         raise RenderError(
             f"the stack {stack} deploys nothing to Kubernetes (its target is docker?): "
             "`bin/picluster compose` writes its docker-compose.yml"
         )
-    placeholders = _placeholders(declared)
+    # Longest first: a password inside a URL is named before a shorter value could match in it.
+    placeholders = dict(sorted(declaration.secrets.items(), key=lambda item: -len(item[0])))
     kept: list[dict[str, Any]] = []
     secret_objects: list[dict[str, Any]] = []
     for resource in objects:

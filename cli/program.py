@@ -34,10 +34,14 @@ from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from components.config import SECRET_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "picluster"
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 """What a mocked image push reports; the commands write the content tag instead."""
+GENERATED_PREFIX = "render-placeholder-"
+"""A generated password's value under the mocks: this, then the resource's name."""
 SSH_KEY_PLACEHOLDER = "picluster-render: no SSH key is read to render objects"
 
 _SECRET_SIG = rpc._special_secret_sig
@@ -119,7 +123,7 @@ class _Mocks(pulumi_mocks.Mocks):
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
         if args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = f"render-placeholder-{args.name}"
+            state["result"] = f"{GENERATED_PREFIX}{args.name}"
         elif args.typ == "command:remote:Command":
             kubeconfig = args.name.endswith("-kubeconfig")
             state["stdout"] = yaml.safe_dump(_KUBECONFIG) if kubeconfig else "rendered"
@@ -176,9 +180,10 @@ class _Log:
         self.errors.append(msg)
 
 
-def stack_config(stack: str) -> tuple[dict[str, Any], frozenset[str]]:
-    """The stack file's `picluster:` keys (unprefixed) and which of them are `secure:`."""
-    path = ROOT / f"Pulumi.{stack}.yaml"
+def stack_config(stack: str, path: Path | None = None) -> tuple[dict[str, Any], frozenset[str]]:
+    """The stack file's `picluster:` keys (unprefixed) and which of them are `secure:`.
+    `path`: another stack file than the checkout's `Pulumi.<stack>.yaml` (the tests')."""
+    path = path or ROOT / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise RenderError(
             f"no stack file {path.name} in {ROOT}: create the stack first "
@@ -239,19 +244,37 @@ def _in_project() -> Iterator[None]:
         os.chdir(before)
 
 
-def declare(stack: str, *, given_secrets: Mapping[str, str] | None = None) -> list[Declared]:
+@dataclass(frozen=True)
+class Declaration:
+    """What one run of the program declared, and the secret values it was given."""
+
+    resources: list[Declared]
+    secrets: dict[str, str]
+    """Each secret value the run used -> how to name it to a user (`<picluster:dbPassword>`,
+    `<db-password>` for a generated one): none of them may be written into a plain file."""
+
+
+def declare(
+    stack: str,
+    *,
+    given_secrets: Mapping[str, str] | None = None,
+    stack_file: Path | None = None,
+) -> Declaration:
     """Every resource the stack's program declares, without running any of it.
 
     `given_secrets` set secret config keys (e.g. the passwords a compose file's secrets hold);
-    they win over the stack's own.
+    they win over the stack's own. `stack_file`: see `stack_config`.
     """
-    config, secure = stack_config(stack)
+    config, secure = stack_config(stack, stack_file)
     given = dict(given_secrets or {})
     to_decrypt = secure - set(given) - {"sshPrivateKey"}
     secrets = {**(decrypted_secrets(stack, to_decrypt) if to_decrypt else {}), **given}
+    # A secret key set in plain text in the stack file (the program warns) is a secret still.
+    secrets.update({k: str(config[k]) for k in SECRET_KEYS if k in config and k not in secure})
+    secrets.update({k: v for k, v in given.items()})
     if config.get("nodes"):
         secrets.setdefault("sshPrivateKey", SSH_KEY_PLACEHOLDER)
-    plain = {k: v for k, v in config.items() if k not in secure}
+    plain = {k: v for k, v in config.items() if k not in secure and k not in secrets}
     values = {**plain, **secrets}
 
     pulumi_settings.ROOT.set(None)
@@ -279,4 +302,8 @@ def declare(stack: str, *, given_secrets: Mapping[str, str] | None = None) -> li
         raise RenderError(str(error)) from None
     if log.errors:
         raise RenderError("\n".join(log.errors))
-    return recorder.declared
+    named = {value: f"<{PROJECT}:{key}>" for key, value in secrets.items() if value}
+    for resource in recorder.declared:
+        if resource.type == "random:index/randomPassword:RandomPassword":
+            named[f"{GENERATED_PREFIX}{resource.name}"] = f"<{resource.name}>"
+    return Declaration(recorder.declared, named)
