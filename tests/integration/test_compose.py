@@ -20,7 +20,9 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -61,8 +63,7 @@ class Project:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+def require_images() -> None:
     for reason in (
         compose_unavailable_reason(),
         pgimage.unavailable_reason(),
@@ -73,23 +74,28 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     pgimage.ensure_image()
     baseimages.ensure_node()
     baseimages.ensure_nginx()
-    folder = tmp_path_factory.mktemp("compose")
+
+
+@contextmanager
+def generated(folder: Path, app: dict[str, Any] | None = None) -> Iterator[Project]:
+    """`bin/picluster compose` of a docker stack (free ports, `app` when given) in `folder`;
+    taken down, volumes and built images included, afterwards."""
     stack = f"compose{uuid.uuid4().hex[:6]}"
     ports = {name: free_port() for name in ("frontend", "grafana", "prometheus", "alertmanager")}
+    config: dict[str, Any] = {"picluster:target": "docker", "picluster:docker": {"ports": ports}}
+    if app is not None:
+        config["picluster:app"] = app
     stack_file = folder / f"Pulumi.{stack}.yaml"
-    stack_file.write_text(
-        yaml.safe_dump(
-            {"config": {"picluster:target": "docker", "picluster:docker": {"ports": ports}}}
-        )
-    )
+    stack_file.write_text(yaml.safe_dump({"config": config}))
     project = Project(folder, stack)
-    generated, passwords = compose.render(stack, project.file, stack_file)
+    rendered, passwords = compose.render(stack, project.file, stack_file)
+    compose.write(rendered, passwords, project.file)
     # What the Docker target uploads, by service and path, from the same program run's twin.
     declared = declare(stack, given_secrets=passwords, stack_file=stack_file).resources
     for container in (r for r in declared if r.type == compose.CONTAINER):
         service = str(container.value("name")).split(f"picluster-{stack}-", 1)[1]
-        project.uploads[service] = {u["file"]: u["content"] for u in container.value("uploads")}
-    compose.write(generated, passwords, project.file)
+        uploads = container.value("uploads") or []
+        project.uploads[service] = {u["file"]: u["content"] for u in uploads}
     # The stand-in of postgres:17-alpine, which cannot be pulled here (pgimage.py says how it
     # differs); everything else is the generated file as it is.
     project.override.write_text(
@@ -106,9 +112,16 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         yield project
     finally:
         project.compose("down", "--volumes", "--timeout", "10", timeout=180)
-        for service in generated.document["services"].values():
+        for service in rendered.document["services"].values():
             if "build" in service:
                 subprocess.run(["docker", "image", "rm", service["image"]], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    require_images()
+    with generated(tmp_path_factory.mktemp("compose")) as project:
+        yield project
 
 
 def test_docker_compose_accepts_the_file(project: Project) -> None:
@@ -146,3 +159,63 @@ def test_docker_compose_up_runs_the_game(project: Project) -> None:
     assert inside.returncode == 0, inside.stderr
     assert inside.stdout == project.uploads["frontend"]["/etc/nginx/conf.d/default.conf"]
     assert "$uri" in inside.stdout and "$$" not in inside.stdout
+
+
+def migrating(script: str) -> dict[str, Any]:
+    """The demo API with a migration: `node -e script`."""
+    return {
+        "services": [
+            {
+                "name": "api",
+                "build": "components/assets/demo-api",
+                "port": 3000,
+                "path": "/api",
+                "healthPath": "/api/hello",
+                "env": {"ROUTE_PREFIX": "/api"},
+                "migrate": ["node", "-e", script],
+            }
+        ]
+    }
+
+
+def states(project: Project) -> dict[str, str]:
+    ps = project.compose("ps", "--all", "--format", "json")
+    return {
+        entry["Service"]: entry["Health"] or entry["State"]
+        for entry in map(json.loads, ps.stdout.splitlines())
+    }
+
+
+def test_the_services_start_after_their_migration_exited_0(tmp_path: Path) -> None:
+    require_images()
+    # The migration gets the service's environment, its DATABASE_URL secret included.
+    script = "process.exit(process.env.DATABASE_URL.startsWith('postgresql://') ? 0 : 3)"
+    with generated(tmp_path, migrating(script)) as project:
+        up = project.compose("up", "--detach", "--wait", "--wait-timeout", "300", "frontend")
+        assert up.returncode == 0, up.stderr[-3000:]
+        found = states(project)
+        [migration] = [name for name in found if "-migrate-" in name]
+        assert found == {
+            "postgres": "healthy",
+            migration: "exited",
+            "api-1": "healthy",
+            "frontend": "healthy",
+        }
+        inspect = subprocess.run(
+            ["docker", "inspect", "--format", "{{.State.ExitCode}}",
+             f"picluster-{project.stack}-compose-{migration}-1"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert inspect.stdout.strip() == "0", inspect.stderr
+
+
+def test_a_failed_migration_leaves_the_services_unstarted(tmp_path: Path) -> None:
+    """As `pulumi up` does (MigrationFailedError): the service's containers are not started."""
+    require_images()
+    with generated(tmp_path, migrating("process.exit(1)")) as project:
+        up = project.compose("up", "--detach", "--wait", "--wait-timeout", "300", "frontend")
+        assert up.returncode != 0
+        assert "didn't complete successfully: exit 1" in up.stderr
+        found = states(project)
+        assert found.get("api-1") in (None, "created"), found
+        assert found.get("frontend") in (None, "created"), found
