@@ -280,6 +280,7 @@ def render(stack: str, out: Path, stack_file: Path | None = None) -> tuple[Compo
 def write(compose: Compose, passwords: Mapping[str, str], out: Path) -> None:
     """The compose file, `secrets/` (0700, with its own `.gitignore`) and `build/`."""
     folder = out.parent
+    folder.mkdir(parents=True, exist_ok=True)
     secret_dir = folder / SECRETS_DIR
     secret_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret_dir.chmod(0o700)
@@ -306,7 +307,7 @@ def write(compose: Compose, passwords: Mapping[str, str], out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out or "docker-compose.yml")
+    out = Path(args.out or f"picluster-{args.stack}-compose/docker-compose.yml")
     try:
         compose, passwords = render(args.stack, out)
     except RenderError as error:
@@ -327,6 +328,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("-s", "--stack", default="local", help="the stack (default: local)")
     parser.add_argument(
-        "--out", help="the compose file to write (default: ./docker-compose.yml)", default=None
+        "--out",
+        help="the compose file to write (default: ./picluster-STACK-compose/docker-compose.yml)",
+        default=None,
     )
     parser.set_defaults(func=run)
