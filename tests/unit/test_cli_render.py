@@ -296,3 +296,23 @@ def test_compose_keeps_secrets_in_files_and_escapes_dollars(tmp_path: Path) -> N
     # A second run keeps the passwords the database volume was initialised with.
     _, kept = compose.render("local", folder / "docker-compose.yml", None)
     assert kept == passwords
+
+
+def test_compose_refuses_a_k3s_stack(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "c" / "docker-compose.yml"
+    assert main(["compose", "-s", "prod", "--out", str(out)]) == 1
+    assert "bin/picluster manifests" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_commands_write_where_they_are_told(tmp_path: Path) -> None:
+    out = tmp_path / "twin" / "docker-compose.yml"
+    assert main(["compose", "--out", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["name"] == "picluster-local-compose"
+    assert main(["manifests", "-s", "prod", "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / manifests.SECRETS_FILE).is_file()
+    # A second run removes what the stack no longer declares.
+    stale = tmp_path / "m" / "02-deployment-game-gone.yaml"
+    stale.write_text("{}")
+    assert main(["manifests", "-s", "prod", "--out", str(tmp_path / "m")]) == 0
+    assert not stale.exists()
