@@ -17,6 +17,8 @@ COMMANDS: tuple[str, ...] = (
     "logs",
     "ssh",
     "forward",
+    "manifests",
+    "compose",
 )
 
 
