@@ -5,9 +5,12 @@ As `ssh.user` (or the node's `user`) on the node's port, the host key checked ag
 pinned `nodes[].hostKey` alone: a known_hosts file of that one key under a private alias
 (`StrictHostKeyChecking yes`, the global and user known_hosts not read), and `-F /dev/null` so
 no `~/.ssh/config` entry (another user, a ProxyJump, another key) changes the connection, as
-components/scripts/image-build.sh's tunnel does. The key is `ssh.privateKeyPath`, or the secret
+components/scripts/image-build.sh's tunnel does. The key is chosen as the stack's remote commands
+choose it (components/ssh_auth.py `client_auth`): `ssh.privateKeyPath` (ssh asks for its
+passphrase, or your agent has it), your ssh-agent with `ssh.agent`, or the secret
 `sshPrivateKey`, which goes from `pulumi config get` into a private ssh-agent of this command
-(never a file, never an argv), stopped when ssh exits.
+(never an argv; its passphrase `sshKeyPassphrase`, when set, reaches ssh-add through a 0600
+file removed as soon as the key is added), stopped when ssh exits.
 
 A node without a pinned hostKey is refused, unless `--accept-new`: then its key is checked
 against your own ~/.ssh/known_hosts and remembered there the first time (trust on first use).
@@ -26,7 +29,8 @@ from pathlib import Path
 
 from cli.output import say
 from cli.stack import PULUMI_SECONDS, Stack, StackError, add_stack_option, load, raw_settings
-from components.config import ConfigError, NodeConfig
+from components import ssh_auth
+from components.config import SECRET_KEYS, ConfigError, NodeConfig
 
 AGENT_SECONDS = 10.0
 
@@ -66,12 +70,13 @@ def ssh_argv(
     node: NodeConfig,
     *,
     known_hosts: Path | None,
-    identity: Path | None,
+    auth: Sequence[str],
     agent: Path | None,
     command: Sequence[str] = (),
 ) -> list[str]:
     """The ssh command line: the pinned key checked when `known_hosts` is given (else the
-    user's known_hosts, first use accepted), and `identity` or `agent` for the key."""
+    user's known_hosts, first use accepted), `auth` options for the key (`-i`), and `agent`:
+    the private agent holding the secret key."""
     ssh = stack.settings.ssh
     user = node.user or (ssh.user if ssh else "pi")
     port = node.port if node.port is not None else (ssh.port if ssh else 22)
@@ -85,20 +90,17 @@ def ssh_argv(
         ]  # fmt: skip
     else:
         argv += ["-o", "StrictHostKeyChecking=accept-new"]
-    if identity is not None:
-        argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
+    argv += auth
     if agent is not None:
         argv += ["-o", f"IdentityAgent={agent}"]
     argv.append(f"{user}@{node.host}")
     return [*argv, *command]
 
 
-def private_key_secret(stack: Stack) -> str | None:
-    """The secret `sshPrivateKey`, when the stack sets it (`pulumi config get`, which decrypts
-    it with the stack's passphrase); None when the stack uses `ssh.privateKeyPath`."""
-    if "sshPrivateKey" not in raw_settings(stack.name, stack.root):
-        return None
-    argv = stack.pulumi_argv("config", "get", "sshPrivateKey", "--stack", stack.name)
+def secret(stack: Stack, key: str) -> str:
+    """The secret `key` of the stack (`pulumi config get`, which decrypts it with the stack's
+    passphrase)."""
+    argv = stack.pulumi_argv("config", "get", key, "--stack", stack.name)
     try:
         result = subprocess.run(
             argv, cwd=stack.root, capture_output=True, text=True, timeout=PULUMI_SECONDS,
@@ -111,10 +113,15 @@ def private_key_secret(stack: Stack) -> str | None:
     return result.stdout
 
 
+ASKPASS = '#!/bin/sh\nf="$PICLUSTER_KEY_PASSPHRASE_FILE"\ncat "$f" && rm -f "$f"\n'
+"""ssh-add's SSH_ASKPASS for `sshKeyPassphrase`: prints the 0600 file the passphrase is in, once
+(ssh-add asks again after a wrong one, and gives up on an empty answer)."""
+
+
 @contextmanager
-def agent_with(key: str) -> Iterator[Path]:
-    """A private ssh-agent holding `key` (given on ssh-add's stdin); its socket. Stopped, and
-    its directory removed, when the block ends."""
+def agent_with(key: str, passphrase: str | None = None) -> Iterator[Path]:
+    """A private ssh-agent holding `key` (given on ssh-add's stdin, unlocked with `passphrase`
+    when it has one); its socket. Stopped, and its directory removed, when the block ends."""
     with tempfile.TemporaryDirectory(prefix="picluster-agent-") as directory:
         socket = Path(directory) / "agent.sock"
         agent = subprocess.Popen(
@@ -129,15 +136,33 @@ def agent_with(key: str) -> Iterator[Path]:
                 if agent.poll() is not None or time.monotonic() > deadline:
                     raise StackError("ssh-agent did not start")
                 time.sleep(0.05)
-            added = subprocess.run(
-                ["ssh-add", "-q", "-"],
-                input=key if key.endswith("\n") else key + "\n",
-                env={**os.environ, "SSH_AUTH_SOCK": str(socket)},
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            env = {**os.environ, "SSH_AUTH_SOCK": str(socket)}
+            if passphrase is not None:
+                askpass = Path(directory) / "askpass"
+                askpass.write_text(ASKPASS)
+                askpass.chmod(0o700)
+                secret_file = Path(directory) / "passphrase"
+                fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as file:
+                    file.write(passphrase.rstrip("\n"))
+                env |= {
+                    "SSH_ASKPASS": str(askpass),
+                    "SSH_ASKPASS_REQUIRE": "force",
+                    "PICLUSTER_KEY_PASSPHRASE_FILE": str(secret_file),
+                }
+            try:
+                added = subprocess.run(
+                    ["ssh-add", "-q", "-"],
+                    input=key if key.endswith("\n") else key + "\n",
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                    start_new_session=True,  # no terminal: ssh-add asks SSH_ASKPASS, not a tty
+                )
+            finally:
+                (Path(directory) / "passphrase").unlink(missing_ok=True)
             if added.returncode != 0:
                 raise StackError(
                     f"ssh-add refused the secret picluster:sshPrivateKey: {added.stderr.strip()}"
@@ -160,19 +185,20 @@ def run(args: argparse.Namespace) -> int:
                 "`cat /etc/ssh/ssh_host_ed25519_key.pub`, and set hostKey to that line; or "
                 "run again with --accept-new to trust it the first time (in ~/.ssh/known_hosts)"
             )
-        key = private_key_secret(stack)
-        ssh = stack.settings.ssh
-        identity = None
-        if key is None and ssh is not None and ssh.private_key_path is not None:
-            identity = Path(ssh.private_key_path).expanduser()
+        secrets_set = set(raw_settings(stack.name, stack.root)) & set(SECRET_KEYS)
+        auth = ssh_auth.client_auth(stack.settings.ssh, secrets_set)
+        key = secret(stack, "sshPrivateKey") if auth.key_in_secret else None
+        passphrase = None
+        if key is not None and "sshKeyPassphrase" in secrets_set:
+            passphrase = secret(stack, "sshKeyPassphrase")
         with tempfile.TemporaryDirectory(prefix="picluster-ssh-") as directory:
             known_hosts = None
             if node.host_key is not None:
                 known_hosts = Path(directory) / "known_hosts"
                 known_hosts.write_text(f"{host_alias(node)} {node.host_key}\n")
-            with agent_with(key) if key is not None else _no_agent() as agent:
+            with agent_with(key, passphrase) if key is not None else _no_agent() as agent:
                 argv = ssh_argv(
-                    stack, node, known_hosts=known_hosts, identity=identity, agent=agent,
+                    stack, node, known_hosts=known_hosts, auth=auth.ssh_options(), agent=agent,
                     command=command,
                 )  # fmt: skip
                 code = subprocess.run(argv, check=False).returncode

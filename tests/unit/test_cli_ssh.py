@@ -33,7 +33,12 @@ def test_a_pinned_node_is_checked_against_its_key_alone(tmp_path: Path) -> None:
     stack_ = prod(tmp_path)
     _, node = ssh.find_node(stack_, "pi-1")
     argv = ssh.ssh_argv(
-        stack_, node, known_hosts=Path("/k"), identity=Path("/id"), agent=None, command=["uptime"]
+        stack_,
+        node,
+        known_hosts=Path("/k"),
+        auth=["-i", "/id", "-o", "IdentitiesOnly=yes"],
+        agent=None,
+        command=["uptime"],
     )
     assert argv == [
         "ssh", "-F", "/dev/null", "-p", "2222",
@@ -49,7 +54,7 @@ def test_a_node_of_its_own_user_and_port_without_a_key_uses_the_users_known_host
 ) -> None:
     stack_ = prod(tmp_path)
     _, node = ssh.find_node(stack_, "pi-2")
-    argv = ssh.ssh_argv(stack_, node, known_hosts=None, identity=None, agent=Path("/a.sock"))
+    argv = ssh.ssh_argv(stack_, node, known_hosts=None, auth=[], agent=Path("/a.sock"))
     assert argv == [
         "ssh", "-F", "/dev/null", "-p", "22", "-o", "StrictHostKeyChecking=accept-new",
         "-o", "IdentityAgent=/a.sock", "admin@pi-2.lan",
@@ -110,3 +115,22 @@ def test_the_remote_command_follows_two_dashes_and_options_stay_ours(
     ]
     with pytest.raises(SystemExit):
         main(["status", "--", "x"])
+
+
+def test_a_secret_key_with_a_passphrase_is_unlocked_without_a_terminal(tmp_path: Path) -> None:
+    key = tmp_path / "id"
+    ssh_keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret phrase", "-f", str(key)]
+    ssh.subprocess.run(ssh_keygen, check=True)
+    with ssh.agent_with(key.read_text(), "s3cret phrase\n") as socket:
+        # The passphrase's file is gone once the key is in the agent.
+        assert {p.name for p in socket.parent.iterdir()} == {"agent.sock", "askpass"}
+        listed = ssh.subprocess.run(
+            ["ssh-add", "-L"], env={"SSH_AUTH_SOCK": str(socket)}, capture_output=True,
+            text=True, check=False,
+        )  # fmt: skip
+        assert listed.stdout.split()[:2] == (tmp_path / "id.pub").read_text().split()[:2]
+    with (
+        pytest.raises(stack.StackError, match="ssh-add refused"),
+        ssh.agent_with(key.read_text(), "wrong"),
+    ):
+        pass
