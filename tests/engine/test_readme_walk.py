@@ -200,7 +200,7 @@ class Walk:
         )
 
 
-_LAB = Block("text", 0, "the prod lab started, the user's edits made\n", "walk")
+_LAB = Block("text", 0, "(the prod lab started, the user's edits made)\n", "before the prod blocks")
 
 
 def _text(value: Any) -> str:
