@@ -36,10 +36,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -138,28 +138,38 @@ class Walk:
         self.timings: list[tuple[Block, float]] = []
 
     def run(self, block: Block) -> subprocess.CompletedProcess[str]:
+        """Run `block` as a user's shell would, in a new session: no controlling terminal, so a
+        tool that asks on /dev/tty (ssh's "continue connecting?") fails at once instead of
+        waiting, and a block that outlives its time limit is killed with everything it started."""
         script = self.dir / f"block-{block.line}.sh"
         script.write_text(HEADER + block.text + FOOTER)
         long = needs_prod_lab(block) and any(w in block.text for w in (" up", " destroy"))
+        timeout = LONG_TIMEOUT if long else BLOCK_TIMEOUT
         start = time.monotonic()
+        process = subprocess.Popen(
+            ["bash", str(script)],
+            cwd=self.project,
+            env={**self.env, "README_LINE": str(block.line + 1)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
-            result = subprocess.run(
-                ["bash", str(script)],
-                cwd=self.project,
-                env={**self.env, "README_LINE": str(block.line + 1)},
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=LONG_TIMEOUT if long else BLOCK_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as expired:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
             pytest.fail(
-                f"{block.name}: still running after {expired.timeout} s (waiting on a prompt?)\n"
-                f"{_text(expired.stdout)[-2000:]}\n{_text(expired.stderr)[-2000:]}"
+                f"{block.name}: still running after {timeout} s (waiting on a prompt?)\n"
+                f"{stdout[-2000:]}\n{stderr[-2000:]}"
             )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # what the block left running
         self.timings.append((block, time.monotonic() - start))
-        return result
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def export(self, name: str, value: str) -> None:
         self.env[name] = value
@@ -201,10 +211,6 @@ class Walk:
 
 
 _LAB = Block("text", 0, "(the prod lab started, the user's edits made)\n", "before the prod blocks")
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
 
 
 def _remove_walk_volumes() -> None:
