@@ -199,7 +199,8 @@ def test_an_existing_stack_without_its_file_is_refused_in_one_line(checkout: Che
     code, output = checkout.at_terminal("config", "-s", "prod")
     assert code == 1, output
     assert "has no passphrase file" in output and "passphrase:" not in output.lower()
-    # Removing the stack needs no passphrase.
+    # Unselecting or removing the stack needs no passphrase.
+    checkout.ok("stack", "unselect")
     checkout.ok("stack", "rm", "prod", "--yes")
 
 
