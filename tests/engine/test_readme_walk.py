@@ -10,8 +10,10 @@ Where each command runs, honestly:
   to the real Pulumi CLI (tools/engine/build.sh) except the local stack's `up`, `preview`,
   `destroy` and `stack output` and `install`: the local stack needs the Docker provider plugin,
   which cannot be built here, so its program runs under the project's mocks, its secrets
-  decrypted by the real CLI with the stack's passphrase. The double checks on every call that
-  bin/pulumi set the stack's own 0600 passphrase file and no shared passphrase.
+  decrypted by the real CLI with the stack's passphrase. pulumi-random cannot be built here
+  either: before the prod stack's `up` the double sets the three secrets the program would
+  generate with it (through the real CLI, as the prod lab does). The double checks on every
+  call that bin/pulumi set the stack's own 0600 passphrase file and no shared passphrase.
 - The prod stack runs for real: the real CLI, the real command and kubernetes plugins, against
   the prod lab (tests/engine/prod_lab.py `lab()`: a real control plane, kwok, three simulated
   Pis with the K3s installer double), started before the first block that names prod or
@@ -250,6 +252,11 @@ def test_the_readme_commands_run_in_order_without_a_prompt(
                 f"{block.name}: exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}"
                 f"\n--- stderr\n{result.stderr[-3000:]}"
             )
+    # Each stack the README made has its own passphrase, readable only by the user.
+    passphrases = sorted((walk.home / ".config" / "picluster").glob("*.passphrase"))
+    for path in passphrases:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert len({p.read_text() for p in passphrases}) == len(passphrases)
     with capsys.disabled():
         print("\nREADME walk, seconds per block:")
         for block, seconds in walk.timings:
