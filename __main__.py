@@ -20,7 +20,7 @@ from components.stack_args import (
     pi_node_args,
 )
 
-config = stack_config.load()  # one ConfigError naming every bad key, before any resource
+config = stack_config.load_or_exit()  # every bad key in one error, before any resource
 settings = config.settings
 app = build_app(settings.app, image_source(settings))
 secrets = stack_secrets(config, app)

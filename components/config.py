@@ -2,9 +2,10 @@
 
 Every key lives under the `picluster:` namespace. Shapes and types are checked by pydantic models
 (`extra="forbid"` at every depth); the invariants that span keys (unique node names, an odd number
-of servers, unique service paths) are checked after that. Every problem is reported in one
-`ConfigError` whose lines each name the full key path (`picluster:nodes[1].host`) and what would
-be valid, before any resource is declared.
+of servers, unique service paths) are checked after that, each one whose keys parsed (`_CHECKS`),
+so a bad value hides nothing else. Every problem is reported in one `ConfigError` whose lines each
+name the full key path (`picluster:nodes[1].host`) and what would be valid, in words
+(`components/config_errors.py`), before any resource is declared.
 
 Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`, the `alerts*`
 receiver secrets and the S3 keys of etcd snapshots `etcdS3AccessKey` and `etcdS3SecretKey`) are
@@ -19,7 +20,8 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,11 +34,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
 )
 from pydantic.alias_generators import to_camel
 
 from components import datastore_snapshots, images, registries, versions
+from components.config_errors import (
+    ConfigError,
+    Loc,
+    Parsed,
+    command,
+    parse,
+    set_command,
+    steps,
+)
 
 NAMESPACE = "picluster"
 
@@ -94,16 +104,6 @@ APP_NEEDS: dict[str, str] = {
 }
 """Packaged components the app and monitoring depend on: disabling one breaks them."""
 OPTIONAL_COMPONENTS = ("servicelb", "metrics-server", "runtimes")
-
-
-class ConfigError(pulumi.RunError):
-    """Bad stack configuration. The CLI prints the message alone, without a traceback."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        header = "invalid picluster configuration:" if len(problems) > 1 else ""
-        body = "\n".join(f"  {p}" for p in problems) if header else problems[0]
-        super().__init__(f"{header}\n{body}" if header else body)
 
 
 class Target(StrEnum):
@@ -440,6 +440,12 @@ class SshConfig(_Model):
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _S3_ENDPOINT = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _S3_FOLDER = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_S3_REGION = re.compile(r"^[a-z0-9-]{1,40}$")
+_PG_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PG_NAME_WORDS = (
+    "a PostgreSQL {} name such as game: lowercase letters, digits and '_', not starting with "
+    "a digit, at most 63 characters"
+)
 
 
 def _pattern(regex: re.Pattern[str], what: str) -> AfterValidator:
@@ -458,7 +464,9 @@ class SnapshotS3Config(_Model):
     endpoint: Annotated[
         str, _pattern(_S3_ENDPOINT, "an S3 endpoint host[:port] such as s3.amazonaws.com")
     ] = "s3.amazonaws.com"
-    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,40}$")] = "us-east-1"
+    region: Annotated[
+        str, _pattern(_S3_REGION, "an S3 region such as us-east-1 (lowercase letters, digits, '-')")
+    ] = "us-east-1"
     folder: Annotated[str, _pattern(_S3_FOLDER, "a folder such as picluster/prod")] | None = None
     insecure: bool = False
     skip_ssl_verify: bool = False
@@ -555,8 +563,8 @@ class DatabaseConfig(_Model):
     """PostgreSQL."""
 
     image: Image = versions.POSTGRES
-    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "game"
-    user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "game"
+    name: Annotated[str, _pattern(_PG_NAME, _PG_NAME_WORDS.format("database"))] = "game"
+    user: Annotated[str, _pattern(_PG_NAME, _PG_NAME_WORDS.format("user"))] = "game"
     storage: Quantity = "5Gi"
     backup: BackupConfig = BackupConfig()
 
@@ -607,7 +615,16 @@ class NtfyReceiver(_Model):
 class SlackReceiver(_Model):
     """A Slack channel; the incoming-webhook URL is the secret `alertsSlackWebhookUrl`."""
 
-    channel: Annotated[str, Field(pattern=r"^[#@]?[A-Za-z0-9._-]{1,80}$")] | None = None
+    channel: (
+        Annotated[
+            str,
+            _pattern(
+                re.compile(r"^[#@]?[A-Za-z0-9._-]{1,80}$"),
+                "a Slack channel such as #alerts (letters, digits, '.', '_', '-')",
+            ),
+        ]
+        | None
+    ) = None
     min_severity: Severity = "warning"
 
 
@@ -650,7 +667,16 @@ class ImagesConfig(_Model):
         list[Literal["linux/arm64", "linux/amd64"]], Field(min_length=1, max_length=2)
     ] = Field(default_factory=lambda: ["linux/arm64"])
     """K3s target: what the nodes run (a Pi is linux/arm64). Docker: the daemon's own."""
-    builder: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] | None = None
+    builder: (
+        Annotated[
+            str,
+            _pattern(
+                re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"),
+                "a buildx builder name such as pi-builder (letters, digits, '.', '_', '-')",
+            ),
+        ]
+        | None
+    ) = None
     """A `docker buildx` builder to build on (README: a native arm64 builder)."""
     registry: Annotated[str, AfterValidator(_registry)] | None = None
     """K3s target: `host[:port][/path]` of a registry the nodes pull from, instead of the
@@ -673,106 +699,169 @@ class Settings(_Model):
     monitoring: MonitoringConfig = MonitoringConfig()
 
 
-_TOP_LEVEL_KEYS = (
-    tuple((field.alias or name) for name, field in Settings.model_fields.items()) + SECRET_KEYS
-)
+_K3S_EXAMPLE = "v1.31.4+k3s1"
+"""The pinned release messages suggest."""
+_PLACEHOLDERS: dict[Loc, Any] = {
+    ("target",): Target.DOCKER.value,
+    ("k3s", "version"): _K3S_EXAMPLE,
+}
+"""Stand-ins for a required key that is missing or bad, so that the checks which do not read it
+still run; the key counts as failed, so no check that reads it runs."""
 
+_EXAMPLES: dict[str, str] = {
+    "nodes.name": "pi-1",
+    "nodes.host": "192.168.1.10",
+    "nodes.role": "server",
+    "k3s.version": _K3S_EXAMPLE,
+    "k3s.snapshots.s3.bucket": "k3s-snapshots",
+    "app.services.name": "api",
+    "app.services.port": "3000",
+    "monitoring.alerts.email.to": "ops@example.com",
+    "monitoring.alerts.email.from": "picluster@example.com",
+    "monitoring.alerts.email.smarthost": "smtp.example.com:587",
+}
+"""A value for each required key, for the command a "missing" message shows."""
 
-# --- error formatting ----------------------------------------------------------------------------
-
-
-def _key_path(loc: Sequence[str | int]) -> str:
-    path = NAMESPACE
-    for i, part in enumerate(loc):
-        if part == "[key]":
-            continue
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += (":" if i == 0 else ".") + part
-    return path
-
-
-def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The model class that owns the mapping at `loc`, to list its valid keys."""
-    model: Any = Settings
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
-        field = fields.get(part)
-        if field is None:
-            return None
-        model = _inner_model(field.annotation)
-        if model is None:
-            return None
-    return model
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    loc: tuple[str | int, ...] = tuple(error["loc"])
-    kind = error["type"]
-    path = _key_path(loc)
-    if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1])
-        valid = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
-        return f"{path}: unknown key; valid keys here are {', '.join(valid)}"
-    if kind == "missing":
-        if loc == ("target",):
-            return (
-                f"{path}: is required: docker (the local stack) or k3s (the Pis); "
-                "`pulumi config set target docker` (README: Configuration reference)"
-            )
-        return f"{path}: is required"
-    given = error.get("input")
-    if kind in ("int_type", "int_parsing", "bool_type", "bool_parsing") and isinstance(given, str):
-        if kind.startswith("int") and given.strip().lstrip("-").isdigit():
-            return (
-                f"{path}: is the text {given!r}; write the number without quotes: {given.strip()}"
-            )
-        if kind.startswith("bool") and given.strip().lower() in ("true", "false"):
-            return f"{path}: is the text {given!r}; write true or false without quotes"
-    if kind in ("model_type", "dict_type"):
-        owner = _model_at(loc)
-        keys = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
-        listed = f" with the keys {', '.join(keys)}" if keys else ""
-        return f"{path}: should be a mapping{listed} (got {given!r})"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind.startswith("value_error") or kind == "assertion_error":
-        return f"{path}: {message}"
-    return f"{path}: {message[0].lower()}{message[1:]} (got {error.get('input')!r})"
+_KEY_FILE = "~/.ssh/id_ed25519"
+"""The key file messages suggest (`ssh.privateKeyPath`'s default)."""
+STACK_PLACEHOLDER = "<stack>"
+"""The stack name in suggested commands when the caller does not know it."""
 
 
 # --- cross-key invariants ------------------------------------------------------------------------
 
 
-def _invariants(settings: Settings) -> list[str]:
+@dataclass(frozen=True)
+class _Checked:
+    """What the cross-key checks read: the settings as far as they parsed (defaults where a value
+    was bad, bad nodes and services left out), which keys failed, the secrets that are set."""
+
+    settings: Settings
+    parsed: Parsed[Settings]
+    secrets_set: frozenset[str]
+    project_dir: Path
+    stack: str
+
+    def ok(self, *locs: Loc) -> bool:
+        return self.parsed.ok(*locs)
+
+    def nodes(self, *reads: str) -> list[tuple[int, NodeConfig]]:
+        """The nodes whose keys `reads` parsed, each with its index in the stack's config."""
+        indexed = self.parsed.indexed(("nodes",), self.settings.nodes)
+        return [(i, n) for i, n in indexed if self.ok(*(("nodes", i, key) for key in reads))]
+
+    def every_node(self, *reads: str) -> list[NodeConfig] | None:
+        """All the nodes when each parsed with its keys `reads`, else None (a count of them
+        would be wrong)."""
+        nodes = self.nodes(*reads)
+        if ("nodes",) in self.parsed.failed or len(nodes) != len(self.settings.nodes):
+            return None
+        if self.parsed.dropped.get(("nodes",)):
+            return None
+        return [node for _, node in nodes]
+
+    def services(self, *reads: str) -> list[tuple[int, ServiceConfig]]:
+        """The services whose keys `reads` parsed, each with its index in the stack's config."""
+        base = ("app", "services")
+        indexed = self.parsed.indexed(base, self.settings.app.services or [])
+        return [(i, s) for i, s in indexed if self.ok(*((*base, i, key) for key in reads))]
+
+    def command(self, args: str) -> str:
+        return command(args, self.stack)
+
+
+def _k3s_target(checked: _Checked) -> bool:
+    return checked.settings.target is Target.K3S
+
+
+def _node_uniqueness(checked: _Checked) -> list[str]:
     problems: list[str] = []
-    problems += _node_invariants(settings)
-    problems += _app_invariants(settings.app)
-    if settings.ssh is None and (settings.target is Target.K3S or settings.nodes):
-        problems.append(
-            "picluster:ssh: is required when target is k3s or nodes are listed, "
-            "for example {user: pi, port: 22, privateKeyPath: ~/.ssh/id_ed25519}"
-        )
-    if settings.k3s is not None:
-        problems += _k3s_config_invariants(settings.k3s)
-    if settings.target is Target.K3S and settings.k3s is None:
-        problems.append(
-            "picluster:k3s: is required when target is k3s, "
-            "with a pinned version such as {version: v1.31.4+k3s1}"
-        )
+    ssh = checked.settings.ssh
+    default_port = ssh.port if ssh else 22
+    seen_names: dict[str, int] = {}
+    seen_endpoints: dict[tuple[str, int], int] = {}
+    for i, node in checked.nodes("name", "host", "port"):
+        if node.name in seen_names:
+            problems.append(
+                f"picluster:nodes[{i}].name: {node.name!r} is already used by "
+                f"picluster:nodes[{seen_names[node.name]}]; node names must be unique"
+            )
+        seen_names.setdefault(node.name, i)
+        endpoint = (node.host.lower(), node.port if node.port is not None else default_port)
+        if endpoint in seen_endpoints:
+            problems.append(
+                f"picluster:nodes[{i}].host: {node.host}:{endpoint[1]} is already used by "
+                f"picluster:nodes[{seen_endpoints[endpoint]}]; "
+                "each node needs its own host and port"
+            )
+        seen_endpoints.setdefault(endpoint, i)
     return problems
+
+
+def _node_counts(checked: _Checked) -> list[str]:
+    nodes = checked.every_node("role")
+    if not _k3s_target(checked) or nodes is None:
+        return []
+    servers = sum(1 for node in nodes if node.role is NodeRole.SERVER)
+    if not nodes:
+        first = ("nodes", 0)
+        return [
+            "picluster:nodes: is required when target is k3s: one entry per Pi with its name, "
+            "host (address) and role (server or agent; 1 or 3 servers), and its hostKey "
+            "(recommended: the line `ssh-keyscan -t ed25519 HOST` prints); for the first Pi:"
+            + steps(
+                set_command((*first, "name"), "pi-1", checked.stack),
+                set_command((*first, "host"), "192.168.1.10", checked.stack),
+                set_command((*first, "role"), "server", checked.stack),
+                set_command((*first, "hostKey"), "'ssh-ed25519 AAAA...'", checked.stack),
+            )
+        ]
+    if servers == 0:
+        return ["picluster:nodes: needs at least one node with role: server"]
+    if servers % 2 == 0:
+        return [
+            f"picluster:nodes: has {servers} servers; embedded etcd needs an odd number "
+            "(1, 3 or 5) to keep quorum"
+        ]
+    return []
+
+
+def _k3s_disable(checked: _Checked) -> list[str]:
+    k3s = checked.settings.k3s
+    if not _k3s_target(checked) or k3s is None:
+        return []
+    return [
+        f"picluster:k3s.disable[{i}]: {component!r} cannot be disabled: "
+        f"{APP_NEEDS[component]}; disabling it on a running cluster uninstalls it. "
+        f"Components that may be disabled: {', '.join(sorted(OPTIONAL_COMPONENTS))}"
+        for i, component in enumerate(k3s.disable)
+        if component in APP_NEEDS
+    ]
+
+
+def _ssh_required(checked: _Checked) -> list[str]:
+    nodes_listed = bool(checked.settings.nodes) or not checked.ok(("nodes",))
+    if checked.settings.ssh is not None or not (_k3s_target(checked) or nodes_listed):
+        return []
+    return [
+        "picluster:ssh: is required when target is k3s or nodes are listed: the user picluster "
+        "logs in to the Pis as, and its key (a file, or the secret picluster:sshPrivateKey):"
+        + steps(
+            set_command(("ssh", "user"), "pi", checked.stack),
+            set_command(("ssh", "privateKeyPath"), "~/.ssh/id_ed25519", checked.stack),
+        )
+        + "\n  or, instead of privateKeyPath, the key itself as a secret:"
+        + steps(command("config set --secret sshPrivateKey", checked.stack, stdin=_KEY_FILE))
+    ]
+
+
+def _k3s_required(checked: _Checked) -> list[str]:
+    if not _k3s_target(checked) or checked.settings.k3s is not None:
+        return []
+    return [
+        "picluster:k3s: is required when target is k3s, with a pinned K3s release: "
+        + set_command(("k3s", "version"), _K3S_EXAMPLE, checked.stack)
+    ]
 
 
 K3S_KEYS_SET_BY_PICLUSTER = frozenset(
@@ -781,7 +870,10 @@ K3S_KEYS_SET_BY_PICLUSTER = frozenset(
 """config.yaml keys picluster writes itself; `serverConfig`/`agentConfig` may not set them."""
 
 
-def _k3s_config_invariants(k3s: K3sConfig) -> list[str]:
+def _k3s_config_invariants(checked: _Checked) -> list[str]:
+    k3s = checked.settings.k3s
+    if k3s is None:
+        return []
     problems: list[str] = []
     for section, extra in (("serverConfig", k3s.server_config), ("agentConfig", k3s.agent_config)):
         for key in sorted(set(extra) & K3S_KEYS_SET_BY_PICLUSTER):
@@ -797,64 +889,18 @@ def _k3s_config_invariants(k3s: K3sConfig) -> list[str]:
             if key in extra:
                 problems.append(
                     f"picluster:k3s.{section}.{key}: is a secret and would be stored in plain "
-                    f"text; set it with `pulumi config set --secret {secret}` and the bucket "
-                    "in picluster:k3s.snapshots.s3"
+                    f"text; set it with {checked.command(f'config set --secret {secret}')} and "
+                    "the bucket in picluster:k3s.snapshots.s3"
                 )
     return problems
 
 
-def _node_invariants(settings: Settings) -> list[str]:
+def _service_names(checked: _Checked) -> list[str]:
     problems: list[str] = []
-    nodes = settings.nodes
-    default_port = settings.ssh.port if settings.ssh else 22
-    seen_names: dict[str, int] = {}
-    seen_endpoints: dict[tuple[str, int], int] = {}
-    for i, node in enumerate(nodes):
-        if node.name in seen_names:
-            problems.append(
-                f"picluster:nodes[{i}].name: {node.name!r} is already used by "
-                f"picluster:nodes[{seen_names[node.name]}]; node names must be unique"
-            )
-        seen_names.setdefault(node.name, i)
-        endpoint = (node.host.lower(), node.port if node.port is not None else default_port)
-        if endpoint in seen_endpoints:
-            problems.append(
-                f"picluster:nodes[{i}].host: {node.host}:{endpoint[1]} is already used by "
-                f"picluster:nodes[{seen_endpoints[endpoint]}]; "
-                "each node needs its own host and port"
-            )
-        seen_endpoints.setdefault(endpoint, i)
-    if settings.target is Target.K3S:
-        servers = sum(1 for node in nodes if node.role is NodeRole.SERVER)
-        if not nodes:
-            problems.append(
-                "picluster:nodes: is required when target is k3s; list the Pis, "
-                "for example [{name: pi-1, host: 192.168.1.10, role: server}]"
-            )
-        elif servers == 0:
-            problems.append("picluster:nodes: needs at least one node with role: server")
-        elif servers % 2 == 0:
-            problems.append(
-                f"picluster:nodes: has {servers} servers; embedded etcd needs an odd number "
-                "(1, 3 or 5) to keep quorum"
-            )
-        k3s = settings.k3s
-        for i, component in enumerate(k3s.disable if k3s else []):
-            if component in APP_NEEDS:
-                problems.append(
-                    f"picluster:k3s.disable[{i}]: {component!r} cannot be disabled: "
-                    f"{APP_NEEDS[component]}; disabling it on a running cluster uninstalls it. "
-                    f"Components that may be disabled: {', '.join(sorted(OPTIONAL_COMPONENTS))}"
-                )
-    return problems
-
-
-def _app_invariants(app: AppConfig) -> list[str]:
-    problems: list[str] = []
-    services = app.services or []
-    names = Counter(s.name for s in services)
-    routes = Counter(s.route for s in services)
-    for i, service in enumerate(services):
+    services = checked.services("name", "path")
+    names = Counter(s.name for _, s in services)
+    routes = Counter(s.route for _, s in services)
+    for i, service in services:
         if service.name in RESERVED_NAMES:
             problems.append(
                 f"picluster:app.services[{i}].name: {service.name!r} is used by picluster itself; "
@@ -877,15 +923,10 @@ def _app_invariants(app: AppConfig) -> list[str]:
     return problems
 
 
-def _build_invariants(
-    settings: Settings, project_dir: Path, secrets_set: frozenset[str]
-) -> list[str]:
-    """Where each image comes from: one source per workload, folders that can be built, image
-    references the nodes can reach, registry credentials that come in pairs."""
+def _frontend_sources(checked: _Checked) -> list[str]:
+    """One source for the frontend, and folders that can be built."""
+    frontend = checked.settings.app.frontend
     problems: list[str] = []
-    app = settings.app
-    on_k3s = settings.target is Target.K3S
-    frontend = app.frontend
     given = [
         k
         for k, v in (
@@ -906,11 +947,15 @@ def _build_invariants(
     ):
         if folder is not None:
             problems += images.folder_problems(
-                project_dir / folder, static=static, key=key, dockerfile_only=not static
+                checked.project_dir / folder, static=static, key=key, dockerfile_only=not static
             )
-    if on_k3s and frontend.image is not None and images.is_loopback_registry(frontend.image):
-        problems.append(_loopback_problem("picluster:app.frontend.image", frontend.image))
-    for i, service in enumerate(app.services or []):
+    return problems
+
+
+def _service_sources(checked: _Checked) -> list[str]:
+    """One source per service, folders that can be built, the user the Dockerfile runs as."""
+    problems: list[str] = []
+    for i, service in checked.services("image", "build", "runAsUser"):
         key = f"picluster:app.services[{i}]"
         if (service.image is None) == (service.build is None):
             what = "both image and build" if service.image else "neither image nor build"
@@ -919,7 +964,7 @@ def _build_invariants(
                 "folder)"
             )
         if service.build is not None:
-            folder = project_dir / service.build
+            folder = checked.project_dir / service.build
             found = images.folder_problems(folder, static=False, key=f"{key}.build")
             problems += found
             uid = images.own_dockerfile_uid(folder) if not found else None
@@ -928,35 +973,62 @@ def _build_invariants(
                 problems.append(
                     f"{key}.runAsUser: the Dockerfile runs as {uid}; set runAsUser: {uid}"
                 )
-        if on_k3s and service.image is not None and images.is_loopback_registry(service.image):
-            problems.append(_loopback_problem(f"{key}.image", service.image))
-    registry = settings.images.registry
-    if on_k3s and registry is not None and images.is_loopback_registry(f"{registry}/x"):
+    return problems
+
+
+def _loopback_images(checked: _Checked) -> list[str]:
+    """On K3s, image references and a registry the Pis can reach (not this machine's loopback)."""
+    if not _k3s_target(checked):
+        return []
+    problems: list[str] = []
+    frontend = checked.settings.app.frontend
+    if (
+        checked.ok(("app", "frontend", "image"))
+        and frontend.image is not None
+        and images.is_loopback_registry(frontend.image)
+    ):
+        problems.append(_loopback_problem("picluster:app.frontend.image", frontend.image))
+    for i, service in checked.services("image"):
+        if service.image is not None and images.is_loopback_registry(service.image):
+            problems.append(_loopback_problem(f"picluster:app.services[{i}].image", service.image))
+    registry = checked.settings.images.registry
+    if (
+        checked.ok(("images", "registry"))
+        and registry is not None
+        and images.is_loopback_registry(f"{registry}/x")
+    ):
         problems.append(
             f"picluster:images.registry: {registry!r} is this machine's loopback, which the Pis "
             "cannot reach; remove the key to use the in-cluster registry, or name an HTTPS "
             "registry the Pis reach"
         )
-    has_user = settings.images.registry_username is not None
-    has_password = "registryPassword" in secrets_set
+    return problems
+
+
+def _registry_account(checked: _Checked) -> list[str]:
+    """Registry credentials that come in pairs, platforms given once."""
+    settings = checked.settings.images
+    problems: list[str] = []
+    has_user = settings.registry_username is not None
+    has_password = "registryPassword" in checked.secrets_set
     if has_password and not has_user:
         problems.append(
             "picluster:registryPassword: is set but picluster:images.registryUsername is not; "
             "set the user name the password belongs to, or remove the secret "
-            "(`pulumi config rm registryPassword`)"
+            f"({checked.command('config rm registryPassword')})"
         )
     if has_user and not has_password:
         problems.append(
             "picluster:images.registryUsername: needs the secret picluster:registryPassword "
-            "(`pulumi config set --secret registryPassword`)"
+            f"({checked.command('config set --secret registryPassword')})"
         )
-    platforms = settings.images.platforms
+    platforms = settings.platforms
     if len(set(platforms)) != len(platforms):
         problems.append(
             f"picluster:images.platforms: {platforms!r} names a platform twice; give each of "
             "linux/arm64, linux/amd64 at most once"
         )
-    if has_user and registry is None:
+    if has_user and settings.registry is None:
         problems.append(
             "picluster:images.registryUsername: is for a registry named in "
             "picluster:images.registry; the in-cluster registry needs no account"
@@ -975,10 +1047,11 @@ def _builds_images(app: AppConfig) -> bool:
     )
 
 
-def _registry_address_invariants(settings: Settings) -> list[str]:
+def _registry_address_invariants(checked: _Checked) -> list[str]:
     """The in-cluster registry's Service takes a pinned clusterIP that every node's
     registries.yaml names: a `service-cidr` of the user's must hold it, or the API server
     refuses the Service (and every node would point at nothing)."""
+    settings = checked.settings
     k3s = settings.k3s
     if (
         settings.target is not Target.K3S
@@ -1040,6 +1113,124 @@ def _loopback_problem(key: str, reference: str) -> str:
     )
 
 
+_RECEIVER_SECRETS = {
+    "webhook": ("alertsWebhookUrl", "https://hooks.example.com/picluster"),
+    "ntfy": ("alertsNtfyUrl", "https://ntfy.sh/<your-topic>"),
+    "slack": ("alertsSlackWebhookUrl", "https://hooks.slack.com/services/..."),
+}
+_OPTIONAL_SECRETS = {
+    "alertsWebhookToken": "alertsWebhookUrl",
+    "alertsNtfyToken": "alertsNtfyUrl",
+}
+
+
+def _alert_invariants(checked: _Checked) -> list[str]:
+    """Receivers and their secrets come together: a block without its URL, or a token or
+    password without what it authenticates, is a mistake worth one clear error."""
+    alerts = checked.settings.monitoring.alerts
+    secrets_set = checked.secrets_set
+    problems: list[str] = []
+    for receiver, (secret, example) in _RECEIVER_SECRETS.items():
+        if getattr(alerts, receiver) is not None and secret not in secrets_set:
+            problems.append(
+                f"{NAMESPACE}:monitoring.alerts.{receiver}: needs the secret {NAMESPACE}:{secret} "
+                f"(such as {example}); set it with "
+                f"{checked.command(f'config set --secret {secret}')}"
+            )
+    for token, url in _OPTIONAL_SECRETS.items():
+        if token in secrets_set and url not in secrets_set:
+            problems.append(
+                f"{NAMESPACE}:{token}: is set but {NAMESPACE}:{url} is not; "
+                "set the URL too or remove the token"
+            )
+    email = alerts.email
+    if "alertsSmtpPassword" in secrets_set and (email is None or email.username is None):
+        problems.append(
+            f"{NAMESPACE}:alertsSmtpPassword: is set but "
+            f"{NAMESPACE}:monitoring.alerts.email.username is not; give the SMTP user name"
+        )
+    if email is not None and email.username is not None and "alertsSmtpPassword" not in secrets_set:
+        problems.append(
+            f"{NAMESPACE}:monitoring.alerts.email.username: needs the secret "
+            f"{NAMESPACE}:alertsSmtpPassword; set it with "
+            f"{checked.command('config set --secret alertsSmtpPassword')}"
+        )
+    return problems
+
+
+S3_SECRET_KEYS = ("etcdS3AccessKey", "etcdS3SecretKey")
+
+
+def _snapshot_secrets(checked: _Checked) -> list[str]:
+    """The S3 target and its keys come together."""
+    k3s = checked.settings.k3s
+    s3 = k3s.snapshots.s3 if k3s else None
+    given = [key for key in S3_SECRET_KEYS if key in checked.secrets_set]
+    if s3 is not None and len(given) < len(S3_SECRET_KEYS):
+        return [
+            f"picluster:{key}: is required when picluster:k3s.snapshots.s3 is set "
+            f"(set it with {checked.command(f'config set --secret {key}')})"
+            for key in S3_SECRET_KEYS
+            if key not in given
+        ]
+    if s3 is None and given:
+        return [
+            f"picluster:{key}: is set but picluster:k3s.snapshots.s3 is not; add the bucket "
+            "(k3s.snapshots.s3: {bucket: ..., endpoint: ...}) or remove the key"
+            for key in given
+        ]
+    return []
+
+
+def _single_server_snapshots(checked: _Checked) -> list[str]:
+    """A single server's copy needs a systemd form of the schedule, and has no S3 upload (K3s
+    uploads etcd snapshots only)."""
+    settings = checked.settings
+    snapshots = settings.k3s.snapshots if settings.k3s else None
+    nodes = checked.every_node("role")
+    servers = sum(1 for node in nodes or [] if node.role is NodeRole.SERVER)
+    if snapshots is None or settings.target is not Target.K3S or servers != 1:
+        return []
+    problems: list[str] = []
+    if snapshots.s3 is not None:
+        problems.append(
+            "picluster:k3s.snapshots.s3: uploads are K3s's etcd snapshots, and one server "
+            "runs SQLite; use 3 servers (embedded etcd) or remove s3 (the SQLite copies stay "
+            f"in {datastore_snapshots.SNAPSHOT_DIR} on the server)"
+        )
+    try:
+        datastore_snapshots.on_calendar(snapshots.schedule)
+    except ValueError as error:
+        problems.append(f"picluster:k3s.snapshots.schedule: {error}")
+    return problems
+
+
+_Check = Callable[[_Checked], list[str]]
+_CHECKS: tuple[tuple[tuple[Loc, ...], _Check], ...] = (
+    # (the keys a check reads, which must all have parsed; the check)
+    ((("ssh",),), _node_uniqueness),  # on the nodes that parsed
+    ((("target",),), _node_counts),  # when every node's role parsed
+    ((("target",), ("k3s", "disable")), _k3s_disable),
+    ((("target",), ("ssh",)), _ssh_required),
+    ((("target",), ("k3s",)), _k3s_required),
+    ((("k3s", "serverConfig"), ("k3s", "agentConfig")), _k3s_config_invariants),
+    ((), _service_names),  # on the services that parsed
+    ((("app", "frontend"),), _frontend_sources),
+    ((), _service_sources),  # on the services that parsed
+    ((("target",),), _loopback_images),
+    ((("images",),), _registry_account),
+    (
+        (("target",), ("k3s", "serverConfig"), ("images", "registry"), ("app",)),
+        _registry_address_invariants,
+    ),
+    ((("monitoring", "alerts"),), _alert_invariants),
+    ((("k3s", "snapshots", "s3"),), _snapshot_secrets),
+    ((("target",), ("k3s", "snapshots")), _single_server_snapshots),  # as _node_counts
+)
+"""Every cross-key check. One runs only when every key it reads parsed, so a bad value is
+reported once, never again as the consequence a default standing in for it would have."""
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 
@@ -1067,14 +1258,17 @@ def _decode(value: Any) -> Any:
         return value
 
 
-def _check_secret_keys(raw: Mapping[str, Any]) -> list[str]:
+def _check_secret_keys(raw: Mapping[str, Any], stack: str) -> list[str]:
     problems: list[str] = []
     for key in SECRET_KEYS:
         if key not in raw:
             continue
         value = raw[key]
         if not isinstance(value, str) or not value.strip():
-            problems.append(f"{NAMESPACE}:{key}: must be a non-empty string (set it with --secret)")
+            problems.append(
+                f"{NAMESPACE}:{key}: must be a non-empty string; set it with "
+                f"{command(f'config set --secret {key}', stack)}"
+            )
         elif key == "k3sToken" and (len(value) < 16 or re.search(r"\s", value)):
             problems.append(
                 f"{NAMESPACE}:k3sToken: must be at least 16 characters with no white space"
@@ -1084,48 +1278,6 @@ def _check_secret_keys(raw: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"{NAMESPACE}:{key}: is not an http:// or https:// URL (the value is not shown)"
             )
-    return problems
-
-
-_RECEIVER_SECRETS = {
-    "webhook": ("alertsWebhookUrl", "https://hooks.example.com/picluster"),
-    "ntfy": ("alertsNtfyUrl", "https://ntfy.sh/<your-topic>"),
-    "slack": ("alertsSlackWebhookUrl", "https://hooks.slack.com/services/..."),
-}
-_OPTIONAL_SECRETS = {
-    "alertsWebhookToken": "alertsWebhookUrl",
-    "alertsNtfyToken": "alertsNtfyUrl",
-}
-
-
-def _alert_invariants(alerts: AlertsConfig, secrets_set: frozenset[str]) -> list[str]:
-    """Receivers and their secrets come together: a block without its URL, or a token or
-    password without what it authenticates, is a mistake worth one clear error."""
-    problems: list[str] = []
-    for receiver, (secret, example) in _RECEIVER_SECRETS.items():
-        if getattr(alerts, receiver) is not None and secret not in secrets_set:
-            problems.append(
-                f"{NAMESPACE}:monitoring.alerts.{receiver}: needs the secret {NAMESPACE}:{secret}; "
-                f"set it with `pulumi config set --secret {secret} {example}`"
-            )
-    for token, url in _OPTIONAL_SECRETS.items():
-        if token in secrets_set and url not in secrets_set:
-            problems.append(
-                f"{NAMESPACE}:{token}: is set but {NAMESPACE}:{url} is not; "
-                "set the URL too or remove the token"
-            )
-    email = alerts.email
-    if "alertsSmtpPassword" in secrets_set and (email is None or email.username is None):
-        problems.append(
-            f"{NAMESPACE}:alertsSmtpPassword: is set but "
-            f"{NAMESPACE}:monitoring.alerts.email.username is not; give the SMTP user name"
-        )
-    if email is not None and email.username is not None and "alertsSmtpPassword" not in secrets_set:
-        problems.append(
-            f"{NAMESPACE}:monitoring.alerts.email.username: needs the secret "
-            f"{NAMESPACE}:alertsSmtpPassword; set it with "
-            "`pulumi config set --secret alertsSmtpPassword`"
-        )
     return problems
 
 
@@ -1159,113 +1311,110 @@ class StackConfig:
 
 
 def validate(
-    raw: Mapping[str, Any], *, secret_values: bool = True, project_dir: Path | None = None
+    raw: Mapping[str, Any],
+    *,
+    secret_values: bool = True,
+    project_dir: Path | None = None,
+    stack: str = STACK_PLACEHOLDER,
 ) -> Settings:
-    """Validate raw config values (keys without namespace) or raise one `ConfigError`.
+    """Validate raw config values (keys without namespace) or raise one `ConfigError` that lists
+    every problem: each bad value, and each cross-key rule broken by the values that are good.
 
     Build folders are relative to `project_dir` (default: the working directory, which is the
-    project's when Pulumi runs the program).
+    project's when Pulumi runs the program). `stack` names the stack in suggested commands.
 
     With `secret_values=False` the secrets' values are not checked, only which are set: for a
     reader that sees the stack's configuration without them (`bin/restore-datastore`).
     """
-    problems: list[str] = []
-    unknown = sorted(set(raw) - set(_TOP_LEVEL_KEYS))
-    problems += [
-        f"{NAMESPACE}:{key}: unknown key; valid keys are {', '.join(_TOP_LEVEL_KEYS)}"
-        for key in unknown
-    ]
-    if secret_values:
-        problems += _check_secret_keys(raw)
-    model_input = {k: v for k, v in raw.items() if k not in SECRET_KEYS and k not in unknown}
-    try:
-        settings = Settings.model_validate(model_input)
-    except ValidationError as error:
-        problems += [_describe(e) for e in error.errors(include_url=False)]
-        raise ConfigError(problems) from None
-    problems += _invariants(settings)
-    secrets_set = frozenset(k for k in SECRET_KEYS if k in raw)
-    problems += _alert_invariants(settings.monitoring.alerts, secrets_set)
-    problems += _snapshot_invariants(settings, secrets_set)
-    problems += _build_invariants(settings, project_dir or Path.cwd(), secrets_set)
-    problems += _registry_address_invariants(settings)
-    if problems:
+    checked, problems = _check(
+        raw, secret_values=secret_values, project_dir=project_dir or Path.cwd(), stack=stack
+    )
+    if problems or checked is None:
         raise ConfigError(problems)
-    return settings
+    return checked.settings
 
 
-S3_SECRET_KEYS = ("etcdS3AccessKey", "etcdS3SecretKey")
-
-
-def _snapshot_invariants(settings: Settings, secrets_set: frozenset[str]) -> list[str]:
-    """The S3 target and its keys come together; a single server's copy needs a systemd form of
-    the schedule, and has no S3 upload (K3s uploads etcd snapshots only)."""
-    snapshots = settings.k3s.snapshots if settings.k3s else None
-    s3 = snapshots.s3 if snapshots else None
-    problems: list[str] = []
-    given = [key for key in S3_SECRET_KEYS if key in secrets_set]
-    if s3 is not None and len(given) < len(S3_SECRET_KEYS):
-        missing = [key for key in S3_SECRET_KEYS if key not in given]
-        problems += [
-            f"picluster:{key}: is required when picluster:k3s.snapshots.s3 is set "
-            f"(set it with `pulumi config set --secret {key}`)"
-            for key in missing
-        ]
-    if s3 is None and given:
-        problems += [
-            f"picluster:{key}: is set but picluster:k3s.snapshots.s3 is not; add the bucket "
-            "(k3s.snapshots.s3: {bucket: ..., endpoint: ...}) or remove the key"
-            for key in given
-        ]
-    servers = sum(1 for node in settings.nodes if node.role is NodeRole.SERVER)
-    if snapshots is not None and settings.target is Target.K3S and servers == 1:
-        if s3 is not None:
-            problems.append(
-                "picluster:k3s.snapshots.s3: uploads are K3s's etcd snapshots, and one server "
-                "runs SQLite; use 3 servers (embedded etcd) or remove s3 (the SQLite copies stay "
-                f"in {datastore_snapshots.SNAPSHOT_DIR} on the server)"
-            )
-        try:
-            datastore_snapshots.on_calendar(snapshots.schedule)
-        except ValueError as error:
-            problems.append(f"picluster:k3s.snapshots.schedule: {error}")
-    return problems
+def _check(
+    raw: Mapping[str, Any], *, secret_values: bool, project_dir: Path, stack: str
+) -> tuple[_Checked | None, list[str]]:
+    """The settings as far as they parse, and every problem found."""
+    problems = _check_secret_keys(raw, stack) if secret_values else []
+    parsed = parse(
+        Settings,
+        {k: v for k, v in raw.items() if k not in SECRET_KEYS},
+        stack=stack,
+        placeholders=_PLACEHOLDERS,
+        root_extra_keys=SECRET_KEYS,
+        examples=_EXAMPLES,
+    )
+    problems += parsed.problems
+    if parsed.model is None:
+        return None, problems
+    secrets_set = frozenset(k for k in SECRET_KEYS if k in raw)
+    checked = _Checked(parsed.model, parsed, secrets_set, project_dir, stack)
+    for reads, check in _CHECKS:
+        if checked.ok(*reads):
+            problems += check(checked)
+    return checked, problems
 
 
 def load() -> StackConfig:
     """Read and validate the stack's configuration once, before any resource is declared."""
     raw = _raw_config()
-    settings = validate(raw)
-    secrets_set = frozenset(k for k in SECRET_KEYS if k in raw)
+    checked, problems = _check(
+        raw, secret_values=True, project_dir=Path.cwd(), stack=pulumi.get_stack()
+    )
+    key_file = None
+    if checked is not None and checked.ok(("ssh",)):
+        settings = checked.settings
+        nodes_listed = bool(settings.nodes) or not checked.ok(("nodes",))
+        if nodes_listed and settings.ssh is not None and "sshPrivateKey" not in raw:
+            key_file, problem = _private_key_file(settings.ssh, checked.stack)
+            problems += [problem] if problem else []
+    if problems or checked is None:
+        raise ConfigError(problems)
+    secrets_set = checked.secrets_set
     for key in sorted(secrets_set):
         if not runtime_config.is_config_secret(f"{NAMESPACE}:{key}"):
             pulumi.warn(
                 f"{NAMESPACE}:{key} is stored in plain text in the stack file; "
-                f"set it with `pulumi config set --secret {key}`"
+                f"set it with {checked.command(f'config set --secret {key}')}"
             )
-    key_file = None
-    if settings.nodes and "sshPrivateKey" not in secrets_set:
-        key_file = _private_key_file(settings)
-    return StackConfig(settings, secrets_set, key_file)
+    return StackConfig(checked.settings, secrets_set, key_file)
 
 
-def _private_key_file(settings: Settings) -> Path:
-    """The readable key file named by `ssh.privateKeyPath`, or one ConfigError."""
-    configured = settings.ssh.private_key_path if settings.ssh else None
+def load_or_exit() -> StackConfig:
+    """`load()` for the program: a `ConfigError` is shown as one error diagnostic, and the
+    program ends with the Python host's "message already shown" exit code. Raised instead, the
+    engine would add "an unhandled error occurred: program exited with non-zero exit code: 1"
+    (pulumi-language-python-exec logs a RunError, then exits 1)."""
+    try:
+        return load()
+    except ConfigError as error:
+        pulumi.log.error(str(error))
+        raise SystemExit(EXIT_ERROR_SHOWN) from error
+
+
+EXIT_ERROR_SHOWN = 32
+"""pulumi-language-python-exec's PYTHON_PROCESS_EXITED_AFTER_SHOWING_USER_ACTIONABLE_MESSAGE_CODE:
+the language host then reports no error of its own."""
+
+
+def _private_key_file(ssh: SshConfig, stack: str) -> tuple[Path | None, str | None]:
+    """The readable key file named by `ssh.privateKeyPath`, or the problem with it."""
+    configured = ssh.private_key_path
     if configured is None:
-        raise ConfigError(
-            [
-                "picluster:ssh.privateKeyPath: is required unless the secret "
-                "picluster:sshPrivateKey is set"
-            ]
+        return None, (
+            "picluster:ssh.privateKeyPath: is required unless the secret "
+            "picluster:sshPrivateKey is set; set one of them: "
+            f"{set_command(('ssh', 'privateKeyPath'), '~/.ssh/id_ed25519', stack)} or "
+            f"{command('config set --secret sshPrivateKey', stack, stdin=_KEY_FILE)}"
         )
     path = Path(configured).expanduser()
     if not path.is_file() or not os.access(path, os.R_OK):
-        raise ConfigError(
-            [
-                f"picluster:ssh.privateKeyPath: {configured!r} is not a readable file; point it at "
-                "your SSH private key or set it with `pulumi config set --secret sshPrivateKey "
-                "< ~/.ssh/id_ed25519`"
-            ]
+        return None, (
+            f"picluster:ssh.privateKeyPath: {configured!r} is not a readable file; point it at "
+            "your SSH private key or give the key itself as a secret: "
+            f"{command('config set --secret sshPrivateKey', stack, stdin=_KEY_FILE)}"
         )
-    return path
+    return path, None

@@ -34,6 +34,7 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from components.app_model import ImageSource
+from components.config import EXIT_ERROR_SHOWN, ConfigError
 from components.image_build import TunnelPush
 from components.pi_node import SshTarget
 from tests.engine_rules import (
@@ -331,6 +332,7 @@ class _WarningLogger:
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
+        self.errors: list[str] = []
 
     def debug(self, msg: str) -> None:
         pass
@@ -343,6 +345,7 @@ class _WarningLogger:
 
     def error(self, msg: str) -> None:
         self.warnings.append(msg)
+        self.errors.append(msg)
 
 
 def stack_file_config(stack: str) -> dict[str, Any]:
@@ -422,6 +425,15 @@ def run(
 
     try:
         _sync_await(run_pulumi_func(body))
+    except SystemExit as stop:
+        _cancel_leftover_tasks()
+        # `load_or_exit` logs a ConfigError as the engine's error and exits with the code that
+        # says the message was shown; tests assert on that error.
+        shown = stop.__cause__
+        if stop.code == EXIT_ERROR_SHOWN and isinstance(shown, ConfigError):
+            assert logger.errors == [str(shown)], logger.errors
+            raise shown from None
+        raise
     except BaseException:
         _cancel_leftover_tasks()
         raise

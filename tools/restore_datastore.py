@@ -310,7 +310,7 @@ def stack_settings(
         else:
             value = entry.get("value")
             raw[key] = json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
-    return validate(raw, secret_values=False)
+    return validate(raw, secret_values=False, stack=stack)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,7 +115,7 @@ def test_every_receiver_with_its_secrets_is_valid() -> None:
         (
             {"monitoring": {"alerts": {"webhook": {"minSeverity": "page"}}}},
             "picluster:monitoring.alerts.webhook.minSeverity",
-            "'warning' or 'critical'",
+            "'page' is not valid here; give warning or critical",
         ),
         (
             {"monitoring": {"alerts": {"pagerduty": {}}}},

@@ -60,7 +60,7 @@ def test_defaults_give_the_documented_values() -> None:
     ("raw", "key", "hint"),
     [
         ({}, "picluster:target", "is required"),
-        ({"target": "swarm"}, "picluster:target", "'docker' or 'k3s'"),
+        ({"target": "swarm"}, "picluster:target", "'swarm' is not valid here; give docker or k3s"),
         ({"target": "docker", "colour": "red"}, "picluster:colour", "valid keys are target"),
         (
             {"target": "docker", "app": {"frontend": {"imag": "x"}}},
@@ -70,7 +70,7 @@ def test_defaults_give_the_documented_values() -> None:
         (
             {"target": "docker", "monitoring": {"enabled": "maybe"}},
             "picluster:monitoring.enabled",
-            "boolean",
+            "is the text 'maybe'; write true or false",
         ),
         (
             {"target": "docker", "monitoring": {"retention": "forever"}},
@@ -90,7 +90,7 @@ def test_defaults_give_the_documented_values() -> None:
         (
             {"target": "docker", "docker": {"ports": {"grafana": 0}}},
             "picluster:docker.ports.grafana",
-            "greater than or equal to 1",
+            "0 is out of range; give a whole number from 1 to 65535",
         ),
         (with_services(svc(port=70000)), "picluster:app.services[0].port", "65535"),
         (
@@ -98,7 +98,11 @@ def test_defaults_give_the_documented_values() -> None:
             "picluster:app.services[0].port",
             "is the text '80'; write the number without quotes: 80",
         ),
-        (with_services(svc(port="eighty")), "picluster:app.services[0].port", "integer"),
+        (
+            with_services(svc(port="eighty")),
+            "picluster:app.services[0].port",
+            "is the text 'eighty'; give a whole number",
+        ),
         (
             with_services(svc(image="Studio/Api:1.0")),
             "picluster:app.services[0].image",
@@ -109,7 +113,12 @@ def test_defaults_give_the_documented_values() -> None:
             "picluster:monitoring",
             "should be a mapping with the keys alerts, enabled,",
         ),
-        ({}, "picluster:target", "docker (the local stack) or k3s (the Pis)"),
+        (
+            {},
+            "picluster:target",
+            "or k3s (a K3s cluster on your Raspberry Pis); set it with "
+            "`bin/pulumi config set target docker -s <stack>`",
+        ),
         (with_services(svc(path="api")), "picluster:app.services[0].path", "'/something'"),
         (with_services(svc(path="/")), "picluster:app.services[0].path", "'/something'"),
         (with_services(svc(image="node")), "picluster:app.services[0].image", "not pinned"),
@@ -219,7 +228,7 @@ def test_k3s_base_is_valid() -> None:
         (
             {"nodes": [{"name": "pi-1", "host": "10.0.0.1", "role": "master"}]},
             "picluster:nodes[0].role",
-            "'server' or 'agent'",
+            "'master' is not valid here; give server or agent",
         ),
         (
             {"nodes": [{"name": "pi-1", "host": "10.0.0.1", "role": "server", "hostKey": "x"}]},
@@ -263,7 +272,7 @@ def test_k3s_base_is_valid() -> None:
         (
             {"k3s": {"version": "v1.31.4+k3s1", "drainTimeout": 5}},
             "picluster:k3s.drainTimeout",
-            "greater than or equal to 30",
+            "5 is out of range; give a whole number from 30 to 3600",
         ),
         (
             {"k3s": {"version": "v1.31.4+k3s1", "disable": ["local-storage"]}},

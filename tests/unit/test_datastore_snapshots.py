@@ -209,7 +209,7 @@ def test_a_schedule_the_sqlite_timer_cannot_run_names_the_key() -> None:
 @pytest.mark.parametrize(
     ("snapshots", "message"),
     [
-        ({"retention": 0}, "picluster:k3s.snapshots.retention: input should be greater than"),
+        ({"retention": 0}, "picluster:k3s.snapshots.retention: 0 is out of range; give a whole"),
         ({"schedule": "hourly"}, "picluster:k3s.snapshots.schedule: 'hourly' is not a cron"),
         ({"s3": {"bucket": "A_B"}}, "picluster:k3s.snapshots.s3.bucket: 'A_B' is not an S3"),
         ({"s3": {"bucket": "ok-bucket", "endpoint": "https://x"}}, "s3.endpoint: 'https://x'"),

@@ -546,7 +546,7 @@ def test_registry_credential_errors_say_which_half_is_missing(tmp_path: Path) ->
     [only_user] = problems(K3S | {"images": named | {"registryUsername": "ci"}}, tmp_path)
     assert only_user == (
         "picluster:images.registryUsername: needs the secret picluster:registryPassword "
-        "(`pulumi config set --secret registryPassword`)"
+        "(`bin/pulumi config set --secret registryPassword -s <stack>`)"
     )
 
 
