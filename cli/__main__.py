@@ -12,7 +12,10 @@ import sys
 from collections.abc import Sequence
 
 # (module, in the order `--help` lists them)
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = (
+    "manifests",
+    "compose",
+)
 
 
 def parser() -> argparse.ArgumentParser:

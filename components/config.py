@@ -7,17 +7,16 @@ so a bad value hides nothing else. Every problem is reported in one `ConfigError
 name the full key path (`picluster:nodes[1].host`) and what would be valid, in words
 (`components/config_errors.py`), before any resource is declared.
 
-Secret keys (`sshPrivateKey`, `k3sToken`, `dbPassword`, `grafanaAdminPassword`, the `alerts*`
-receiver secrets and the S3 keys of etcd snapshots `etcdS3AccessKey` and `etcdS3SecretKey`) are
-never copied into the model: they are read as Pulumi secrets by `StackConfig.secret`, and an error
-about them never repeats their value.
+Secret keys (`sshPrivateKey` and its `sshKeyPassphrase`, `k3sToken`, `dbPassword`,
+`grafanaAdminPassword`, the `alerts*` receiver secrets and the S3 keys of etcd snapshots
+`etcdS3AccessKey` and `etcdS3SecretKey`) are never copied into the model: they are read as Pulumi
+secrets by `StackConfig.secret`, and an error about them never repeats their value.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -37,8 +36,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components import datastore_snapshots, images, registries, versions
+from components import datastore_snapshots, docker_host, images, registries, ssh_auth, versions
 from components.config_errors import (
+    STACK_PLACEHOLDER,
     ConfigError,
     Loc,
     Parsed,
@@ -65,6 +65,7 @@ ALERT_SECRET_URLS = frozenset(
 )
 SECRET_KEYS: tuple[str, ...] = (
     "sshPrivateKey",
+    "sshKeyPassphrase",
     "k3sToken",
     "dbPassword",
     "grafanaAdminPassword",
@@ -409,7 +410,9 @@ class PublishedPorts(_Model):
 class DockerConfig(_Model):
     """The Docker daemon the `docker` target deploys to."""
 
-    host: Annotated[str, AfterValidator(_docker_host)] = "unix:///var/run/docker.sock"
+    host: Annotated[str, AfterValidator(_docker_host)] = docker_host.DEFAULT_HOST
+    """Unset: the daemon the `docker` CLI uses (DOCKER_HOST, else its current context, else
+    this default), resolved by `load` (components/docker_host.py)."""
     publish_address: IPv4 = "127.0.0.1"
     ports: PublishedPorts = PublishedPorts()
 
@@ -434,7 +437,12 @@ class SshConfig(_Model):
 
     user: Annotated[str, Field(min_length=1)] = "pi"
     port: Port = 22
-    private_key_path: str | None = "~/.ssh/id_ed25519"
+    private_key_path: str | None = ssh_auth.DEFAULT_KEY_PATH
+    """The private key file; its default applies only when `agent` is false (as applied:
+    `ssh_auth.key_path`). The secret `sshPrivateKey` wins over it."""
+    agent: bool = False
+    """Sign in with the keys of the ssh-agent at `$SSH_AUTH_SOCK` of the shell running pulumi
+    (read at each run, never stored)."""
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -724,7 +732,6 @@ _EXAMPLES: dict[str, str] = {
 
 _KEY_FILE = "~/.ssh/id_ed25519"
 """The key file messages suggest (`ssh.privateKeyPath`'s default)."""
-STACK_PLACEHOLDER = "<stack>"
 """The stack name in suggested commands when the caller does not know it."""
 
 
@@ -852,6 +859,8 @@ def _ssh_required(checked: _Checked) -> list[str]:
         )
         + "\n  or, instead of privateKeyPath, the key itself as a secret:"
         + steps(command("config set --secret sshPrivateKey", checked.stack, stdin=_KEY_FILE))
+        + "\n  or sign in with the keys of your ssh-agent:"
+        + steps(set_command(("ssh", "agent"), "true", checked.stack))
     ]
 
 
@@ -1285,21 +1294,40 @@ class StackConfig:
     """The validated configuration, and access to the secrets it left out."""
 
     def __init__(
-        self, settings: Settings, secrets_set: frozenset[str], key_file: Path | None = None
+        self,
+        settings: Settings,
+        secrets_set: frozenset[str],
+        key_file: Path | None = None,
+        key_choice: ssh_auth.KeyChoice | None = None,
     ) -> None:
         self.settings = settings
         self._secrets_set = secrets_set
         self._key_file = key_file
+        self._key_choice = key_choice or ssh_auth.KeyChoice(
+            use_key=True, use_passphrase="sshKeyPassphrase" in secrets_set
+        )
         self._config = pulumi.Config(NAMESPACE)
 
-    def ssh_private_key(self) -> pulumi.Output[str]:
-        """The SSH private key, a secret: `sshPrivateKey`, else the file at `ssh.privateKeyPath`."""
+    def ssh_private_key(self) -> pulumi.Output[str] | None:
+        """The SSH private key, a secret: `sshPrivateKey`, else the file at `ssh.privateKeyPath`;
+        None when the agent alone signs in (`ssh.agent` without a usable key)."""
+        if not self._key_choice.use_key:
+            return None
         given = self.secret("sshPrivateKey")
         if given is not None:
             return given
         if self._key_file is None:
             raise ConfigError(["picluster:sshPrivateKey: is required when no key file is set"])
         return pulumi.Output.secret(self._key_file.read_text())
+
+    def ssh_key_passphrase(self) -> pulumi.Output[str] | None:
+        """The key's passphrase (`sshKeyPassphrase`, a secret) when the key needs one."""
+        return self.secret("sshKeyPassphrase") if self._key_choice.use_passphrase else None
+
+    @property
+    def ssh_agent(self) -> bool:
+        """`ssh.agent`: the agent at `$SSH_AUTH_SOCK` signs in (too)."""
+        return self.settings.ssh is not None and self.settings.ssh.agent
 
     def secret(self, key: str) -> pulumi.Output[str] | None:
         """The secret `key` as a Pulumi secret, or None when the stack does not set it."""
@@ -1364,14 +1392,26 @@ def load() -> StackConfig:
     checked, problems = _check(
         raw, secret_values=True, project_dir=Path.cwd(), stack=pulumi.get_stack()
     )
-    key_file = None
-    if checked is not None and checked.ok(("ssh",)):
-        settings = checked.settings
+    key_file, key_choice = None, None
+    settings = checked.settings if checked is not None else None
+    if settings is not None and "host" not in settings.docker.model_fields_set:
+        # Unset: the daemon the docker CLI uses (DOCKER_HOST, its context), as `docker info` does.
+        host, problem = docker_host.default_host(_docker_host)
+        problems += [problem] if problem else []
+        docker = settings.docker.model_copy(update={"host": host})
+        settings = settings.model_copy(update={"docker": docker})
+    if checked is not None and settings is not None and checked.ok(("ssh",)):
         nodes_listed = bool(settings.nodes) or not checked.ok(("nodes",))
-        if nodes_listed and settings.ssh is not None and "sshPrivateKey" not in raw:
-            key_file, problem = _private_key_file(settings.ssh, checked.stack)
-            problems += [problem] if problem else []
-    if problems or checked is None:
+        if nodes_listed:
+            given = raw.get("sshPrivateKey")
+            key_file, key_choice = ssh_auth.key_for(
+                settings.ssh,
+                given if isinstance(given, str) else None,
+                passphrase_set="sshKeyPassphrase" in raw,
+                stack=checked.stack,
+            )
+            problems += key_choice.problems
+    if problems or checked is None or settings is None:
         raise ConfigError(problems)
     secrets_set = checked.secrets_set
     for key in sorted(secrets_set):
@@ -1380,7 +1420,7 @@ def load() -> StackConfig:
                 f"{NAMESPACE}:{key} is stored in plain text in the stack file; "
                 f"set it with {checked.command(f'config set --secret {key}')}"
             )
-    return StackConfig(checked.settings, secrets_set, key_file)
+    return StackConfig(settings, secrets_set, key_file, key_choice)
 
 
 def load_or_exit() -> StackConfig:
@@ -1398,23 +1438,3 @@ def load_or_exit() -> StackConfig:
 EXIT_ERROR_SHOWN = 32
 """pulumi-language-python-exec's PYTHON_PROCESS_EXITED_AFTER_SHOWING_USER_ACTIONABLE_MESSAGE_CODE:
 the language host then reports no error of its own."""
-
-
-def _private_key_file(ssh: SshConfig, stack: str) -> tuple[Path | None, str | None]:
-    """The readable key file named by `ssh.privateKeyPath`, or the problem with it."""
-    configured = ssh.private_key_path
-    if configured is None:
-        return None, (
-            "picluster:ssh.privateKeyPath: is required unless the secret "
-            "picluster:sshPrivateKey is set; set one of them: "
-            f"{set_command(('ssh', 'privateKeyPath'), '~/.ssh/id_ed25519', stack)} or "
-            f"{command('config set --secret sshPrivateKey', stack, stdin=_KEY_FILE)}"
-        )
-    path = Path(configured).expanduser()
-    if not path.is_file() or not os.access(path, os.R_OK):
-        return None, (
-            f"picluster:ssh.privateKeyPath: {configured!r} is not a readable file; point it at "
-            "your SSH private key or give the key itself as a secret: "
-            f"{command('config set --secret sshPrivateKey', stack, stdin=_KEY_FILE)}"
-        )
-    return path, None

@@ -63,6 +63,10 @@ def key_path(loc: Loc) -> str:
     return path
 
 
+STACK_PLACEHOLDER = "<stack>"
+"""The stack name in commands a message suggests when it is not known."""
+
+
 def command(args: str, stack: str, *, stdin: str | None = None) -> str:
     """The command line a user types, through the wrapper, for `stack` (reading `stdin`)."""
     redirect = f" < {stdin}" if stdin else ""

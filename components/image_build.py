@@ -16,14 +16,16 @@ Where the image goes (`BuildTarget`):
   containers run it.
 - `TunnelPush`: the in-cluster registry, reached through an SSH tunnel to the first server
   (`ssh -F /dev/null -L 127.0.0.1:<port>:10.43.0.50:5000`, its host key pinned, the key from
-  stdin in a 0600 temp file deleted once the tunnel answers); this machine's daemon pushes to
-  the loopback end, which Docker trusts over plain HTTP. The registry is never open on the LAN.
+  stdin in a 0600 temp file deleted once the tunnel answers; its passphrase, when it has one,
+  answered by an `SSH_ASKPASS` helper from another such file; with `ssh.agent`, the agent at
+  the caller's `$SSH_AUTH_SOCK`); this machine's daemon pushes to the loopback end, which
+  Docker trusts over plain HTTP. The registry is never open on the LAN.
 - `RegistryPush`: a registry the user names (`images.registry`), its account written into the
   `config.json` of a temporary DOCKER_CONFIG (no `docker login`: no credential helper).
 
-Secrets (the SSH key, the registry password) travel only in stdin, which is then a secret; the
-script never puts them on a command line, in the environment of a child, or in a log line.
-Deleting the command does nothing: images stay on the daemon and in the registry.
+Secrets (the SSH key and its passphrase, the registry password) travel only in stdin, which is
+then a secret; the script never puts them on a command line, in the environment of a child, or in
+a log line. Deleting the command does nothing: images stay on the daemon and in the registry.
 
 A push prints the digest the registry serves for the tag (`picluster image-build: digest
 sha256:...`); `pinned_ref` reads it from the command's stdout, and the pods run
@@ -112,7 +114,13 @@ def _portable(folder: Path) -> str:
     return folder.relative_to(cwd).as_posix() if folder.is_relative_to(cwd) else str(folder)
 
 
-SECRET_NAMES = ("SSH_HOST", "SSH_PRIVATE_KEY", "REGISTRY_ID", "REGISTRY_PASSWORD")
+SECRET_NAMES = (
+    "SSH_HOST",
+    "SSH_PRIVATE_KEY",
+    "SSH_KEY_PASSPHRASE",
+    "REGISTRY_ID",
+    "REGISTRY_PASSWORD",
+)
 """Header names whose values come from Outputs (`build_stdin` fills them for its target)."""
 
 
@@ -122,7 +130,8 @@ def build_values(build: ImageBuild, ref: str, target: BuildTarget) -> dict[str, 
 
     Every name the script reads is there, empty when unused: a `BUILDER` or `PLATFORMS`
     exported in the user's shell never reaches the script. Except DOCKER_HOST for a push, which
-    goes through this machine's own daemon as the user's environment names it."""
+    goes through this machine's own daemon as the user's environment names it, and
+    SSH_AUTH_SOCK, the user's agent (used only with `SSH_AGENT=1`, `ssh.agent`)."""
     if not ref.endswith(f":{build.tag}"):
         raise ValueError(f"{ref!r} is not tagged with the build's content tag {build.tag!r}")
     values = {
@@ -135,6 +144,7 @@ def build_values(build: ImageBuild, ref: str, target: BuildTarget) -> dict[str, 
         "SSH_PORT": "",
         "SSH_USER": "",
         "SSH_HOST_KEY": "",
+        "SSH_AGENT": "",
         "REGISTRY_ADDRESS": "",
         "REGISTRY_USERNAME": "",
         **dict.fromkeys(SECRET_NAMES, ""),
@@ -149,6 +159,7 @@ def build_values(build: ImageBuild, ref: str, target: BuildTarget) -> dict[str, 
             "SSH_PORT": str(target.server.port),
             "SSH_USER": target.server.user,
             "SSH_HOST_KEY": target.server.host_key or "",
+            "SSH_AGENT": "1" if target.server.agent else "",
             "REGISTRY_ADDRESS": target.registry_address,
         }
     return {"MODE": "registry", **values, "REGISTRY_USERNAME": target.username or ""}
@@ -161,16 +172,20 @@ def build_stdin(build: ImageBuild, ref: str, target: BuildTarget) -> pulumi.Outp
     if isinstance(target, LocalDaemon):
         return pulumi.Output.from_input(script_payload(SCRIPT, values))
     if isinstance(target, TunnelPush):
-        parts = pulumi.Output.all(target.server.host, target.server.private_key, target.registry_id)
+        server = target.server
+        parts = pulumi.Output.all(
+            server.host, server.private_key, server.private_key_password, target.registry_id
+        )
         return pulumi.Output.secret(
             parts.apply(
                 lambda p: script_payload(
                     SCRIPT,
                     {
                         **values,
-                        "REGISTRY_ID": str(p[2] or ""),
+                        "REGISTRY_ID": str(p[3] or ""),
                         "SSH_HOST": str(p[0]),
-                        "SSH_PRIVATE_KEY": str(p[1]),
+                        "SSH_PRIVATE_KEY": str(p[1] or ""),
+                        "SSH_KEY_PASSPHRASE": str(p[2] or ""),
                     },
                 )
             )

@@ -37,10 +37,16 @@ class SshTarget:
     """SSH port."""
     user: str
     """SSH user with passwordless sudo (Raspberry Pi OS's first user has it)."""
-    private_key: pulumi.Input[str]
-    """The private key's content, a secret."""
+    private_key: pulumi.Input[str] | None
+    """The private key's content, a secret; None when the agent alone signs in."""
     host_key: str | None = None
     """The Pi's SSH host key (`ssh-ed25519 AAAA...`); pinned when given."""
+    private_key_password: pulumi.Input[str] | None = None
+    """The private key's passphrase (`sshKeyPassphrase`), a secret; None for a key without one."""
+    agent: bool = False
+    """Sign in with the ssh-agent at `$SSH_AUTH_SOCK` (`ssh.agent`). The remote commands need
+    nothing for it: pulumi-command reads `$SSH_AUTH_SOCK` itself at each run (never stored, so a
+    new login changes no command); the image push's tunnel uses it only when this is set."""
 
     def connection(self) -> remote.ConnectionArgs:
         """Connection arguments for a remote command on this Pi."""
@@ -49,6 +55,7 @@ class SshTarget:
             port=self.port,
             user=self.user,
             private_key=self.private_key,
+            private_key_password=self.private_key_password,
             host_key=self.host_key,
             dial_error_limit=DIAL_ERROR_LIMIT,
             per_dial_timeout=PER_DIAL_TIMEOUT,

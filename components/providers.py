@@ -20,7 +20,8 @@ from components.config import DockerConfig
 def docker_provider(
     config: DockerConfig, depends_on: Sequence[pulumi.Resource] = ()
 ) -> docker.Provider:
-    """The Docker daemon named by `docker.host` (a local socket, tcp:// or ssh://user@pi)."""
+    """The Docker daemon named by `docker.host` (a local socket, tcp:// or ssh://user@pi); when
+    the stack does not set it, the one the docker CLI uses (`config.load`, docker_host.py)."""
     ssh_opts = None
     if config.host.startswith("ssh://"):
         # Fail fast on an unreachable Pi instead of hanging; BatchMode never prompts.

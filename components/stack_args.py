@@ -52,7 +52,12 @@ def docker_platform(settings: Settings) -> DockerPlatform:
     )
 
 
-def _ssh_target(config: StackConfig, node: NodeConfig, key: pulumi.Output[str]) -> SshTarget:
+def _ssh_target(
+    config: StackConfig,
+    node: NodeConfig,
+    key: pulumi.Output[str] | None,
+    passphrase: pulumi.Output[str] | None,
+) -> SshTarget:
     ssh = config.settings.ssh
     assert ssh is not None  # the config requires `ssh` whenever nodes are listed
     return SshTarget(
@@ -60,6 +65,8 @@ def _ssh_target(config: StackConfig, node: NodeConfig, key: pulumi.Output[str]) 
         port=node.port if node.port is not None else ssh.port,
         user=node.user if node.user is not None else ssh.user,
         private_key=key,
+        private_key_password=passphrase,
+        agent=config.ssh_agent,
         host_key=node.host_key,
     )
 
@@ -68,13 +75,13 @@ def pi_node_args(config: StackConfig) -> list[tuple[NodeConfig, PiNodeArgs]]:
     """One PiNodeArgs per configured node, in config order."""
     if not config.settings.nodes:
         return []
-    key = config.ssh_private_key()
+    key, passphrase = config.ssh_private_key(), config.ssh_key_passphrase()
     return [
         (
             node,
             PiNodeArgs(
                 node_name=node.name,
-                ssh=_ssh_target(config, node, key),
+                ssh=_ssh_target(config, node, key, passphrase),
                 upgrade=node.upgrade,
                 docker=node.docker,
             ),

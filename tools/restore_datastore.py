@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from components import ssh_auth  # noqa: E402
 from components.config import SECRET_KEYS, ConfigError, NodeRole, Settings, validate  # noqa: E402
 from components.remote_script import parse_summary, steps_payload  # noqa: E402
 
@@ -142,7 +144,7 @@ class Ssh:
 
     def __init__(
         self,
-        identity: Path,
+        identity: Path | None,
         *,
         connect_timeout: int = 10,
         step_timeout: float = SSH_TIMEOUT_SECONDS,
@@ -172,8 +174,8 @@ class Ssh:
         """The script's step on `server`; RestoreError when it has not answered in time."""
         argv = [
             "ssh",
-            "-i",
-            str(self._identity),
+            # No key file with `ssh.agent` alone: the agent at SSH_AUTH_SOCK signs in.
+            *(["-i", str(self._identity)] if self._identity is not None else []),
             "-p",
             str(server.port),
             "-o",
@@ -313,6 +315,25 @@ def stack_settings(
     return validate(raw, secret_values=False, stack=stack)
 
 
+def identity_problem(identity: Path | None) -> str | None:
+    """Why `ssh` could not sign in with `identity` without asking (BatchMode: a restore must not
+    stop at a prompt half way): a passphrase-protected key that no agent holds."""
+    if identity is None or not identity.is_file():
+        return None
+    try:
+        text = identity.read_text(errors="replace")
+    except OSError:
+        return None
+    if ssh_auth.protection(text) is ssh_auth.Protection.PASSPHRASE and not os.environ.get(
+        ssh_auth.AGENT_SOCKET_ENV
+    ):
+        return (
+            f"{identity} is protected by a passphrase; load it into ssh-agent first "
+            f'(`eval "$(ssh-agent)"` then `ssh-add {identity}`) and run this again'
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bin/restore-datastore", description="Restore the K3s datastore from a snapshot."
@@ -320,7 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stack", default="prod")
     parser.add_argument("--snapshot", help="the snapshot's file name, as --list prints it")
     parser.add_argument("--list", action="store_true", help="list the snapshots and stop")
-    parser.add_argument("--identity", help="SSH private key (default: ssh.privateKeyPath)")
+    parser.add_argument(
+        "--identity", help="SSH private key (default: ssh.privateKeyPath; none with ssh.agent)"
+    )
     parser.add_argument("--yes", action="store_true", help="do it (without: only say what)")
     args = parser.parse_args(argv)
     try:
@@ -328,9 +351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"bin/restore-datastore: {error}", file=sys.stderr)
         return 2
-    identity = args.identity or (settings.ssh.private_key_path if settings.ssh else None)
-    if identity is None:
+    auth = ssh_auth.client_auth(settings.ssh, set())
+    identity = Path(args.identity).expanduser() if args.identity else auth.identity_file
+    if identity is None and not auth.agent:
         print("bin/restore-datastore: give --identity (the SSH key)", file=sys.stderr)
+        return 2
+    problem = identity_problem(identity)
+    if problem:
+        print(f"bin/restore-datastore: {problem}", file=sys.stderr)
         return 2
     if not args.list and not args.snapshot:
         print(
@@ -339,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     target = plan(settings, args.snapshot or "")
-    ssh = Ssh(Path(identity).expanduser())
+    ssh = Ssh(identity)
     try:
         if args.list:
             print(list_snapshots(ssh.run, target), end="")

@@ -16,7 +16,11 @@
 #   BUILDER            a `docker buildx` builder to build on, or empty
 #   DOCKER_HOST        local: the daemon of `docker.host` (empty: the docker CLI's default)
 #   SSH_HOST, SSH_PORT, SSH_USER, SSH_HOST_KEY, SSH_PRIVATE_KEY
-#                      tunnel: the first server (the key is a secret: a 0600 temp file only)
+#                      tunnel: the first server (the key is a secret: a 0600 temp file only;
+#                      empty with SSH_AGENT when the agent alone signs in)
+#   SSH_KEY_PASSPHRASE tunnel: the key's passphrase, or empty (a secret: a 0600 temp file that an
+#                      SSH_ASKPASS helper prints to ssh, deleted with the key)
+#   SSH_AGENT          tunnel: 1 to sign in with the agent at the caller's SSH_AUTH_SOCK too
 #   REGISTRY_ADDRESS   tunnel: the registry as the server reaches it (default 10.43.0.50:5000)
 #   REGISTRY_ID        tunnel: the uid of the registry's claim (not read: a registry created again,
 #                      empty, changes the stdin, so the build runs, checks and pushes again)
@@ -281,11 +285,44 @@ free_port() {
 # runs `cat >/dev/null` on the server with its stdin from fd 9, a pipe only this bash holds, so
 # it exits when this bash does, however it ends. `-F /dev/null`: the user's ~/.ssh/config
 # (ControlMaster, ProxyCommand, another IdentityFile) never changes this connection.
+# Sign-in as pulumi-command's: the key (with its passphrase), and with SSH_AGENT the agent's keys.
+# A passphrase reaches ssh only through SSH_ASKPASS (forced: no terminal here), a helper that
+# prints a 0600 file; BatchMode is then off (it skips encrypted keys), and only public-key
+# authentication is allowed, so the helper is never asked for anything but the passphrase.
+SSH_AUTH=()
+tunnel_auth() {
+    local key="$WORK/ssh/key" askpass="$WORK/ssh/askpass"
+    SSH_AUTH=(-o PreferredAuthentications=publickey -o NumberOfPasswordPrompts=1)
+    if [[ -n "$SSH_AGENT" ]]; then
+        [[ -n "${SSH_AUTH_SOCK:-}" ]] ||
+            die "ssh.agent is set but SSH_AUTH_SOCK is not: run pulumi from a shell with your ssh-agent"
+        SSH_AUTH+=(-o IdentitiesOnly=no)
+    else
+        SSH_AUTH+=(-o IdentitiesOnly=yes)
+    fi
+    if [[ -n "$SSH_PRIVATE_KEY" ]]; then
+        (umask 077 && printf '%s\n' "$SSH_PRIVATE_KEY" >"$key")
+        SSH_AUTH+=(-i "$key")
+    fi
+    if [[ -n "$SSH_KEY_PASSPHRASE" ]]; then
+        (umask 077 && printf '%s\n' "$SSH_KEY_PASSPHRASE" >"$WORK/ssh/passphrase")
+        # shellcheck disable=SC2016 # expanded by the helper, when ssh runs it
+        (umask 077 && printf '#!/bin/sh\nexec cat "${0%%/*}/passphrase"\n' >"$askpass")
+        chmod 700 "$askpass"
+        SSH_AUTH+=(-o BatchMode=no)
+    else
+        SSH_AUTH+=(-o BatchMode=yes)
+    fi
+}
+
+# The key and its passphrase go as soon as the tunnel answers (ssh has read them).
+forget_secrets() { rm -f "$WORK/ssh/key" "$WORK/ssh/passphrase"; }
+
 open_tunnel() {
-    local key="$WORK/ssh/key" known="$WORK/ssh/known_hosts" fifo="$WORK/ssh/stdin"
+    local known="$WORK/ssh/known_hosts" fifo="$WORK/ssh/stdin"
     local checking=yes attempt code
     mkdir -m 700 "$WORK/ssh"
-    (umask 077 && printf '%s\n' "$SSH_PRIVATE_KEY" >"$key")
+    tunnel_auth
     if [[ -n "$SSH_HOST_KEY" ]]; then
         printf 'picluster-first-server %s\n' "$SSH_HOST_KEY" >"$known"
     else
@@ -297,11 +334,12 @@ open_tunnel() {
         PORT=$(free_port)
         rm -f "$fifo"
         mkfifo -m 600 "$fifo"
-        ssh -F /dev/null -T -o BatchMode=yes -o ExitOnForwardFailure=yes -o ConnectTimeout=10 \
-            -o ServerAliveInterval=15 -o IdentitiesOnly=yes -o LogLevel=ERROR \
+        SSH_ASKPASS="$WORK/ssh/askpass" SSH_ASKPASS_REQUIRE=force \
+            ssh -F /dev/null -T -o ExitOnForwardFailure=yes -o ConnectTimeout=10 \
+            -o ServerAliveInterval=15 -o LogLevel=ERROR "${SSH_AUTH[@]}" \
             -o HostKeyAlias=picluster-first-server -o UserKnownHostsFile="$known" \
             -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking="$checking" \
-            -i "$key" -p "$SSH_PORT" -L "127.0.0.1:$PORT:$REGISTRY_ADDRESS" \
+            -p "$SSH_PORT" -L "127.0.0.1:$PORT:$REGISTRY_ADDRESS" \
             "$SSH_USER@$SSH_HOST" 'cat >/dev/null' <"$fifo" >/dev/null 2>"$WORK/ssh.err" &
         TUNNEL_PID=$!
         exec 9>"$fifo"
@@ -311,7 +349,7 @@ open_tunnel() {
             code=$(curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 5 \
                 "http://127.0.0.1:$PORT/v2/" 9>&- || true)
             if [[ "$code" == 200 || "$code" == 401 ]]; then
-                rm -f "$key"
+                forget_secrets
                 log "tunnel to the registry $REGISTRY_ADDRESS through $SSH_HOST on 127.0.0.1:$PORT"
                 return 0
             fi
@@ -390,6 +428,7 @@ main() {
     : "${MODE:?}" "${REF:?}" "${CONTEXT:?}"
     : "${DOCKERFILE_B64:=}" "${IGNORE_B64:=}" "${PLATFORMS:=}" "${BUILDER:=}" "${DOCKER_HOST:=}"
     : "${SSH_HOST:=}" "${SSH_PORT:=22}" "${SSH_USER:=}" "${SSH_HOST_KEY:=}" "${SSH_PRIVATE_KEY:=}"
+    : "${SSH_KEY_PASSPHRASE:=}" "${SSH_AGENT:=}"
     : "${REGISTRY_ADDRESS:=}" "${REGISTRY_USERNAME:=}" "${REGISTRY_PASSWORD:=}"
     [[ -d "$CONTEXT" ]] || die "$CONTEXT is not a folder"
     trap cleanup EXIT

@@ -458,6 +458,59 @@ def generate_key(directory: Path) -> Path:
     return key
 
 
+def generate_protected_key(directory: Path, passphrase: str) -> Path:
+    """An ephemeral ed25519 key pair whose private key is encrypted with `passphrase` (test data,
+    so it may be on ssh-keygen's command line); returns the private key's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / "id_ed25519"
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "picluster-sim-protected",
+          "-f", str(key)])  # fmt: skip
+    return key
+
+
+class SshAgent:
+    """A real `ssh-agent` of the test's own on a socket in `directory`, killed by its pid."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.socket = directory / "agent.sock"
+        out = _run(["ssh-agent", "-s", "-a", str(self.socket)], timeout=30).stdout
+        self.pid = int(out.split("SSH_AGENT_PID=", 1)[1].split(";", 1)[0])
+
+    def env(self) -> dict[str, str]:
+        """The environment with this agent as SSH_AUTH_SOCK."""
+        return {**os.environ, "SSH_AUTH_SOCK": str(self.socket)}
+
+    def add(self, key: Path, passphrase: str | None = None) -> None:
+        """`ssh-add KEY`; a passphrase is answered through SSH_ASKPASS, as a user's agent
+        unlocks it once."""
+        env = self.env()
+        if passphrase is not None:
+            askpass = key.parent / "askpass.sh"
+            askpass.write_text(f"#!/bin/sh\nprintf '%s\\n' '{passphrase}'\n")
+            askpass.chmod(0o700)
+            env |= {"SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
+        subprocess.run(
+            ["ssh-add", "-q", str(key)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, 15)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _free_loopback_port() -> int:
     # A fixed port (not Docker's ephemeral `127.0.0.1::22`) so it stays the same across reboots.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -525,6 +578,13 @@ class SimPi:
         script = 'for f in "$@"; do if [ -e "$f" ]; then echo "$f $(sha256sum <"$f" | cut -c1-64) $(stat -c "%Y.%y %a" "$f")"; else echo "$f absent"; fi; done'  # noqa: E501
         out = self.exec("bash", "-c", script, "snapshot", *paths).stdout
         return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()}
+
+    def authorize(self, public_key: Path) -> None:
+        """Add `public_key` (a .pub file) to the pi user's authorized_keys."""
+        keys = f"/home/{self.user}/.ssh/authorized_keys"
+        current = self.read(keys)
+        self.put(keys, (current + public_key.read_text()).encode(), mode="0600")
+        self.exec("chown", f"{self.user}:{self.user}", keys)
 
     def put(self, path: str, content: bytes, mode: str = "0755") -> None:
         """Write a file inside the container (as root)."""

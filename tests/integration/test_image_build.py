@@ -10,7 +10,8 @@ gives its build commands, against this machine's Docker daemon.
 - The push to the in-cluster registry (`TunnelPush`): a registry container from the
   `registry:2.8.3` stand-in, reached only through an SSH tunnel to a simulated Pi (the first
   server), whose host key is pinned; the manifest is there afterwards, a second run says
-  "already in the registry", a wrong host key stops the push.
+  "already in the registry", a wrong host key stops the push. The tunnel signs in with a
+  passphrase-protected key (`sshKeyPassphrase`) or with a real ssh-agent alone (`ssh.agent`).
 
 Base images cannot be pulled here: `tests/integration/baseimages.py` builds stand-ins tagged with
 the pinned names (`node:22.12.0-alpine`, `nginx:1.27.3-alpine`, `registry:2.8.3`), which
@@ -474,21 +475,35 @@ def declared_stdin(build: ImageBuild, ref: str, target: BuildTarget, secret: str
     return str(command.value("stdin"))
 
 
-def tunnel_stdin(build: ImageBuild, ref: str, pi: simpi.SimPi, host_key: str, address: str) -> str:
-    """The stdin of a TunnelPush build through `pi` (the first server) to `address`."""
-    key = pi.key_path.read_text()
+def tunnel_stdin(
+    build: ImageBuild,
+    ref: str,
+    pi: simpi.SimPi,
+    host_key: str,
+    address: str,
+    *,
+    key_path: Path | None = None,
+    passphrase: str | None = None,
+    agent: bool = False,
+) -> str:
+    """The stdin of a TunnelPush build through `pi` (the first server) to `address`, signed in
+    with the lab's key (or `key_path`, with its `passphrase`), or with the agent alone
+    (`agent` and no key)."""
+    key = None if agent and key_path is None else (key_path or pi.key_path).read_text()
     target = TunnelPush(
         server=SshTarget(
             host=pi.host,
             port=pi.port,
             user=pi.user,
-            private_key=pulumi.Output.secret(key),
+            private_key=None if key is None else pulumi.Output.secret(key),
+            private_key_password=None if passphrase is None else pulumi.Output.secret(passphrase),
+            agent=agent,
             host_key=host_key,
         ),
         platforms=("linux/amd64",),
         registry_address=address,
     )
-    return declared_stdin(build, ref, target, key.strip())
+    return declared_stdin(build, ref, target, passphrase or (key or "").strip() or host_key)
 
 
 def _host_key(pi: simpi.SimPi) -> str:
@@ -627,6 +642,69 @@ def test_the_users_ssh_config_and_proxy_change_nothing(
     assert code == 0, err
     assert summary(out) in {f"{ref} pushed", f"{ref} already in the registry"}
     assert printed_digest(out) == registry.digest(hop, "api", build.tag)
+
+
+PASSPHRASE = "tunnel-passphrase-3e9a"
+
+
+def test_a_passphrase_protected_key_opens_the_tunnel_and_leaves_nothing(
+    hop: simpi.SimPi, registry: Registry, refs_to_remove: list[str], tmp_path: Path
+) -> None:
+    """`sshKeyPassphrase`: ssh gets it from an SSH_ASKPASS helper reading a 0600 file, never from
+    a command line or the environment; without it (or with a wrong one) the push stops."""
+    key = simpi.generate_protected_key(tmp_path / "protected", PASSPHRASE)
+    hop.authorize(key.with_suffix(".pub"))
+    build = plan_build("api", DEMO_API)
+    ref = build.ref("registry.picluster.internal")
+    refs_to_remove.append(ref)
+    work = tmp_path / "tmp"  # the build's own TMPDIR: what it leaves there is its own
+    work.mkdir()
+    no_agent = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"} | {"TMPDIR": str(work)}
+
+    stdin = tunnel_stdin(
+        build, ref, hop, _host_key(hop), registry.address, key_path=key, passphrase=PASSPHRASE
+    )
+    code, out, err, _ = run_build(stdin, env=no_agent)
+    assert code == 0, err
+    assert summary(out) in {f"{ref} pushed", f"{ref} already in the registry"}
+    assert printed_digest(out) == registry.digest(hop, "api", build.tag)
+    assert PASSPHRASE not in out + err
+    assert list(work.iterdir()) == []  # the key, the passphrase and the helper went with it
+
+    wrong = tunnel_stdin(
+        build, ref, hop, _host_key(hop), registry.address, key_path=key, passphrase="wrong-one"
+    )
+    code, _, err, _ = run_build(wrong, env=no_agent)
+    assert code != 0 and "could not reach the registry" in err
+    missing = tunnel_stdin(build, ref, hop, _host_key(hop), registry.address, key_path=key)
+    code, _, err, _ = run_build(missing, env=no_agent)
+    assert code != 0 and "could not reach the registry" in err
+
+
+def test_the_agent_alone_opens_the_tunnel(
+    hop: simpi.SimPi, registry: Registry, refs_to_remove: list[str], tmp_path: Path
+) -> None:
+    """`ssh.agent`: no key in the stdin; the agent at the caller's SSH_AUTH_SOCK holds it (a
+    passphrase-protected key, unlocked once with ssh-add)."""
+    key = simpi.generate_protected_key(tmp_path / "agent-key", PASSPHRASE)
+    hop.authorize(key.with_suffix(".pub"))
+    build = plan_build("api", DEMO_API)
+    ref = build.ref("registry.picluster.internal")
+    refs_to_remove.append(ref)
+    stdin = tunnel_stdin(build, ref, hop, _host_key(hop), registry.address, agent=True)
+    assert "SSH_PRIVATE_KEY=''\n" in stdin and "SSH_AGENT=1\n" in stdin
+    with simpi.SshAgent(tmp_path) as agent:
+        # An agent without the key: refused.
+        code, _, err, _ = run_build(stdin, env=agent.env())
+        assert code != 0 and "could not reach the registry" in err
+        agent.add(key, PASSPHRASE)
+        code, out, err, _ = run_build(stdin, env=agent.env())
+        assert code == 0, err
+        assert summary(out) in {f"{ref} pushed", f"{ref} already in the registry"}
+        assert printed_digest(out) == registry.digest(hop, "api", build.tag)
+    no_agent = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    code, _, err, _ = run_build(stdin, env=no_agent)
+    assert code != 0 and "ssh.agent is set but SSH_AUTH_SOCK is not" in err
 
 
 def test_a_wrong_host_key_stops_the_push(

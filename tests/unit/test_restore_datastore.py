@@ -184,3 +184,35 @@ def test_a_step_may_take_longer_over_ssh_than_on_the_server() -> None:
     # The restore step: the copy of the etcd data aside, then `timeout READY_TIMEOUT` of the reset.
     remote = restore_datastore.READY_TIMEOUT_SECONDS + restore_datastore.COPY_ALLOWANCE_SECONDS
     assert remote < restore_datastore.SSH_TIMEOUT_SECONDS
+
+
+def test_a_passphrase_key_needs_the_agent_and_the_agent_alone_needs_no_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The restore never stops at a prompt (BatchMode): a passphrase-protected key is refused
+    unless an agent holds it; with `ssh.agent` alone, ssh gets no `-i`."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "unit-pass", "-f", str(key)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    problem = restore_datastore.identity_problem(key)
+    assert problem is not None and "ssh-add" in problem
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
+    assert restore_datastore.identity_problem(key) is None
+
+    config = stack_file_config("prod")
+    settings = validate({**config, "ssh": {"user": "pi", "agent": True}})
+    monkeypatch.setattr(restore_datastore, "stack_settings", lambda stack: settings)
+    argvs: list[list[str]] = []
+
+    def fake_run(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        argvs.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "picluster k3s-datastore-restore: listed\n", "")
+
+    monkeypatch.setattr(restore_datastore.subprocess, "run", fake_run)
+    restore_datastore.main(["--list"])
+    assert argvs and "-i" not in argvs[0]

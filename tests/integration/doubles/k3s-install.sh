@@ -75,6 +75,7 @@
 #                               (a test lists them in the node's `unmanaged-pods` file) and pods
 #                               with an emptyDir volume unless --delete-emptydir-data
 #   delete node NAME            (with --server https://OTHER:6443: on that server, through its API)
+#   -n kube-system delete secret NAME.node-password.k3s   forgets the node's password (below)
 # The datastore and its snapshots (picluster's snapshot and restore drill):
 #   - The datastore is a real SQLite file (needs the sqlite3 CLI on the Pi): kine's
 #     server/db/state.db on a single server (K3s's default without cluster-init), and for
@@ -398,7 +399,14 @@ arch() {
 register() {
     dir=$REGISTRY/$1
     if [ -d "$dir" ]; then
-        [ "$(cat "$dir/password")" = "$2" ] || return 2
+        # A known node's password must match, unless its node-password Secret was deleted: then
+        # the new password is kept (pkg/nodepassword Ensure: verify the Secret if it exists,
+        # otherwise create it).
+        if [ -f "$dir/password" ]; then
+            [ "$(cat "$dir/password")" = "$2" ] || return 2
+        else
+            printf '%s\n' "$2" >"$dir/password"
+        fi
         # Known node: labels and taints stay as registered (kubelet registers a Node once), and
         # so does a cordon (spec.unschedulable); the kubelet reports its (new) version.
         echo Ready >"$dir/status"
@@ -1082,6 +1090,23 @@ remote_kubectl() {
     esac
 }
 
+# `kubectl -n kube-system delete secret NODE.node-password.k3s` (the namespace before the verb or
+# after the name): K3s keeps each node's password as that Secret (pkg/nodepassword); deleting it
+# lets a re-flashed Pi with a new password register under the known name, the Node (its labels
+# and annotations) staying as it is. The double's other Secrets are not modelled.
+delete_node_password() {
+    ns=$1 name=${3:-}
+    [ "${4:-}" != -n ] || ns=${5:-}
+    node=${name%.node-password.k3s}
+    if [ "$ns" != kube-system ] || [ "$node" = "$name" ] || [ ! -f "$REGISTRY/$node/password" ]; then
+        echo "Error from server (NotFound): secrets \"$name\" not found" >&2
+        exit 1
+    fi
+    rm -f "$REGISTRY/$node/password"
+    record "kubectl delete secret $name"
+    echo "secret \"$name\" deleted"
+}
+
 kubectl() {
     if [ -s "$REAL_KUBECONFIG" ] && [ -x "$REAL_KUBECTL" ]; then
         case " $* " in
@@ -1091,11 +1116,12 @@ kubectl() {
             fatal "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?"
         exec "$REAL_KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"
     fi
-    server=""
+    server="" namespace=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --kubeconfig) shift 2 ;;
             --server) server=$2 && shift 2 ;;
+            -n | --namespace) namespace=$2 && shift 2 ;;
             *) break ;;
         esac
     done
@@ -1241,6 +1267,10 @@ kubectl() {
             ;;
         create) objects create "$@" ;;
         delete)
+            if [ "${1:-}" = secret ]; then
+                delete_node_password "$namespace" "$@"
+                return 0
+            fi
             [ "${1:-}" = node ] || { objects delete "$@"; return 0; }
             name=${2:-}
             [ -n "$(node_status "$name")" ] || not_found "$name"

@@ -2,7 +2,7 @@ package main
 
 // Tests of the double's own logic (no engine): Check defaults and secrets, Diff kinds, and the
 // SSH run against an in-process SSH server (stdin, environment, trimming, the error text, host-key
-// pinning, dial retries).
+// pinning, dial retries, sign-in with a key's passphrase and with an agent).
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 )
 
 func TestCheckAppliesDefaultsAndSecrets(t *testing.T) {
@@ -314,6 +316,81 @@ func TestRun(t *testing.T) {
 	}
 	if n := ts.dials.Load() - before; n != 3 { // upstream: limit N allows N+1 dials
 		t.Fatalf("dials: %d", n)
+	}
+}
+
+// TestSignIn: a key with its passphrase, and the agent, as v1.2.1's connectionBase.SSHConfig
+// (provider/pkg/provider/remote/connection.go): an encrypted key without privateKeyPassword, or a
+// privateKeyPassword for a key without one, fails the connection before any dial; with no key, the
+// agent at agentSocketPath (else $SSH_AUTH_SOCK, connection_unix.go) signs in, and an agent
+// socket that does not answer fails the connection.
+func TestSignIn(t *testing.T) {
+	t.Setenv("SSH_AUTH_SOCK", "")
+	ts := startServer(t)
+	ctx := context.Background()
+	lg := &logger{ctx: ctx}
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	block, err := ssh.MarshalPrivateKeyWithPassphrase(priv, "", []byte("secret-words"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	encrypted := string(pemEncode(block.Type, block.Bytes))
+
+	a := testArgs(t, ts, nil)
+	a.Connection.PrivateKey = &encrypted
+	if err := a.run(ctx, lg, "create", "env LC_NONE"); err == nil ||
+		!strings.Contains(err.Error(), "passphrase protected") {
+		t.Fatalf("encrypted key without passphrase: %v", err)
+	}
+	passphrase := "secret-words"
+	a.Connection.PrivateKeyPassword = &passphrase
+	if err := a.run(ctx, lg, "create", "env LC_NONE"); err != nil {
+		t.Fatalf("encrypted key with passphrase: %v", err)
+	}
+	plain := testArgs(t, ts, nil)
+	plain.Connection.PrivateKeyPassword = &passphrase
+	if err := plain.run(ctx, lg, "create", "env LC_NONE"); err == nil {
+		t.Fatal("a passphrase for a key without one was accepted")
+	}
+
+	keyring := agent.NewKeyring()
+	socket := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = agent.ServeAgent(keyring, c); c.Close() }()
+		}
+	}()
+	viaAgent := testArgs(t, ts, nil)
+	viaAgent.Connection.PrivateKey = nil
+	viaAgent.Connection.DialErrorLimit = 0
+	t.Setenv("SSH_AUTH_SOCK", socket)
+	if err := viaAgent.run(ctx, lg, "create", "env LC_NONE"); err == nil {
+		t.Fatal("an empty agent signed in")
+	}
+	if err := keyring.Add(agent.AddedKey{PrivateKey: priv}); err != nil {
+		t.Fatal(err)
+	}
+	if err := viaAgent.run(ctx, lg, "create", "env LC_NONE"); err != nil {
+		t.Fatalf("agent from SSH_AUTH_SOCK: %v", err)
+	}
+	t.Setenv("SSH_AUTH_SOCK", "")
+	viaAgent.Connection.AgentSocketPath = &socket
+	if err := viaAgent.run(ctx, lg, "create", "env LC_NONE"); err != nil {
+		t.Fatalf("agent from agentSocketPath: %v", err)
+	}
+	gone := filepath.Join(t.TempDir(), "gone.sock")
+	t.Setenv("SSH_AUTH_SOCK", gone)
+	if err := testArgs(t, ts, nil).run(ctx, lg, "create", "env LC_NONE"); err == nil {
+		t.Fatal("a dead SSH_AUTH_SOCK did not fail the connection")
 	}
 }
 
