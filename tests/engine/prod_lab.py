@@ -21,7 +21,7 @@ import os
 import re
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +181,34 @@ def default_config() -> Config:
     }
 
 
+def on_lab(values: Config, address: str, pis: Mapping[str, simpi.SimPi]) -> Config:
+    """Stack config `values` (unprefixed keys) pointed at the lab: each node at its simulated Pi
+    (the bridge's address, the Pi's own SSH port), the K3s installer the double on the Pi."""
+    values = copy.deepcopy(values)
+    # apt-get upgrade is proven by the node-script tests; here it would only add minutes.
+    values["nodes"] = [
+        {**node, "host": address, "port": pis[node["name"]].port, "upgrade": False}
+        for node in values["nodes"]
+    ]
+    values["k3s"] = {**values["k3s"], "installUrl": f"file://{DOUBLE_ON_PI}"}
+    return values
+
+
+@dataclass(frozen=True)
+class Lab:
+    """The lab without a project: what `lab()` started."""
+
+    kubeconfig: Path
+    """The control plane's admin kubeconfig."""
+    pis: dict[str, simpi.SimPi]
+    address: str
+    """The Docker bridge's address: every node's `host`."""
+    key: Path
+    """The private key every simulated Pi authorizes for the user `pi`."""
+    registry: str
+    """The in-cluster registry's double (a container name, `registry_double`)."""
+
+
 @dataclass
 class Prod:
     project: Project
@@ -240,12 +268,7 @@ class Prod:
         config = copy.deepcopy(config)
         values = {k: v for k, v in config.items() if k not in SECRET_KEYS}
         values["ssh"] = {"user": "pi"}  # the key is the lab's, each Pi's port its own
-        # apt-get upgrade is proven by the node-script tests; here it would only add minutes.
-        values["nodes"] = [
-            {**node, "host": self.address, "port": self.pis[node["name"]].port, "upgrade": False}
-            for node in values["nodes"]
-        ]
-        values["k3s"] = {**values["k3s"], "installUrl": f"file://{DOUBLE_ON_PI}"}
+        values = on_lab(values, self.address, self.pis)
         # The stack file also holds the encrypted secrets and the passphrase's salt: keep them.
         stack_file = self.project.path / "Pulumi.prod.yaml"
         document = yaml.safe_load(stack_file.read_text()) if stack_file.exists() else None
@@ -266,10 +289,10 @@ class Prod:
 
 
 @contextmanager
-def prod_lab(engine_bin: Path, tmp: Path, standby: Sequence[str] = ()) -> Iterator[Prod]:
-    """The control plane, three simulated Pis (plus the agents named in `standby`, running but
-    not in the stack yet) and the project with its `prod` stack configured by
-    `default_config()`; everything is stopped and removed on exit.
+def lab(tmp: Path, standby: Sequence[str] = ()) -> Iterator[Lab]:
+    """The control plane and three simulated Pis (plus the agents named in `standby`, running but
+    not in the stack yet), with the doubles around them; everything is stopped and removed on
+    exit. Take /tmp/picluster-lab.lock around it: one lab per machine (port 6443).
 
     kwok plays every node's kubelet, a standby agent's too: its Node object exists from the start
     (a real agent registers it when it joins), so joining it finds it Ready."""
@@ -288,11 +311,10 @@ def prod_lab(engine_bin: Path, tmp: Path, standby: Sequence[str] = ()) -> Iterat
     stop = threading.Event()
     ingress = threading.Thread(target=traefik_double, args=(kubeconfig, address, stop), daemon=True)
     ingress.start()
-    project = make_project(engine_bin, tmp)
     try:
-        with simpi.SimPiLab(build.tag) as lab:
+        with simpi.SimPiLab(build.tag) as sims:
             pis = {
-                name: lab.start_pi(name, bind=address, publish=(6444,) if role == "server" else ())
+                name: sims.start_pi(name, bind=address, publish=(6444,) if role == "server" else ())
                 for name, role in roles.items()
             }
             for pi in pis.values():
@@ -308,14 +330,29 @@ def prod_lab(engine_bin: Path, tmp: Path, standby: Sequence[str] = ()) -> Iterat
             )  # fmt: skip
             # The demo API's Dockerfile builds FROM the pinned node image: its stand-in.
             baseimages.ensure_node()
-            assert project.pulumi("stack", "init", "prod").returncode == 0
             with registry_double(first) as registry:
-                prod = Prod(project, kubeconfig, pis, address, lab.key_path.read_text(), registry)
-                prod.configure(default_config())
-                yield prod
+                yield Lab(kubeconfig, pis, address, sims.key_path, registry)
     finally:
         stop.set()
         subprocess.run(
             [str(ROOT / "tools/cluster/down.sh"), "--state", str(state)],
             capture_output=True, timeout=120, check=False,
         )  # fmt: skip
+
+
+@contextmanager
+def prod_lab(engine_bin: Path, tmp: Path, standby: Sequence[str] = ()) -> Iterator[Prod]:
+    """`lab()` and the project with its `prod` stack configured by `default_config()`."""
+    with lab(tmp, standby) as started:
+        project = make_project(engine_bin, tmp)
+        assert project.pulumi("stack", "init", "prod").returncode == 0
+        prod = Prod(
+            project,
+            started.kubeconfig,
+            started.pis,
+            started.address,
+            started.key.read_text(),
+            started.registry,
+        )
+        prod.configure(default_config())
+        yield prod

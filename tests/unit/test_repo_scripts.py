@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENTRY_POINTS = [
     ROOT / "bin" / "test",
     ROOT / "bin" / "up-local",
+    ROOT / "bin" / "pulumi",
     ROOT / "bin" / "restore-db",
     ROOT / "bin" / "restore-datastore",
     ROOT / ".ci" / "run",
@@ -30,11 +31,17 @@ def test_entry_point_passes_shellcheck(script: Path) -> None:
     assert result.returncode == 0, result.stdout
 
 
-def test_up_local_never_puts_the_passphrase_on_a_command_line() -> None:
-    text = (ROOT / "bin" / "up-local").read_text()
-    assert "PULUMI_CONFIG_PASSPHRASE_FILE" in text
-    assert "--passphrase" not in text
-    assert "umask 077" in text
+def test_the_passphrase_is_handled_in_one_place_and_never_on_a_command_line() -> None:
+    """bin/pulumi owns the passphrase (tests/engine/test_pulumi_wrapper.py runs it); bin/up-local
+    goes through it for every pulumi command."""
+    wrapper = (ROOT / "bin" / "pulumi").read_text()
+    assert "PULUMI_CONFIG_PASSPHRASE_FILE" in wrapper
+    assert "--passphrase" not in wrapper
+    assert "umask 077" in wrapper
+    up_local = (ROOT / "bin" / "up-local").read_text()
+    assert "PASSPHRASE" not in up_local
+    commands = [line.split()[0] for line in up_local.splitlines() if "pulumi " in line]
+    assert commands and all(c == "bin/pulumi" for c in commands if not c.startswith("#")), commands
 
 
 def test_project_disables_default_providers_and_keeps_state_local() -> None:
