@@ -100,7 +100,7 @@ def docker_sources(
     if not found:
         raise StackError(
             f"no container of {service.name} on the Docker daemon: is the stack up "
-            f"(`pulumi up -s {stack.name}`)?"
+            f"(`bin/pulumi up -s {stack.name}`)?"
         )
     options = ["logs"]
     if args.follow:
@@ -121,7 +121,7 @@ def kubectl_logs(kubectl: Kubectl, service: Service, args: argparse.Namespace) -
     if not matches:
         raise StackError(
             f"no Deployment, StatefulSet or DaemonSet {service.name} in namespace {namespace}: "
-            "is the stack up (`pulumi up -s prod`)?"
+            "is the stack up (`bin/pulumi up -s prod`)?"
         )
     labels = selector(matches[0])
     pods = kubectl.get("pods", "--namespace", namespace, "--selector", labels).get("items", [])

@@ -173,7 +173,7 @@ def kubeconfig(stack: Stack, outputs: Mapping[str, Any] | None = None) -> Iterat
     config = outputs.get("kubeconfig")
     if not isinstance(config, str) or not config.strip():
         raise StackError(
-            f"stack {stack.name} has no kubeconfig output yet: run `pulumi up -s {stack.name}`"
+            f"stack {stack.name} has no kubeconfig output yet: run `bin/pulumi up -s {stack.name}`"
         )
     with private_file(config, "kubeconfig") as path:
         yield path

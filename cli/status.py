@@ -76,7 +76,9 @@ def container_problems(stack: Stack, containers: Sequence[Container]) -> list[st
     """Each container that is not running or healthy, and each one the program declares that
     the daemon does not have."""
     if not containers:
-        return [f"no container of the stack on the daemon: is it up (`pulumi up -s {stack.name}`)?"]
+        return [
+            f"no container of the stack on the daemon: is it up (`bin/pulumi up -s {stack.name}`)?"
+        ]
     problems = [p for p in (c.problem for c in containers) if p is not None]
     present = {c.name for c in containers}
     problems += [f"no container {name}" for name in docker_containers(stack) if name not in present]
@@ -272,7 +274,7 @@ def _urls(stack: Stack, report: Report, outputs: dict[str, Any] | None) -> None:
         report.add("URLS", f"  {error}")
         return
     if not found:
-        report.add("URLS", f"  none yet: run `pulumi up -s {stack.name}`")
+        report.add("URLS", f"  none yet: run `bin/pulumi up -s {stack.name}`")
         return
     report.add("URLS", table(["OUTPUT", "URL"], [[k, v] for k, v in found]))
 

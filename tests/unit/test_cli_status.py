@@ -72,7 +72,7 @@ def test_the_container_table_is_aligned(tmp_path: Path) -> None:
 def test_missing_containers_are_named_and_an_empty_daemon_is_one_problem(tmp_path: Path) -> None:
     stack_ = local(tmp_path, monitoring={"enabled": False})
     assert status.container_problems(stack_, []) == [
-        "no container of the stack on the daemon: is it up (`pulumi up -s local`)?"
+        "no container of the stack on the daemon: is it up (`bin/pulumi up -s local`)?"
     ]
     line = inspect_line("picluster-local-postgres", "running", 0, "healthy", 0, "unless-stopped")
     present = parse_inspect(stack_, line, services(stack_))
