@@ -1,12 +1,14 @@
 """`bin/picluster ssh NODE` against a simulated Pi (a bookworm container with sshd, reached on
 loopback): in with the pinned host key (given as the Pi's `.pub` line, comment and all), refused
 with a wrong one; the key from `ssh.privateKeyPath`, or from the secret `sshPrivateKey`, which the
-real Pulumi CLI decrypts (`pulumi config get`) into the command's private ssh-agent.
+real Pulumi CLI, through `bin/pulumi` and the stack's own passphrase file, decrypts
+(`config get`) into the command's private ssh-agent.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from cli import stack as cli_stack
 from cli.__main__ import main
 from tests.availability import ENGINE, unavailable
 from tests.engine.conftest import ENGINE_CACHE
+from tests.harness import ROOT
 from tests.integration import simpi
 
 pytestmark = pytest.mark.integration
@@ -91,18 +94,22 @@ def test_the_secret_key_reaches_ssh_through_a_private_agent(
     (project / "Pulumi.yaml").write_text(
         "name: picluster\nruntime: python\nbackend:\n  url: file://./state\n"
     )
+    # The project's wrapper, which gives each stack its own passphrase file (under a
+    # configuration folder of the test's own).
+    (project / "bin").mkdir()
+    shutil.copy2(ROOT / "bin" / "pulumi", project / "bin" / "pulumi")
     monkeypatch.setattr(cli_stack, "ROOT", project)
     monkeypatch.setenv("PATH", f"{engine}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PULUMI_HOME", str(tmp_path / "pulumi-home"))
-    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "ops-test-passphrase")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("PULUMI_SKIP_UPDATE_CHECK", "true")
-    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE_FILE", raising=False)
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    for variable in ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE", "SSH_AUTH_SOCK"):
+        monkeypatch.delenv(variable, raising=False)
 
     def pulumi(*args: str, stdin: str | None = None) -> None:
         result = subprocess.run(
-            ["pulumi", *args, "--non-interactive"], cwd=project, input=stdin, text=True,
-            capture_output=True, timeout=120, check=False,
+            [str(project / "bin" / "pulumi"), *args, "--non-interactive"], cwd=project,
+            input=stdin, text=True, capture_output=True, timeout=120, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
 
@@ -112,6 +119,7 @@ def test_the_secret_key_reaches_ssh_through_a_private_agent(
     stack_file = project / "Pulumi.lab.yaml"
     document = yaml.safe_load(stack_file.read_text())
     assert "secure" in document["config"]["picluster:sshPrivateKey"]
+    assert (tmp_path / "config" / "picluster" / "lab.passphrase").is_file()
     # No key file: the secret is the only key there is.
     document["config"].update(settings(sim, {"pi-1": host_key}, privateKeyPath=None))
     stack_file.write_text(yaml.safe_dump(document))
