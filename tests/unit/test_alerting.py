@@ -332,7 +332,10 @@ def test_k3s_runs_a_small_restricted_alertmanager_on_its_own_volume(prod: Run) -
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert "env" not in container
-    assert container["args"] == alertmanager_config.alertmanager_args()
+    # Its links (notifications' "view in Alertmanager") open on the laptop's forward.
+    assert container["args"] == alertmanager_config.alertmanager_args(
+        external_url="http://127.0.0.1:9093/"
+    )
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["secrets"]["mountPath"] == "/etc/alertmanager/secrets"
     assert "subPath" not in mounts["secrets"]  # rotated secrets reach the files in place
