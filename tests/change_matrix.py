@@ -4,10 +4,10 @@ Each `Change` edits a base configuration (the committed stack, with given secret
 list); the program runs under mocks before and after, and `tests/engine_rules.plan` says which
 resources are created, updated, replaced and deleted, which remote steps re-run, which `delete`
 commands run and what the engine refuses. `tests/unit/test_change_matrix.py` pins the exact
-sets; the README's "What a change does" table and `bench/change_steps.py` are generated from
-here:
+sets; the "What a change does" table in CONTRIBUTING.md and `bench/change_steps.py` are
+generated from here:
 
-    .venv/bin/python -m tests.change_matrix        # prints the README table
+    .venv/bin/python -m tests.change_matrix        # prints CONTRIBUTING.md's table
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Change:
     """One routine change to a stack's configuration."""
 
     title: str
-    """What the user changes, as the README's table names it."""
+    """What the user changes, as the table in CONTRIBUTING.md names it."""
     stack: str
     """`prod` (K3s on Pis) or `local` (Docker)."""
     edit: Callable[[Config], Config]
@@ -433,7 +433,7 @@ def _cell(items: list[str]) -> str:
 
 
 def markdown_table() -> str:
-    """The README's "What a change does" table."""
+    """CONTRIBUTING.md's "What a change does" table."""
     lines = [
         "| stack | change | remote steps that run | created | updated in place | replaced "
         "| deleted | what restarts | note |",
@@ -464,8 +464,9 @@ _TAG = re.compile(r"(?<![0-9a-f])[0-9a-f]{12}(?![0-9a-f])")
 
 
 def _release_labels(result: Outcome) -> dict[str, str]:
-    """`<old tag>`/`<new tag>` for the content tags in `result`'s object names, so the README's
-    table does not change with every byte of a source or of picluster's Dockerfiles."""
+    """`<old tag>`/`<new tag>` for the content tags in `result`'s object names, so the change
+    table in CONTRIBUTING.md does not change with every byte of a source or of picluster's
+    Dockerfiles."""
     labels: dict[str, str] = {}
     for run, label in ((result.before, "<old tag>"), (result.after, "<new tag>")):
         for reg in run.registrations:

@@ -285,7 +285,7 @@ refuse_encryption_off() {
     [[ "$ROLE" == server && -e /etc/systemd/system/k3s.service && -e "$CONFIG_FILE" ]] || return 0
     grep -qx 'secrets-encryption: true' "$CONFIG_FILE" || return 0
     if ! base64 -d <<<"$CONFIG_YAML_B64" | grep -qx 'secrets-encryption: true'; then
-        die "picluster:k3s.secretsEncryption cannot be turned off by a restart: the Secrets already in the datastore are encrypted and K3s could not read them; set it back to true (README: Secrets encryption)"
+        die "picluster:k3s.secretsEncryption cannot be turned off by a restart: the Secrets already in the datastore are encrypted and K3s could not read them; set it back to true (README: What the node steps refuse, and why)"
     fi
 }
 

@@ -177,7 +177,7 @@ remove() {
     local volumes
     volumes=$(volumes_on_node) || die "could not list the volumes on $NODE_NAME"
     if [[ -n "$volumes" ]]; then
-        die "$NODE_NAME holds local-path volumes, whose data would go with it: $(paste -sd, - <<<"$volumes" | sed 's/,/, /g'); back them up (README: Backups and restore), delete those claims (or move their workloads: README: Remove a node), then run pulumi up again"
+        die "$NODE_NAME holds local-path volumes, whose data would go with it: $(paste -sd, - <<<"$volumes" | sed 's/,/, /g'); back them up (README: Backups and restore), delete those claims (or move their workloads: README: Add or remove a node), then run pulumi up again"
     fi
     log "draining $NODE_NAME"
     # --force: pods without a controller would otherwise stop the drain (they are lost anyway

@@ -71,8 +71,8 @@ def test_the_kubeconfig_and_the_install_stdin_stay_secret(project: Project) -> N
 
 
 def test_the_policy_pack_runs_under_the_engine_and_the_prod_stack_passes(project: Project) -> None:
-    # As a pull request's preview runs it: `--policy-pack policy`, the pack's venv (README: "The
-    # policy pack") being the project's own here.
+    # As a pull request's preview runs it: `--policy-pack policy`, the pack's venv (CONTRIBUTING.md:
+    # "The policy pack") being the project's own here.
     shutil.copytree(ROOT / "policy", project.path / "policy", ignore=shutil.ignore_patterns("venv"))
     (project.path / "policy" / "venv").symlink_to(ROOT / ".venv")
     assert project.pulumi("stack", "init", "prod").returncode == 0

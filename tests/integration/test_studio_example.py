@@ -1,5 +1,5 @@
 """The example studio on the local Docker target, for real: a game's `dist` folder and two service
-folders (`examples/studio`, the README's "The studio's own game") become a game that answers.
+folders (`examples/studio`, the README's "Your own game") become a game that answers.
 
 The program runs under mocks with the example's `picluster:app` block on a unique stack. Its
 three build commands run with exactly the stdin the program gives them (`bash -s`, as the local

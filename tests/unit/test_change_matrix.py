@@ -3,7 +3,7 @@
 Every row runs the real program twice under mocks and applies the engine's rules
 (`tests/engine_rules.py`, `tests/provider_rules.py`). A change that would replace a protected or
 data-holding resource, run a destructive `delete`, or be refused, fails here, and so does any
-drift of the README's "What a change does" table from what the rules compute.
+drift of the "What a change does" table in CONTRIBUTING.md from what the rules compute.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from components.images import plan_build
 from tests.change_matrix import CHANGES, Change, markdown_table, outcome, source_versions
 from tests.engine_rules import Action
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONTRIBUTING = Path(__file__).resolve().parents[2] / "CONTRIBUTING.md"
 
 EVERY_INSTALL_AND_CHECK = [
     f"Command cluster-{node}-{step}"
@@ -236,12 +236,12 @@ def test_destructive_deletes_run_only_for_a_removed_node(change: Change) -> None
         assert not deletes
 
 
-def test_readme_table_is_the_generated_one() -> None:
-    text = README.read_text()
+def test_the_contributing_table_is_the_generated_one() -> None:
+    text = CONTRIBUTING.read_text()
     start = text.index("<!-- change-matrix:start -->")
     end = text.index("<!-- change-matrix:end -->")
     assert text[start:end].split("\n", 1)[1].strip() == markdown_table().strip(), (
-        "README's change table is stale: regenerate it with "
+        "CONTRIBUTING.md's change table is stale: regenerate it with "
         "`.venv/bin/python -m tests.change_matrix`"
     )
 
