@@ -73,4 +73,6 @@ if settings.monitoring.enabled:
     pulumi.export("grafanaUrl", monitoring.grafana_url)
     pulumi.export("prometheusUrl", monitoring.prometheus_url)
     pulumi.export("alertmanagerUrl", monitoring.alertmanager_url)
+    if monitoring.forward_command is not None:
+        pulumi.export("forwardCommand", monitoring.forward_command)
     pulumi.export("grafanaAdminPassword", secrets.grafana_admin_password)

@@ -45,11 +45,15 @@ class Monitoring(pulumi.ComponentResource):
     """Prometheus, with the alert rules."""
     alertmanager_url: pulumi.Output[str]
     """Alertmanager: the alerts firing now, silences, where each was sent."""
+    forward_command: pulumi.Output[str] | None
+    """K3s: the command that forwards Prometheus, Alertmanager and Grafana to the laptop, where
+    `prometheus_url` and `alertmanager_url` point; None on Docker (published ports)."""
 
     def __init__(
         self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("picluster:index:Monitoring", name, None, opts)
+        self.forward_command = None
         if isinstance(args.platform, DockerPlatform):
             if args.network_name is None:
                 raise ValueError("Monitoring on Docker needs the app's network_name")
@@ -67,6 +71,7 @@ class Monitoring(pulumi.ComponentResource):
             rendered = on_kubernetes.render_monitoring(
                 self, name, args.app, args.secrets, args.settings, args.platform, args.alert_secrets
             )
+            self.forward_command = rendered.forward_command
         self.grafana_url = rendered.grafana_url
         self.prometheus_url = rendered.prometheus_url
         self.alertmanager_url = rendered.alertmanager_url

@@ -206,6 +206,13 @@ CHANGES: tuple[Change, ...] = (
         ),
     ),
     Change(
+        "`app.domain` set (a DNS name on the router)",
+        "prod",
+        _edit(lambda c: c["app"].update(domain="game.home.arpa")),
+        "the Ingress rules carry no host: the game answers on the name and on every Pi's "
+        "address alike; only Grafana's links and the ingress probe's Host change",
+    ),
+    Change(
         "a service's replicas 1 → 3",
         "prod",
         _edit(lambda c: c["app"]["services"][0].update(replicas=3)),

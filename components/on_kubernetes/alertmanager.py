@@ -24,6 +24,7 @@ from components.app_model import Resources
 from components.config import AlertsConfig
 from components.on_kubernetes import pods, volumes
 from components.on_kubernetes.exporters import NOBODY
+from components.on_kubernetes.forwards import ALERTMANAGER_FORWARD
 from components.on_kubernetes.platform import KubernetesPlatform
 
 COMPONENT: Final = "alerting"
@@ -103,7 +104,8 @@ def render_alertmanager(
             k8s.core.v1.ContainerArgs(
                 name=ALERTMANAGER,
                 image=versions.ALERTMANAGER,
-                args=alertmanager_config.alertmanager_args(),
+                # Links in notifications open where the laptop reaches it, as on Docker.
+                args=alertmanager_config.alertmanager_args(external_url=ALERTMANAGER_FORWARD.url),
                 ports=[
                     k8s.core.v1.ContainerPortArgs(name="http", container_port=ALERTMANAGER_PORT)
                 ],

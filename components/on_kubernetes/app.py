@@ -188,9 +188,10 @@ def render_app(
         metadata=pods.metadata("game", ns, "ingress"),
         spec=k8s.networking.v1.IngressSpecArgs(
             ingress_class_name=platform.ingress_class,
+            # No host: the game answers on every Pi's address and on any name pointed at one
+            # (app.domain names the URLs only; see KubernetesPlatform.domain).
             rules=[
                 k8s.networking.v1.IngressRuleArgs(
-                    host=platform.domain,
                     http=k8s.networking.v1.HTTPIngressRuleValueArgs(paths=paths),
                 )
             ],

@@ -194,8 +194,8 @@ def render_grafana(
         spec=k8s.networking.v1.IngressSpecArgs(
             ingress_class_name=platform.ingress_class,
             rules=[
+                # No host, as the game's Ingress: Grafana answers on any Pi's address too.
                 k8s.networking.v1.IngressRuleArgs(
-                    host=platform.domain,
                     http=k8s.networking.v1.HTTPIngressRuleValueArgs(
                         paths=[
                             k8s.networking.v1.HTTPIngressPathArgs(

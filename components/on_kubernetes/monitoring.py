@@ -14,11 +14,16 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.alertmanager_config import ALERTMANAGER, ALERTMANAGER_PORT, SecretFile
+from components.alertmanager_config import SecretFile
 from components.app_model import AppModel
 from components.config import MonitoringConfig
 from components.on_kubernetes import exporters, pods
 from components.on_kubernetes.alertmanager import render_alertmanager
+from components.on_kubernetes.forwards import (
+    ALERTMANAGER_FORWARD,
+    PROMETHEUS_FORWARD,
+    forward_command,
+)
 from components.on_kubernetes.grafana import SUB_PATH, render_grafana
 from components.on_kubernetes.platform import KubernetesPlatform
 from components.on_kubernetes.prometheus import PROMETHEUS, PROMETHEUS_PORT, render_prometheus
@@ -30,11 +35,13 @@ class KubernetesMonitoring:
     """What the Kubernetes rendering of monitoring hands back."""
 
     grafana_url: pulumi.Output[str]
-    """Grafana through the ingress."""
+    """Grafana through the ingress, on the domain or the first server's address."""
     prometheus_url: pulumi.Output[str]
-    """Prometheus inside the cluster (it has no ingress: reach it with `kubectl port-forward`)."""
+    """Prometheus on the laptop while `forward_command` runs (it has no ingress: no login)."""
     alertmanager_url: pulumi.Output[str]
-    """Alertmanager inside the cluster, likewise without an ingress."""
+    """Alertmanager on the laptop, likewise."""
+    forward_command: pulumi.Output[str]
+    """`bin/picluster forward --stack STACK`, which port-forwards the three to 127.0.0.1."""
 
 
 def render_monitoring(
@@ -48,8 +55,9 @@ def render_monitoring(
 ) -> KubernetesMonitoring:
     """Declare monitoring's Kubernetes objects as children of `parent`.
 
-    Without `platform.domain`, the ingress answers on `platform.public_address` (the first
-    server's address): it makes Grafana's own links and the returned URL absolute.
+    The ingress answers on any host (every Pi's address, and any name pointed at one); the
+    domain, or without one `platform.public_address` (the first server's address), names the
+    returned URL and Grafana's own absolute links.
     """
     monitoring_ns = platform.monitoring_namespace
     monitoring = pods.namespace(parent, f"{name}-namespace", monitoring_ns, "restricted")
@@ -86,10 +94,7 @@ def render_monitoring(
     )
     return KubernetesMonitoring(
         grafana_url=pulumi.Output.format("http://{0}{1}/", host, SUB_PATH),
-        prometheus_url=pulumi.Output.from_input(
-            f"http://{PROMETHEUS}.{monitoring_ns}.svc:{PROMETHEUS_PORT}"
-        ),
-        alertmanager_url=pulumi.Output.from_input(
-            f"http://{ALERTMANAGER}.{monitoring_ns}.svc:{ALERTMANAGER_PORT}"
-        ),
+        prometheus_url=pulumi.Output.from_input(PROMETHEUS_FORWARD.url),
+        alertmanager_url=pulumi.Output.from_input(ALERTMANAGER_FORWARD.url),
+        forward_command=pulumi.Output.from_input(forward_command(pulumi.get_stack())),
     )

@@ -23,9 +23,10 @@ class KubernetesPlatform:
     registry_storage: str = "10Gi"
     """The in-cluster registry's claim (`images.registryStorage`)."""
     domain: str | None = None
-    """Host name of the Ingress rules; any host when None."""
+    """The name the printed URLs and Grafana's links use; the Ingress rules carry no host, so
+    the game also answers on every Pi's address (a name a phone cannot resolve locks no one out)."""
     public_address: str = "localhost"
-    """Where the ingress answers when there is no domain (the first server's address)."""
+    """The address the URLs use when there is no domain (the first server's)."""
     ingress_class: str = "traefik"
     """K3s's packaged ingress controller."""
     storage_class: str = "local-path"

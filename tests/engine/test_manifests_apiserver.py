@@ -68,7 +68,7 @@ def kubectl(
 def rendered(tmp_path: Path, app: dict[str, object] | None) -> Path:
     config = {**stack_file_config("prod"), "sshPrivateKey": KEY}
     if app is not None:
-        config["app"] = {**config["app"], **app}
+        config["app"] = {**config.get("app", {}), **app}
     stack_file = tmp_path / "Pulumi.prod.yaml"
     stack_file.write_text(
         yaml.safe_dump({"config": {f"picluster:{k}": v for k, v in config.items()}})

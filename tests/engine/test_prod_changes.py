@@ -47,6 +47,7 @@ REPLAYED = (
     "`dbPassword` rotated",
     "add an agent",
     "datastore snapshot schedule and retention",
+    "`app.domain` set (a DNS name on the router)",
 )
 
 
@@ -234,6 +235,40 @@ def test_the_new_agent_joined(lab: Lab) -> None:
     node = lab.prod.get("node", STANDBY)
     ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
     assert ready and ready[0]["status"] == "True", node["status"]
+
+
+def test_with_a_domain_the_ingresses_still_answer_on_any_host(lab: Lab) -> None:
+    # As the API server holds them after the domain was set: one rule each, with no host, which
+    # Traefik turns into a path-only router (pkg/provider/kubernetes/ingress, loadRouter), so
+    # http://<any Pi>/ serves the game, its paths and /grafana as the domain does.
+    assert lab.config["app"]["domain"] == "game.home.arpa"
+    rules = {
+        f"{i['metadata']['namespace']}/{i['metadata']['name']}": i["spec"]["rules"]
+        for i in lab.prod.get("ingress", "-A")["items"]
+    }
+    assert set(rules) == {"game/game", "monitoring/grafana"}, "only these two are exposed"
+    for name, [rule] in rules.items():
+        assert "host" not in rule, name
+    paths = {
+        p["path"]: p["backend"]["service"]["name"] for p in rules["game/game"][0]["http"]["paths"]
+    }
+    assert paths == {"/": "frontend", "/lobby": "lobby", "/scores": "scores"}
+    assert [p["path"] for p in rules["monitoring/grafana"][0]["http"]["paths"]] == ["/grafana"]
+    grafana = lab.prod.get("deployment", "-n", "monitoring", "grafana")
+    env = {
+        e["name"]: e.get("value")
+        for e in grafana["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["GF_SERVER_DOMAIN"] == "game.home.arpa"
+
+    listed = lab.prod.project.pulumi("stack", "output", "--json", "-s", "prod")
+    assert listed.returncode == 0, listed.stderr
+    outputs = json.loads(listed.stdout)
+    assert outputs["frontendUrl"] == "http://game.home.arpa/"
+    assert outputs["grafanaUrl"] == "http://game.home.arpa/grafana/"
+    assert outputs["prometheusUrl"] == "http://127.0.0.1:9090/"
+    assert outputs["alertmanagerUrl"] == "http://127.0.0.1:9093/"
+    assert outputs["forwardCommand"] == "bin/picluster forward --stack prod"
 
 
 def test_a_hand_change_in_the_cluster_is_reported_by_refresh_and_undone_by_up(lab: Lab) -> None:

@@ -607,7 +607,7 @@ def test_a_stack_with_a_migration_passes_its_policies() -> None:
         }
     ]
     config = stack_file_config("prod")
-    run = run_prod({**config, "app": {**config["app"], "services": services}})
+    run = run_prod({**config, "app": {**config.get("app", {}), "services": services}})
     assert [r for r in run.registrations if r.type == KINDS["Job"]]
     assert violations(run) == []
 

@@ -332,7 +332,10 @@ def test_k3s_runs_a_small_restricted_alertmanager_on_its_own_volume(prod: Run) -
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert "env" not in container
-    assert container["args"] == alertmanager_config.alertmanager_args()
+    # Its links (notifications' "view in Alertmanager") open on the laptop's forward.
+    assert container["args"] == alertmanager_config.alertmanager_args(
+        external_url="http://127.0.0.1:9093/"
+    )
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["secrets"]["mountPath"] == "/etc/alertmanager/secrets"
     assert "subPath" not in mounts["secrets"]  # rotated secrets reach the files in place
@@ -394,9 +397,11 @@ def test_docker_alertmanager_gets_config_as_plain_file_and_secrets_as_secret_upl
     assert local.outputs["alertmanagerUrl"].value == "http://127.0.0.1:9093/"
 
 
-def test_prod_exports_the_in_cluster_alertmanager_url(prod: Run) -> None:
-    assert prod.outputs["alertmanagerUrl"].value == "http://alertmanager.monitoring.svc:9093"
+def test_prod_exports_the_forwarded_alertmanager_url_and_the_forward_command(prod: Run) -> None:
+    # The laptop's end of `bin/picluster forward`, not an in-cluster name a laptop cannot resolve.
+    assert prod.outputs["alertmanagerUrl"].value == "http://127.0.0.1:9093/"
     assert not prod.outputs["alertmanagerUrl"].secret
+    assert prod.outputs["forwardCommand"].value == "bin/picluster forward --stack prod"
 
 
 def test_without_alert_secrets_k3s_declares_no_alertmanager_secret() -> None:

@@ -128,6 +128,16 @@ EXPECTED: dict[tuple[str, str], dict[str, list[str]]] = {
             "NetworkPolicy app-netpol-services",
         ],
     },
+    # The Ingress is not in it: its rules carry no host, whatever the domain.
+    ("prod", "`app.domain` set (a DNS name on the router)"): {
+        "update": [
+            "ConfigMap monitoring-blackbox-exporter",
+            "ConfigMap monitoring-prometheus",
+            "Deployment monitoring-blackbox-exporter",
+            "Deployment monitoring-grafana",
+            "Deployment monitoring-prometheus",
+        ]
+    },
     ("prod", "a service's replicas 1 → 3"): {
         "create": ["PodDisruptionBudget app-lobby-pdb"],
         "update": ["Deployment app-lobby"],

@@ -35,7 +35,7 @@ def stack_file(tmp_path: Path, stack: str, config: dict[str, Any]) -> Path:
 PROD = {**stack_file_config("prod"), "ssh": {"user": "pi", "port": 22}, "sshPrivateKey": KEY}
 CASES = {
     "prod": PROD,
-    "prod-studio": {**PROD, "app": {**PROD["app"], **STUDIO_APP}},
+    "prod-studio": {**PROD, "app": {**PROD.get("app", {}), **STUDIO_APP}},
 }
 
 

@@ -70,6 +70,8 @@ class _Monitoring(pulumi.ComponentResource):
         rendered = render_monitoring(self, name, APP, secrets, settings, platform)
         pulumi.export("grafana_url", rendered.grafana_url)
         pulumi.export("prometheus_url", rendered.prometheus_url)
+        pulumi.export("alertmanager_url", rendered.alertmanager_url)
+        pulumi.export("forward_command", rendered.forward_command)
         self.register_outputs({})
 
 
@@ -384,7 +386,7 @@ def test_grafana_is_served_under_grafana_behind_the_ingress(result: Run) -> None
     ingress = named(result, "Ingress", "grafana")["spec"]
     assert ingress["ingressClassName"] == "traefik"
     [rule] = ingress["rules"]
-    assert rule["host"] == "game.example.com"
+    assert "host" not in rule, "Grafana must answer on every Pi's address, domain or not"
     [path] = rule["http"]["paths"]
     assert path["path"] == "/grafana" and path["pathType"] == "Prefix"
     assert path["backend"]["service"] == {"name": "grafana", "port": {"number": 3000}}
@@ -394,7 +396,13 @@ def test_grafana_is_served_under_grafana_behind_the_ingress(result: Run) -> None
     assert env["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
     assert env["GF_SERVER_DOMAIN"] == "game.example.com"
     assert result.outputs["grafana_url"].value == "http://game.example.com/grafana/"
-    assert result.outputs["prometheus_url"].value == "http://prometheus.monitoring.svc:9090"
+    # Prometheus and Alertmanager have no login, so no Ingress: the laptop reaches them through
+    # `bin/picluster forward`, on the same ports of 127.0.0.1.
+    assert result.outputs["prometheus_url"].value == "http://127.0.0.1:9090/"
+    assert result.outputs["alertmanager_url"].value == "http://127.0.0.1:9093/"
+    assert result.outputs["forward_command"].value == "bin/picluster forward --stack test"
+    ingresses = [r.name for r in result.registrations if r.type.endswith(":Ingress")]
+    assert ingresses == ["watch-grafana"]
 
 
 def test_without_a_domain_grafana_answers_on_the_first_server(result: Run) -> None:

@@ -150,6 +150,19 @@ def test_frontend_serves_the_placeholder_and_proxies_service_paths(local: Run) -
     assert containers(local)["app-api-1"].urn in frontend.dependencies
 
 
+def test_a_domain_on_the_docker_stack_still_lets_nginx_answer_by_address(local: Run) -> None:
+    # nginx's only server is the catch-all `server_name _`: a request by IP (a phone on the LAN
+    # hitting docker.publishAddress) gets the game whatever `app.domain` says.
+    config = stack_file_config("local")
+    named = run_main(
+        {**config, "app": {**config.get("app", {}), "domain": "game.home.arpa"}}, stack="local"
+    )
+    conf = uploads_of(containers(named)["app-frontend"])["/etc/nginx/conf.d/default.conf"]
+    assert conf == uploads_of(containers(local)["app-frontend"])["/etc/nginx/conf.d/default.conf"]
+    assert conf.count("server {") == 1 and "    server_name _;" in conf
+    assert named.outputs["frontendUrl"].value == local.outputs["frontendUrl"].value
+
+
 def test_published_ports_bind_to_loopback_by_default(local: Run) -> None:
     published = {
         name: c.value("ports") for name, c in containers(local).items() if c.value("ports")
@@ -170,6 +183,7 @@ def test_outputs_are_urls_in_plain_and_passwords_as_secrets(local: Run) -> None:
     assert outputs["alertmanagerUrl"].value == "http://127.0.0.1:9093/"
     for url in ("frontendUrl", "grafanaUrl", "prometheusUrl", "alertmanagerUrl"):
         assert not outputs[url].secret
+    assert "forwardCommand" not in outputs, "Docker publishes its ports: nothing to forward"
     for password in ("dbPassword", "grafanaAdminPassword"):
         assert outputs[password].secret
 

@@ -528,8 +528,10 @@ def test_prod_secrets_live_only_in_kubernetes_secrets() -> None:
         if any(p in s for s in resource.secret_strings() for p in (db_password, grafana_password)):
             holders.add(resource.type)
     assert holders == {"kubernetes:core/v1:Secret"}
-    assert result.outputs["frontendUrl"].value == "http://game.local/"
-    assert result.outputs["grafanaUrl"].value == "http://game.local/grafana/"
+    # The committed stack has no domain: the URLs use the first server's address.
+    assert result.outputs["frontendUrl"].value == "http://192.168.1.10/"
+    assert result.outputs["grafanaUrl"].value == "http://192.168.1.10/grafana/"
+    assert result.outputs["prometheusUrl"].value == "http://127.0.0.1:9090/"
     assert result.outputs["grafanaAdminPassword"].secret
 
 
