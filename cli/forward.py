@@ -23,36 +23,45 @@ from cli.kube import Kubectl
 from cli.output import say
 from cli.services import K3S_MONITORING
 from cli.stack import StackError, add_stack_option, kubeconfig, load
-from components import alertmanager_config
 from components.config import ConfigError, Target
-from components.on_kubernetes import grafana, prometheus
+from components.on_kubernetes import forwards
 
-ADDRESS = "127.0.0.1"
+ADDRESS = forwards.LOCAL_ADDRESS
 START_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
 class Forward:
-    """One Service forwarded to loopback."""
+    """One Service forwarded to loopback: reach's definition (the outputs' URLs), titled."""
 
     title: str
-    service: str
-    port: int
-    """The Service's port, and the local one unless `--ports` moves it."""
-    path: str = "/"
+    target: forwards.Forward
+
+    @property
+    def service(self) -> str:
+        return self.target.service
+
+    @property
+    def port(self) -> int:
+        """The Service's port, and the local one unless `--ports` moves it."""
+        return self.target.port
+
+    @property
+    def path(self) -> str:
+        return self.target.path
 
     @property
     def namespace(self) -> str:
         return K3S_MONITORING[self.service]
 
 
-FORWARDS: tuple[Forward, ...] = (
-    Forward("Prometheus", prometheus.PROMETHEUS, prometheus.PROMETHEUS_PORT),
-    Forward(
-        "Alertmanager", alertmanager_config.ALERTMANAGER, alertmanager_config.ALERTMANAGER_PORT
-    ),
-    Forward("Grafana", grafana.GRAFANA, grafana.GRAFANA_PORT, f"{grafana.SUB_PATH}/"),
+FORWARDS: tuple[Forward, ...] = tuple(
+    Forward(title, target)
+    for title, target in zip(
+        ("Prometheus", "Alertmanager", "Grafana"), forwards.MONITORING_FORWARDS, strict=True
+    )
 )
+"""components/on_kubernetes/forwards.py's forwards, whose URLs the stack outputs print."""
 
 
 def _ports(value: str) -> tuple[int, ...]:

@@ -106,3 +106,10 @@ def test_logs_on_k3s_follow_every_pod_the_workloads_selector_picks() -> None:
     empty = FakeKubectl({"deployments,statefulsets,daemonsets": {"items": []}})
     with pytest.raises(StackError, match="no Deployment, StatefulSet or DaemonSet api in"):
         logs.kubectl_logs(empty, Service("api", 1, "game"), args)
+
+
+def test_the_default_forwards_are_the_urls_the_stack_outputs_name() -> None:
+    from components.on_kubernetes.forwards import MONITORING_FORWARDS
+
+    defaults = tuple(f.port for f in forward.FORWARDS)
+    assert [url for _, url in forward.urls(defaults)] == [f.url for f in MONITORING_FORWARDS]
