@@ -122,7 +122,8 @@ def test_without_the_venv_it_refuses_clearly(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr == (
-        f"bin/restore-datastore: no {tmp_path}/.venv yet: run bin/up-local or bin/test once\n"
+        f"bin/restore-datastore: no {tmp_path}/.venv yet: "
+        "run bin/pulumi install (or bin/up-local, bin/test) once\n"
     )
 
 
