@@ -46,4 +46,4 @@ MONITORING_FORWARDS: Final = (PROMETHEUS_FORWARD, ALERTMANAGER_FORWARD, GRAFANA_
 
 def forward_command(stack: str) -> str:
     """The command that opens the forwards for `stack` (the `forwardCommand` output)."""
-    return f"bin/picluster forward --stack {stack}"
+    return f"bin/picluster forward -s {stack}"

@@ -51,7 +51,7 @@ _MAX_NAME = 63
 
 
 def job_name(workload: Workload) -> str:
-    """`<service>-migrate-<tag>`, the service name shortened to fit 63 characters."""
+    """`<service>-migrate-<release>`, the service name shortened to fit 63 characters."""
     suffix = f"-migrate-{release(workload)}"
     return f"{workload.name[: _MAX_NAME - len(suffix)].rstrip('-')}{suffix}"
 

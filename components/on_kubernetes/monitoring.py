@@ -41,7 +41,7 @@ class KubernetesMonitoring:
     alertmanager_url: pulumi.Output[str]
     """Alertmanager on the laptop, likewise."""
     forward_command: pulumi.Output[str]
-    """`bin/picluster forward --stack STACK`, which port-forwards the three to 127.0.0.1."""
+    """`bin/picluster forward -s STACK`, which port-forwards the three to 127.0.0.1."""
 
 
 def render_monitoring(

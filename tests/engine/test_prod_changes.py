@@ -268,7 +268,7 @@ def test_with_a_domain_the_ingresses_still_answer_on_any_host(lab: Lab) -> None:
     assert outputs["grafanaUrl"] == "http://game.home.arpa/grafana/"
     assert outputs["prometheusUrl"] == "http://127.0.0.1:9090/"
     assert outputs["alertmanagerUrl"] == "http://127.0.0.1:9093/"
-    assert outputs["forwardCommand"] == "bin/picluster forward --stack prod"
+    assert outputs["forwardCommand"] == "bin/picluster forward -s prod"
 
 
 def test_a_hand_change_in_the_cluster_is_reported_by_refresh_and_undone_by_up(lab: Lab) -> None:

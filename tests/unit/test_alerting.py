@@ -401,7 +401,7 @@ def test_prod_exports_the_forwarded_alertmanager_url_and_the_forward_command(pro
     # The laptop's end of `bin/picluster forward`, not an in-cluster name a laptop cannot resolve.
     assert prod.outputs["alertmanagerUrl"].value == "http://127.0.0.1:9093/"
     assert not prod.outputs["alertmanagerUrl"].secret
-    assert prod.outputs["forwardCommand"].value == "bin/picluster forward --stack prod"
+    assert prod.outputs["forwardCommand"].value == "bin/picluster forward -s prod"
 
 
 def test_without_alert_secrets_k3s_declares_no_alertmanager_secret() -> None:

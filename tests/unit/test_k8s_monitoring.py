@@ -400,7 +400,7 @@ def test_grafana_is_served_under_grafana_behind_the_ingress(result: Run) -> None
     # `bin/picluster forward`, on the same ports of 127.0.0.1.
     assert result.outputs["prometheus_url"].value == "http://127.0.0.1:9090/"
     assert result.outputs["alertmanager_url"].value == "http://127.0.0.1:9093/"
-    assert result.outputs["forward_command"].value == "bin/picluster forward --stack test"
+    assert result.outputs["forward_command"].value == "bin/picluster forward -s test"
     ingresses = [r.name for r in result.registrations if r.type.endswith(":Ingress")]
     assert ingresses == ["watch-grafana"]
 
