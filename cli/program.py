@@ -22,13 +22,15 @@ import os
 import runpy
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pulumi
 import yaml
+from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
@@ -117,6 +119,16 @@ def secret_strings(value: Any, *, in_secret: bool = False) -> Iterator[str]:
             yield from secret_strings(item, in_secret=in_secret)
 
 
+def marked_inputs(struct: Any) -> dict[str, Any]:
+    """A RegisterResource request's inputs with each secret marker where the program put it.
+
+    The SDK's `rpc.deserialize_properties` lifts a nested secret to the top-level property (a
+    Deployment's whole `spec` turns secret for one secret annotation), which would make every
+    value beside it look secret; the request itself has the marker on the value alone. Numbers
+    stay floats (`reveal` makes whole ones integers)."""
+    return dict(json_format.MessageToDict(struct))
+
+
 @dataclass(frozen=True)
 class Declared:
     """One resource the program declared."""
@@ -175,7 +187,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             type=request.type,
             name=request.name,
             urn=self.make_urn(request.parent, request.type, request.name),
-            inputs=dict(rpc.deserialize_properties(request.object, keep_unknowns=True)),
+            inputs=marked_inputs(request.object),
             dependencies=tuple(request.dependencies),
         )
 
@@ -277,6 +289,59 @@ def run_under_mocks(
         raise
 
 
+LEAK_CHECK_MIN = 8
+"""The last check (`refuse_leaks`) looks for secret values this long or longer: a shorter one
+("game") would be found in unrelated text. Which values are secret is decided by the secret
+markers first; this check is the second net."""
+
+
+def secret_forms(value: str) -> set[str]:
+    """`value` as a written file could carry it: as is, percent-encoded (as in a URL's
+    password, components/secrets.py), base64-encoded (a Kubernetes Secret's `data`) and
+    JSON-escaped."""
+    forms = {
+        value,
+        quote(value, safe=""),
+        quote(value),
+        base64.b64encode(value.encode()).decode(),
+        json.dumps(value)[1:-1],
+    }
+    return {form for form in forms if form}
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def refuse_leaks(files: Mapping[str, str], secret_values: Iterable[str]) -> None:
+    """Raise `RenderError` when a file's text (by name -> content) holds one of
+    `secret_values` in any of its `secret_forms`: in the text as is, with its white space
+    collapsed (YAML folds a long scalar at a space), or in any string of a YAML file read
+    back. The message names the file, never the value."""
+    forms = {
+        " ".join(form.split())
+        for value in secret_values
+        if len(value) >= LEAK_CHECK_MIN
+        for form in secret_forms(value)
+    }
+    forms.discard("")
+    for name, text in files.items():
+        haystacks = [text, " ".join(text.split())]
+        if name.endswith((".yaml", ".yml")):
+            with suppress(yaml.YAMLError):
+                haystacks += [" ".join(s.split()) for s in _strings(yaml.safe_load(text))]
+        if any(form in haystack for form in forms for haystack in haystacks):
+            raise RenderError(f"{name} would carry a secret value; nothing was written")
+
+
 def stack_config(stack: str, path: Path | None = None) -> tuple[dict[str, Any], frozenset[str]]:
     """The stack file's `picluster:` keys (unprefixed) and which of them are `secure:`.
     `path`: another stack file than the checkout's `Pulumi.<stack>.yaml` (the tests')."""
@@ -328,13 +393,18 @@ def decrypted_secrets(stack: str, keys: frozenset[str]) -> dict[str, str]:
 
 @contextmanager
 def _in_project() -> Iterator[None]:
-    """Pulumi runs the program in the project directory: build folders are relative to it."""
+    """Pulumi runs the program in the project directory: build folders are relative to it.
+    Without `SSH_AUTH_SOCK`: rendering signs in nowhere, so the program must not probe (or
+    refuse) the shell's ssh-agent (components/ssh_auth.py `choose`)."""
     before = Path.cwd()
+    agent = os.environ.pop("SSH_AUTH_SOCK", None)
     os.chdir(ROOT)
     try:
         yield
     finally:
         os.chdir(before)
+        if agent is not None:
+            os.environ["SSH_AUTH_SOCK"] = agent
 
 
 @dataclass(frozen=True)
@@ -356,9 +426,10 @@ def _render_config(
 ) -> tuple[dict[str, Any], frozenset[str]]:
     """The stack's config as a render runs the program: the SSH sign-in taken out. The key is
     `SSH_KEY_PLACEHOLDER` (no key file is read), its passphrase is never decrypted, and the
-    agent is not used (no `SSH_AUTH_SOCK` is probed), so a stack that signs in with a passphrase
-    key or ssh-agent renders as one with a plain key; nothing rendered holds any of them. A
-    malformed `ssh` value is left for the configuration's own error."""
+    agent is not used (`ssh.agent` false here, `SSH_AUTH_SOCK` unset by `_in_project`), so a
+    stack that signs in with a passphrase key or ssh-agent renders as one with a plain key;
+    nothing rendered holds any of them. A malformed `ssh` value is left for the
+    configuration's own error."""
     config = {k: v for k, v in config.items() if k not in RENDER_DROPPED}
     secure = secure - set(RENDER_DROPPED)
     if config.get("nodes"):
