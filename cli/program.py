@@ -3,14 +3,19 @@ declares, for `bin/picluster manifests` and `bin/picluster compose`.
 
 The project's own `__main__.py` runs under the Pulumi SDK's mocks (`pulumi.runtime.set_mocks`),
 with the stack's configuration from `Pulumi.<stack>.yaml`, and every RegisterResource request is
-kept with its inputs, secret markers intact, and its dependencies. So what the two commands write
-is what the Docker and Kubernetes renderers declare for `pulumi up`, not a second description of
-the app. Nothing runs: the mocks answer for the providers with placeholders (a kubeconfig with no
-credentials, a build that prints a placeholder digest, generated passwords that are never used).
+kept with its inputs, each secret marker where the program put it (`marked_inputs`), and its
+dependencies. So what the two commands write is what the Docker and Kubernetes renderers declare
+for `pulumi up`, not a second description of the app. Nothing runs: the mocks answer for the
+providers with placeholders (a kubeconfig with no credentials, a build that prints a placeholder
+digest, generated passwords that are never used).
 
 Secret configuration (`secure:` values in the stack file) is read with
-`bin/pulumi config --show-secrets` only when the stack sets some; the SSH key, which no rendered
-object uses, is a placeholder.
+`bin/pulumi config --show-secrets` only when the stack sets some; the SSH sign-in, which no
+rendered object uses, is taken out (`_render_config`): the key is a placeholder, its passphrase
+is never read, the ssh-agent never asked.
+
+The runner (`run_under_mocks`, `RecordingMonitor`, `EngineLog`) is also the tests' own:
+`tests/harness.py` builds on it and adds what the tests check, so the two cannot drift apart.
 """
 
 from __future__ import annotations
