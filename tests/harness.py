@@ -307,6 +307,8 @@ class Run:
     registrations: list[Registration]
     outputs: dict[str, StackOutput] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    infos: list[str] = field(default_factory=list)
+    """What the program logged with `pulumi.log.info`."""
 
     def of_type(self, type_: str) -> list[Registration]:
         """Registrations of one type token."""
@@ -333,12 +335,13 @@ class _WarningLogger:
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self.errors: list[str] = []
+        self.infos: list[str] = []
 
     def debug(self, msg: str) -> None:
         pass
 
     def info(self, msg: str) -> None:
-        pass
+        self.infos.append(msg)
 
     def warning(self, msg: str) -> None:
         self.warnings.append(msg)
@@ -409,7 +412,7 @@ def run(
     pulumi.runtime.set_all_config(
         _encode(config), secret_keys=[f"{PROJECT}:{k}" for k in secret_keys]
     )
-    result = Run(registrations=monitor.registrations, warnings=logger.warnings)
+    result = Run(registrations=monitor.registrations, warnings=logger.warnings, infos=logger.infos)
 
     async def collect_outputs() -> None:
         root = pulumi_settings.get_root_resource()
