@@ -724,11 +724,13 @@ _EXAMPLES: dict[str, str] = {
     "k3s.snapshots.s3.bucket": "k3s-snapshots",
     "app.services.name": "api",
     "app.services.port": "3000",
+    "app.services.build": "services/api",  # not required, but a service needs image or build
     "monitoring.alerts.email.to": "ops@example.com",
     "monitoring.alerts.email.from": "picluster@example.com",
     "monitoring.alerts.email.smarthost": "smtp.example.com:587",
 }
-"""A value for each required key, for the command a "missing" message shows."""
+"""A value for each required key, for the command a "missing" message shows (and for the
+commands that set a list's first item, which show the keys listed here)."""
 
 _KEY_FILE = "~/.ssh/id_ed25519"
 """The key file messages suggest (`ssh.privateKeyPath`'s default)."""
