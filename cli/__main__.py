@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 # (module, in the order `--help` lists them)
 COMMANDS: tuple[str, ...] = (
+    "status",
+    "logs",
+    "ssh",
+    "forward",
     "manifests",
     "compose",
 )
@@ -30,7 +34,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    # What follows `--` is a command for elsewhere (`ssh NODE -- uname -a`), kept from argparse,
+    # which would read its options as ours.
+    rest: list[str] = []
+    if "--" in given:
+        at = given.index("--")
+        given, rest = given[:at], given[at + 1 :]
+    top = parser()
+    args = top.parse_args(given)
+    if rest and not getattr(args, "takes_command", False):
+        top.error(f"{args.command} takes nothing after --")
+    args.rest = rest
     return int(args.func(args))
 
 

@@ -32,12 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cli.stack import StackError, raw_settings  # noqa: E402
 from components.on_docker.backup import BACKUP_CONTAINER, SCRIPTS_DIR  # noqa: E402
 from components.on_kubernetes.platform import KubernetesPlatform  # noqa: E402
 from components.on_kubernetes.restore import (  # noqa: E402
@@ -456,13 +455,11 @@ class KubernetesTarget:
 
 
 def stack_settings(stack: str) -> dict[str, Any]:
-    """The `picluster:` keys of Pulumi.<stack>.yaml, unprefixed."""
-    path = ROOT / f"Pulumi.{stack}.yaml"
-    if not path.is_file():
-        raise RestoreError(f"no {path.name}: name a stack of this project with --stack")
-    config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
-    prefix = "picluster:"
-    return {k.removeprefix(prefix): v for k, v in config.items() if k.startswith(prefix)}
+    """The `picluster:` keys of Pulumi.<stack>.yaml, unprefixed (cli/stack.py reads them)."""
+    try:
+        return raw_settings(stack, ROOT)
+    except StackError as error:
+        raise RestoreError(f"{error}, with --stack") from None
 
 
 def target_for(args: argparse.Namespace) -> DockerTarget | KubernetesTarget:

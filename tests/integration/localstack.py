@@ -12,6 +12,7 @@ target declares. Images that cannot be pulled are replaced by their stand-ins (`
 from __future__ import annotations
 
 import io
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -68,9 +69,11 @@ class Stack:
         image: str,
         command: list[str] | None = None,
         stop_signal: str | None = None,
+        runtime: bool = False,
     ) -> str:
         """`docker create` + uploads, as the Docker provider does, of `image` (the stand-in of the
-        rendered one, which cannot be pulled here); the container's name."""
+        rendered one, which cannot be pulled here); the container's name. With `runtime`, also
+        the rendered restart policy, health check, published ports and labels (`runtime_args`)."""
         spec = self.container(resource)
         name = spec.value("name")
         env_file = self.workdir / f"{name}.env"
@@ -86,6 +89,8 @@ class Stack:
             argv += ["--user", spec.value("user")]
         if stop_signal:
             argv += ["--stop-signal", stop_signal]
+        if runtime:
+            argv += runtime_args(spec)
         argv += [image, *(command or spec.value("command") or [])]
         docker(*argv)
         self.containers.append(name)
@@ -115,6 +120,34 @@ class Stack:
             docker("volume", "rm", "--force", name, check=False)
         # The env files hold the database's password.
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def runtime_args(spec: Registration) -> list[str]:
+    """`docker create` options for the container's restart policy, health check, published ports
+    and labels, as the provider sets them (resource_docker_container_funcs.go: RestartPolicy,
+    Healthcheck, PortBindings, Labels). The CLI takes a health check as one shell command
+    (CMD-SHELL): the rendered exec form is joined with shell quoting, the same command. Numbers
+    arrive as floats (the registration's protobuf Struct), ports and retries are integers."""
+    argv: list[str] = []
+    if spec.value("restart"):
+        argv += ["--restart", spec.value("restart")]
+    check = spec.value("healthcheck")
+    if check:
+        kind, *test = check["tests"]
+        assert kind == "CMD", check
+        argv += [
+            "--health-cmd", shlex.join(test),
+            "--health-interval", check["interval"],
+            "--health-timeout", check["timeout"],
+            "--health-retries", str(int(check["retries"])),
+            "--health-start-period", check["startPeriod"],
+        ]  # fmt: skip
+    for port in spec.value("ports") or []:
+        external, internal = int(port["external"]), int(port["internal"])
+        argv += ["--publish", f"{port['ip']}:{external}:{internal}"]
+    for label in spec.value("labels") or []:
+        argv += ["--label", f"{label['label']}={label['value']}"]
+    return argv
 
 
 def tar_of(files: dict[str, str], mode: int = 0o644) -> bytes:
