@@ -14,6 +14,9 @@ Secrets never go into the compose file. They are files in `secrets/` next to it 
 and kept (a second run reuses them: the database volume was initialised with the first), mounted
 where the Docker target uploads them (`secrets:` with a `target`); the files are 0644 inside
 that folder because compose bind-mounts them and each container reads its own as its own user.
+Which entries are secret is decided by Pulumi's secret markers (and, as a second net, by holding
+a secret value the run used); a secret in any other field is refused, and a last check searches
+the compose file and `build/` for each secret value, as is, percent- and base64-encoded.
 A secret in an environment variable (`DATABASE_URL`) goes through an `env_file` of mode 0600,
 read by compose itself. Other secrets the stack sets (alert receivers) are decrypted with
 `bin/pulumi config --show-secrets` and written the same way.
@@ -38,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from cli.program import ROOT, Declared, RenderError, declare
+from cli.program import ROOT, Declared, RenderError, declare, holds_secret, refuse_leaks, reveal
 
 CONTAINER = "docker:index/container:Container"
 VOLUME = "docker:index/volume:Volume"
@@ -60,6 +63,8 @@ class Compose:
     """File name in `secrets/` -> content."""
     build_files: dict[str, str] = field(default_factory=dict)
     """Path under `build/` -> content (Dockerfiles and their ignore files)."""
+    secret_values: list[str] = field(default_factory=list)
+    """The secret values the run used: none may be in the compose file or `build/`."""
 
 
 def _escape(value: Any) -> Any:
@@ -92,8 +97,17 @@ def _relative(path: Path, base: Path) -> str:
     return rel if rel.startswith(".") else f"./{rel}"
 
 
-def _contains_secret(value: str, secret_values: Sequence[str]) -> bool:
-    return any(s and s in value for s in secret_values)
+ROUTED = ("envs", "uploads")
+"""The container inputs whose secret entries go to files in `secrets/`; a secret anywhere else
+in a container is refused."""
+
+
+def _is_secret_entry(entry: Any, secret_values: Sequence[str]) -> bool:
+    """An environment entry or upload that is or holds a secret: by the SDK's secret markers,
+    or (a second net) by holding one of the secret values the run used."""
+    value = reveal(entry)
+    texts = [str(v) for v in value.values()] if isinstance(value, dict) else [str(value)]
+    return holds_secret(entry) or any(s and s in t for s in secret_values for t in texts)
 
 
 def translate(
@@ -103,8 +117,9 @@ def translate(
     secret_values: Sequence[str],
     out_dir: Path,
 ) -> Compose:
-    """The compose project of the Docker containers in `declared`; any upload or environment
-    value holding one of `secret_values` becomes a secret file."""
+    """The compose project of the Docker containers in `declared`; an upload or environment
+    entry that is a secret (its marker) or holds one of `secret_values` becomes a secret file,
+    and a secret in any other container input is refused (`RenderError`)."""
     containers = [r for r in declared if r.type == CONTAINER]
     if not containers:
         raise RenderError(
@@ -119,7 +134,7 @@ def translate(
         for r in declared
         if r.type == VOLUME
     }
-    result = Compose(document={})
+    result = Compose(document={}, secret_values=list(secret_values))
     builds: dict[str, dict[str, Any]] = {}
     for command in (r for r in declared if r.type == BUILD):
         fields = _header(str(command.value("stdin") or ""))
@@ -153,6 +168,12 @@ def translate(
 
     for container in containers:
         service = str(container.value("name")).removeprefix(f"{prefix}-")
+        for key, value in container.inputs.items():
+            if key not in ROUTED and holds_secret(value):
+                raise RenderError(
+                    f"the container {service} would carry a secret value in its {key}; "
+                    "nothing was written"
+                )
         spec: dict[str, Any] = {"image": container.value("image")}
         if spec["image"] in builds:
             spec["build"] = builds[spec["image"]]
@@ -164,11 +185,11 @@ def translate(
                 spec[compose_key] = container.value(key)
         environment: dict[str, str] = {}
         secret_env: list[str] = []
-        for entry in container.value("envs") or []:
-            if _contains_secret(entry, secret_values):
-                secret_env.append(entry)
+        for entry in container.inputs.get("envs") or []:
+            if _is_secret_entry(entry, secret_values):
+                secret_env.append(str(reveal(entry)))
             else:
-                key, _, value = entry.partition("=")
+                key, _, value = str(reveal(entry)).partition("=")
                 environment[key] = value
         if environment:
             spec["environment"] = environment
@@ -191,9 +212,10 @@ def translate(
             mounts.append(f"{mount}:ro" if volume.get("readOnly") else mount)
         if mounts:
             spec["volumes"] = mounts
-        for upload in container.value("uploads") or []:
+        for marked in container.inputs.get("uploads") or []:
+            upload = reveal(marked)
             path, content = upload["file"], upload["content"]
-            if _contains_secret(content, secret_values):
+            if _is_secret_entry(marked, secret_values):
                 name = secret_file(Path(path).name, content)
                 spec.setdefault("secrets", []).append({"source": name, "target": path})
             else:
@@ -277,8 +299,19 @@ def render(stack: str, out: Path, stack_file: Path | None = None) -> tuple[Compo
     return compose, passwords
 
 
+def document_text(compose: Compose) -> str:
+    """The compose file's text."""
+    header = (
+        "# Generated by `bin/picluster compose` from the picluster program's Docker target;\n"
+        "# run it again after a config change rather than editing this file.\n"
+    )
+    return header + yaml.safe_dump(compose.document, sort_keys=False, width=100)
+
+
 def write(compose: Compose, passwords: Mapping[str, str], out: Path) -> None:
-    """The compose file, `secrets/` (0700, with its own `.gitignore`) and `build/`."""
+    """The compose file, `secrets/` (0700, with its own `.gitignore`) and `build/`. Nothing is
+    written when a secret value would be outside `secrets/` (`RenderError`)."""
+    refuse_leaks({out.name: document_text(compose), **compose.build_files}, compose.secret_values)
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
     secret_dir = folder / SECRETS_DIR
@@ -299,21 +332,17 @@ def write(compose: Compose, passwords: Mapping[str, str], out: Path) -> None:
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
-    header = (
-        "# Generated by `bin/picluster compose` from the picluster program's Docker target;\n"
-        "# run it again after a config change rather than editing this file.\n"
-    )
-    out.write_text(header + yaml.safe_dump(compose.document, sort_keys=False, width=100))
+    out.write_text(document_text(compose))
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"picluster-{args.stack}-compose/docker-compose.yml")
     try:
         compose, passwords = render(args.stack, out)
+        write(compose, passwords, out)
     except RenderError as error:
         print(f"bin/picluster compose: {error}", file=sys.stderr)
         return 1
-    write(compose, passwords, out)
     services = compose.document["services"]
     print(f"wrote {out} ({len(services)} services) and {out.parent / SECRETS_DIR}/ (secrets)")
     print(f"start it with: docker compose -f {out} up -d --wait")

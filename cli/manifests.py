@@ -7,8 +7,12 @@ SDK's mocks: no engine, cluster or Pi), one file each, named `NN-kind-namespace-
 a reason:
 
 - Secrets are left out: no password lands in a file. `DIR/secrets.txt` lists each Secret, its
-  namespace, its keys, the shape of each value and the pods that read it, as `kubectl create
-  secret` commands reading files the user writes.
+  namespace, its keys, what each value is and the pods that read it, as `kubectl create secret`
+  commands reading files the user writes. Which values are secret is decided by Pulumi's secret
+  markers, not by searching text: a Secret's value is never written, only a placeholder chosen
+  by which key it is (the config key or generated password it equals, or the key's own
+  description); any other object carrying a secret is refused. A last check searches every file
+  about to be written for each secret value, as is, percent-encoded and base64-encoded.
 - An image picluster builds from a folder is named by its content tag; the Pulumi path pins the
   digest its push returned. `manifests` builds nothing: `secrets.txt` names the images to build and
   push (or `bin/pulumi up` does it).
@@ -28,7 +32,17 @@ from typing import Any
 
 import yaml
 
-from cli.program import PLACEHOLDER_DIGEST, Declared, RenderError, declare, reveal
+from cli.program import (
+    PLACEHOLDER_DIGEST,
+    Declared,
+    RenderError,
+    declare,
+    holds_secret,
+    refuse_leaks,
+    reveal,
+)
+from components.alertmanager_config import SecretFile
+from components.app_model import SecretKey
 from components.on_kubernetes.pods import SECRET_CHECKSUM_ANNOTATION
 
 KUBERNETES = "kubernetes:"
@@ -44,6 +58,18 @@ ORDER = {
 """Apply order by kind (the file-name prefix); everything else is 1: what the pods read first."""
 WRITTEN = re.compile(r"^\d\d-.+\.yaml$")
 SECRETS_FILE = "secrets.txt"
+KEY_DESCRIPTIONS = {
+    SecretKey.DATABASE_URL.value: (
+        "postgresql://USER:PASSWORD@HOST:PORT/NAME, the app's database (picluster:app.db) with "
+        "its password, db-password's value, percent-encoded"
+    ),
+    SecretFile.NTFY_URL.value: (
+        "<picluster:alertsNtfyUrl> with the query parameter template=alertmanager added"
+    ),
+}
+"""What a Secret key holds when its value is none of the stack's secrets as is: the program
+composes it (components/secrets.py `stack_secrets`, `ntfy_url`). The other receiver files
+(components/alertmanager_config.py SECRET_FILE_KEYS) hold their config key's value as is."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +79,8 @@ class SecretNeeded:
     name: str
     namespace: str
     keys: dict[str, str]
-    """Each key and the shape of its value (secret parts as `<name>`)."""
+    """Each key and what its value is (a placeholder such as `<picluster:dbPassword>`, or the
+    key's description); never the value."""
     readers: tuple[str, ...]
     """`Kind/name` of the workloads whose pods mount or read it."""
 
@@ -73,6 +100,8 @@ class Rendered:
     objects: list[dict[str, Any]]
     secrets: list[SecretNeeded]
     builds: list[BuiltImage]
+    secret_values: list[str]
+    """The secret values the run used (the last check: none is in a written file)."""
 
 
 def _strip_digests(value: Any) -> Any:
@@ -126,6 +155,15 @@ def _builds(declared: Iterable[Declared]) -> list[BuiltImage]:
     return builds
 
 
+def _placeholder(key: str, value: Any, known: dict[str, str]) -> str:
+    """What a Secret's `key` holds, never its `value`: the name of the stack secret it equals
+    (`<picluster:dbPassword>`, `<db-password>` for a generated one), else the key's
+    description, else `<KEY>` (a value the program composes)."""
+    if isinstance(value, str) and value in known:
+        return known[value]
+    return KEY_DESCRIPTIONS.get(key, f"<{key}>")
+
+
 def render(stack: str, stack_file: Path | None = None) -> Rendered:
     """The stack's Kubernetes objects but Secrets, the Secrets to create, the images to build."""
     declaration = declare(stack, stack_file=stack_file)
@@ -136,31 +174,26 @@ def render(stack: str, stack_file: Path | None = None) -> Rendered:
             f"the stack {stack} deploys nothing to Kubernetes (its target is docker?): "
             "`bin/picluster compose` writes its docker-compose.yml"
         )
-    # Longest first: a password inside a URL is named before a shorter value could match in it.
-    placeholders = dict(sorted(declaration.secrets.items(), key=lambda item: -len(item[0])))
+    known = declaration.secrets
     kept: list[dict[str, Any]] = []
-    secret_objects: list[dict[str, Any]] = []
+    secret_objects: list[tuple[dict[str, Any], dict[str, str]]] = []
     for resource in objects:
-        manifest = _strip_digests(reveal(resource.inputs))
-        if manifest.get("kind") == "Secret":
-            secret_objects.append(manifest)
+        if resource.value("kind") == "Secret":
+            meta = _strip_digests(reveal(resource.inputs.get("metadata")))
+            values = {**reveal(resource.inputs.get("stringData") or {})}
+            values.update(reveal(resource.inputs.get("data") or {}))
+            shapes = {key: _placeholder(key, value, known) for key, value in values.items()}
+            secret_objects.append((meta, shapes))
             continue
-        kept.append(_drop_secret_checksums(manifest))
-    for manifest in kept:
-        leaked = [p for p in placeholders if p in yaml.safe_dump(manifest)]
-        if leaked:  # a secret's value in a plain object: refuse rather than write it
-            kind, name = manifest["kind"], manifest["metadata"]["name"]
-            raise RenderError(f"{kind}/{name} would carry a secret value; nothing was written")
+        inputs = _drop_secret_checksums(dict(resource.inputs))
+        if holds_secret(inputs):  # a secret in a plain object: refuse rather than write it
+            raise RenderError(
+                f"{resource.value('kind')}/{resource.value('metadata')['name']} would carry a "
+                "secret value; nothing was written"
+            )
+        kept.append(_strip_digests(reveal(inputs)))
     secrets = []
-    for secret in secret_objects:
-        meta = secret["metadata"]
-        values = {**(secret.get("stringData") or {}), **(secret.get("data") or {})}
-        shapes = {}
-        for key, value in values.items():
-            shape = str(value)
-            for placeholder, label in placeholders.items():
-                shape = shape.replace(placeholder, label)
-            shapes[key] = shape
+    for meta, shapes in secret_objects:
         readers = tuple(
             f"{m['kind']}/{m['metadata']['name']}"
             for m in kept
@@ -169,7 +202,9 @@ def render(stack: str, stack_file: Path | None = None) -> Rendered:
         )
         namespace = meta.get("namespace", "default")
         secrets.append(SecretNeeded(meta["name"], namespace, shapes, readers))
-    return Rendered(objects=kept, secrets=secrets, builds=_builds(declared))
+    return Rendered(
+        objects=kept, secrets=secrets, builds=_builds(declared), secret_values=list(known)
+    )
 
 
 def file_name(manifest: dict[str, Any]) -> str:
@@ -210,28 +245,31 @@ def secrets_text(stack: str, rendered: Rendered) -> str:
 
 def write(rendered: Rendered, out: Path, stack: str) -> list[Path]:
     """Write the objects and `secrets.txt` into `out`; files a previous run wrote there and this
-    one does not are removed (an object the stack no longer has)."""
+    one does not are removed (an object the stack no longer has). Nothing is written when a
+    secret value would be (`RenderError`)."""
+    files = {file_name(m): yaml.safe_dump(m, sort_keys=False) for m in rendered.objects}
+    files[SECRETS_FILE] = secrets_text(stack, rendered)
+    refuse_leaks(files, rendered.secret_values)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.iterdir():
         if WRITTEN.match(stale.name):
             stale.unlink()
     written = []
-    for manifest in rendered.objects:
-        path = out / file_name(manifest)
-        path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-        written.append(path)
-    (out / SECRETS_FILE).write_text(secrets_text(stack, rendered))
+    for name, text in files.items():
+        path = out / name
+        path.write_text(text)
+        if name != SECRETS_FILE:
+            written.append(path)
     return written
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"picluster-{args.stack}-manifests")
     try:
-        rendered = render(args.stack)
+        written = write(render(args.stack), out, args.stack)
     except RenderError as error:
         print(f"bin/picluster manifests: {error}", file=sys.stderr)
         return 1
-    written = write(rendered, out, args.stack)
     print(f"wrote {len(written)} objects to {out}/ (Secrets left out: see {out}/{SECRETS_FILE})")
     print(f"kubectl apply -f {out}/, then create the Secrets it lists (the pods wait for them)")
     return 0

@@ -1,11 +1,13 @@
 """Run the real Pulumi program, or one component, under Pulumi's mocks and record what the engine
 would see.
 
-`RecordingMonitor` is a `MockMonitor` that keeps every RegisterResource request: type, name,
-parent, dependencies, provider, `protect`, `retainOnDelete`, `additionalSecretOutputs`, and the
-inputs with their secret markers intact. Like the engine, it marks a resource's
-`additionalSecretOutputs` secret in the state it returns. No Pulumi CLI, plugin or network is
-involved: the mocks answer for the providers.
+The runner, the recording monitor and the secret markers are the operator CLI's
+(`cli/program.py`, which renders the same program for `bin/picluster manifests|compose`); this
+module adds what the tests check. `RecordingMonitor` keeps every RegisterResource request:
+type, name, parent, dependencies, provider, `protect`, `retainOnDelete`,
+`additionalSecretOutputs`, and the inputs with their secret markers intact. Like the engine,
+it marks a resource's `additionalSecretOutputs` secret in the state it returns. No Pulumi CLI,
+plugin or network is involved: the mocks answer for the providers.
 
 The engine's rules the mocks skip are applied from `tests/engine_rules.py`: every run is refused,
 as the engine would, when a resource falls back to a disabled default provider, and two runs
@@ -14,10 +16,8 @@ compared with `engine_rules.plan` give what the engine would create, update, rep
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import json
 import re
 import runpy
 from collections.abc import Callable, Iterator, Mapping
@@ -30,11 +30,13 @@ import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
-from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
+from cli import program
+from cli.program import SECRET_SIG as SECRET_SIG
+from cli.program import SIG_KEY as SIG_KEY
+from cli.program import is_secret as _is_secret
 from components.app_model import ImageSource
-from components.config import EXIT_ERROR_SHOWN, ConfigError
+from components.config import ConfigError
 from components.image_build import TunnelPush
 from components.pi_node import SshTarget
 from tests.engine_rules import (
@@ -62,14 +64,6 @@ def tunnel_push() -> TunnelPush:
         ),
         platforms=("linux/arm64",),
     )
-
-
-SECRET_SIG = rpc._special_secret_sig
-SIG_KEY = rpc._special_sig_key
-
-
-def _is_secret(value: Any) -> bool:
-    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
 
 
 def walk_strings(value: Any, *, in_secret: bool = False) -> Iterator[tuple[str, bool]]:
@@ -246,27 +240,11 @@ class ProgramMocks(pulumi_mocks.Mocks):
         return {}, None
 
 
-class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """A MockMonitor that records each RegisterResource request."""
+class RecordingMonitor(program.RecordingMonitor):
+    """The CLI's recording monitor (`cli/program.py`: it also marks `additionalSecretOutputs`
+    secret, as the engine does), keeping every field of each request the tests check."""
 
-    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
-        super().__init__(mocks)
-        self.registrations: list[Registration] = []
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        if request.type != "pulumi:pulumi:Stack":
-            self.registrations.append(self._record(request))
-        response = super().RegisterResource(request)
-        secret_outputs = list(request.additionalSecretOutputs)
-        if not secret_outputs or request.type == "pulumi:pulumi:Stack":
-            return response
-        # As the engine does: outputs named in additionalSecretOutputs come back secret.
-        state = rpc.deserialize_properties(response.object, keep_unknowns=True)
-        for key in secret_outputs:
-            if key in state and not _is_secret(state[key]):
-                state[key] = {SIG_KEY: SECRET_SIG, "value": state[key]}
-        response.object.CopyFrom(_sync_await(rpc.serialize_properties(state, {})))
-        return response
+    registrations: list[Registration]
 
     def _record(self, request: Any) -> Registration:
         inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
@@ -329,28 +307,6 @@ class Run:
         return {r.name for r in self.of_type(type_)}
 
 
-class _WarningLogger:
-    """Collects what the program logs through the engine."""
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-        self.errors: list[str] = []
-        self.infos: list[str] = []
-
-    def debug(self, msg: str) -> None:
-        pass
-
-    def info(self, msg: str) -> None:
-        self.infos.append(msg)
-
-    def warning(self, msg: str) -> None:
-        self.warnings.append(msg)
-
-    def error(self, msg: str) -> None:
-        self.warnings.append(msg)
-        self.errors.append(msg)
-
-
 def stack_file_config(stack: str) -> dict[str, Any]:
     """The `picluster:` keys of a committed `Pulumi.<stack>.yaml`, unprefixed."""
     document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
@@ -361,28 +317,8 @@ def stack_file_config(stack: str) -> dict[str, Any]:
     }
 
 
-def _encode(config: Mapping[str, Any]) -> dict[str, str]:
-    return {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-
-
-def _cancel_leftover_tasks() -> None:
-    """A failed program leaves tasks behind: on the event loop the runs share (other
-    registrations, their applies) and in the runtime's set of outputs to await, which
-    `set_mocks` does not reset (MockSettings keeps `outputs`). Cancel and forget them, or the
-    next run would await the failed ones and fail with this run's error."""
-    loop = asyncio.get_event_loop()
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    runtime: Any = pulumi_settings.SETTINGS  # contextproperty attributes, unseen by the checker
-    with runtime.lock:
-        runtime.outputs.clear()
-
-
 def run(
-    program: Callable[[], object],
+    declare: Callable[[], object],
     config: Mapping[str, Any],
     *,
     stack: str = "test",
@@ -391,27 +327,16 @@ def run(
     exit_codes: Mapping[str, int] | None = None,
     recorded: list[Registration] | None = None,
 ) -> Run:
-    """Run `program` under mocks with the given `picluster:` config (unprefixed keys).
+    """Run `declare` (a Pulumi program) under mocks with the given `picluster:` config
+    (unprefixed keys), through the CLI's runner (`cli.program.run_under_mocks`).
 
     `recorded`, when given, receives the registrations as they come (still there when the
     program fails)."""
-    pulumi_settings.ROOT.set(None)
     mocks = ProgramMocks(stdouts, exit_codes)
     monitor = RecordingMonitor(mocks)
     if recorded is not None:
         monitor.registrations = recorded
-    logger = _WarningLogger()
-    pulumi.runtime.set_mocks(
-        mocks,
-        project=PROJECT,
-        stack=stack,
-        preview=False,
-        monitor=monitor,
-        logger=logger,  # type: ignore[arg-type]
-    )
-    pulumi.runtime.set_all_config(
-        _encode(config), secret_keys=[f"{PROJECT}:{k}" for k in secret_keys]
-    )
+    logger = program.EngineLog()
     result = Run(registrations=monitor.registrations, warnings=logger.warnings, infos=logger.infos)
 
     async def collect_outputs() -> None:
@@ -423,22 +348,22 @@ def run(
             )
 
     def body() -> Any:
-        program()
+        declare()
         return collect_outputs()
 
     try:
-        _sync_await(run_pulumi_func(body))
-    except SystemExit as stop:
-        _cancel_leftover_tasks()
-        # `load_or_exit` logs a ConfigError as the engine's error and exits with the code that
-        # says the message was shown; tests assert on that error.
-        shown = stop.__cause__
-        if stop.code == EXIT_ERROR_SHOWN and isinstance(shown, ConfigError):
-            assert logger.errors == [str(shown)], logger.errors
-            raise shown from None
-        raise
-    except BaseException:
-        _cancel_leftover_tasks()
+        program.run_under_mocks(
+            body,
+            mocks=mocks,
+            monitor=monitor,
+            log=logger,
+            config=config,
+            secret_keys=secret_keys,
+            stack=stack,
+        )
+    except ConfigError as shown:
+        # `load_or_exit` logged it as the engine's one error; tests assert on that error.
+        assert logger.errors == [str(shown)], logger.errors
         raise
     # What the engine refuses before it runs anything.
     refusals = default_provider_refusals(result.registrations, disabled_default_providers())

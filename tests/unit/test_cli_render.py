@@ -131,12 +131,12 @@ def test_manifests_write_no_secret_and_say_which_secrets_the_pods_need(tmp_path:
         "--from-file=db-password=./app-secrets.db-password"
     ) in guide
     # A password the stack sets is named by its key; a generated one by its resource.
-    assert "#   database-url: postgresql://game:<picluster:dbPassword>@postgres:5432/game" in guide
+    assert f"#   database-url: {manifests.KEY_DESCRIPTIONS['database-url']}" in guide
     assert "#   admin-password: <picluster:grafanaAdminPassword>" in guide
     generated = manifests.secrets_text(
         "prod", manifests.render("prod", stack_file(tmp_path, "p", PROD))
     )
-    assert "#   database-url: postgresql://game:<db-password>@postgres:5432/game" in generated
+    assert "#   db-password: <db-password>" in generated
     assert "read by StatefulSet/postgres" in guide
     assert "monitoring/grafana, read by Deployment/grafana" in guide
 
