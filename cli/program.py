@@ -212,17 +212,18 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
 
 class EngineLog:
-    """What the program logs through the engine: warnings (errors included) and errors."""
+    """What the program logs through the engine: warnings (errors included), errors and infos."""
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self.errors: list[str] = []
+        self.infos: list[str] = []
 
     def debug(self, msg: str) -> None:
         pass
 
     def info(self, msg: str) -> None:
-        pass
+        self.infos.append(msg)
 
     def warning(self, msg: str) -> None:
         self.warnings.append(msg)

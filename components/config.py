@@ -724,11 +724,13 @@ _EXAMPLES: dict[str, str] = {
     "k3s.snapshots.s3.bucket": "k3s-snapshots",
     "app.services.name": "api",
     "app.services.port": "3000",
+    "app.services.build": "services/api",  # not required, but a service needs image or build
     "monitoring.alerts.email.to": "ops@example.com",
     "monitoring.alerts.email.from": "picluster@example.com",
     "monitoring.alerts.email.smarthost": "smtp.example.com:587",
 }
-"""A value for each required key, for the command a "missing" message shows."""
+"""A value for each required key, for the command a "missing" message shows (and for the
+commands that set a list's first item, which show the keys listed here)."""
 
 _KEY_FILE = "~/.ssh/id_ed25519"
 """The key file messages suggest (`ssh.privateKeyPath`'s default)."""
@@ -1394,12 +1396,23 @@ def load() -> StackConfig:
     )
     key_file, key_choice = None, None
     settings = checked.settings if checked is not None else None
-    if settings is not None and "host" not in settings.docker.model_fields_set:
-        # Unset: the daemon the docker CLI uses (DOCKER_HOST, its context), as `docker info` does.
-        host, problem = docker_host.default_host(_docker_host)
-        problems += [problem] if problem else []
-        docker = settings.docker.model_copy(update={"host": host})
-        settings = settings.model_copy(update={"docker": docker})
+    daemon = None
+    docker_target = checked is not None and checked.ok(("target",))
+    if checked is not None and settings is not None and docker_target:
+        docker_target = settings.target is Target.DOCKER
+    if checked is not None and settings is not None and docker_target:
+        # Only the docker target's provider uses docker.host (on K3s the images are pushed
+        # through the caller's own daemon), so only it resolves a context: a stale one must not
+        # stop a K3s stack. Unset: the daemon the docker CLI uses (DOCKER_HOST, its context), as
+        # `docker info` does.
+        if "host" in settings.docker.model_fields_set:
+            daemon = f"{settings.docker.host} (from {NAMESPACE}:docker.host)"
+        elif checked.ok(("docker", "host")):
+            host, source, problem = docker_host.default_host(_docker_host, stack=checked.stack)
+            problems += [problem] if problem else []
+            docker = settings.docker.model_copy(update={"host": host})
+            settings = settings.model_copy(update={"docker": docker})
+            daemon = f"{host} (from {source})"
     if checked is not None and settings is not None and checked.ok(("ssh",)):
         nodes_listed = bool(settings.nodes) or not checked.ok(("nodes",))
         if nodes_listed:
@@ -1413,6 +1426,10 @@ def load() -> StackConfig:
             problems += key_choice.problems
     if problems or checked is None or settings is None:
         raise ConfigError(problems)
+    if daemon is not None:
+        # Every run: an unset docker.host follows the shell (DOCKER_HOST, the Docker context), so
+        # a different shell silently points the stack at another daemon; this line shows which.
+        pulumi.log.info(f"{NAMESPACE}:docker.host: the Docker daemon is {daemon}")
     secrets_set = checked.secrets_set
     for key in sorted(secrets_set):
         if not runtime_config.is_config_secret(f"{NAMESPACE}:{key}"):

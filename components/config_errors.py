@@ -290,7 +290,36 @@ def describe(
         return f"{path}: is required; set it, for example: {set_command(at, example, stack)}"
     if kind.startswith("value_error") or kind == "assertion_error":
         return f"{path}: {str(error['msg']).removeprefix('Value error, ')}"
-    return f"{path}: {_wrong_type(kind, given, annotation, loc, error.get('ctx') or {}, stack)}"
+    ctx = error.get("ctx") or {}
+    if kind == "list_type" and _is_model(annotation_at(root, (*loc, 0))):
+        return f"{path}: {_not_a_list_of_mappings(given, root, loc, stack, examples or {})}"
+    return f"{path}: {_wrong_type(kind, given, annotation, loc, ctx, stack)}"
+
+
+def _not_a_list_of_mappings(
+    given: Any, root: type[BaseModel], loc: Loc, stack: str, examples: Mapping[str, str]
+) -> str:
+    """A list of mappings (services, nodes) given as something else: each item is a mapping, so
+    `[0] api` would be the next error; say which keys an item needs and how to set them."""
+    item: Any = _unwrap(annotation_at(root, (*loc, 0)))[0]
+    keys = list(fields_by_key(item))
+    shown = [
+        key
+        for key, field in fields_by_key(item).items()
+        if field.is_required() or example_key((*loc, key)) in examples
+    ]
+    sets = [
+        set_command((*loc, 0, key), examples.get(example_key((*loc, key)), "<value>"), stack)
+        for key in shown
+    ]
+    said = (
+        f"is {_what_it_is(given)}{_not_json(given)}; give a list of mappings, one per item, "
+        f"with the keys {', '.join(keys)}: write it in the stack file"
+    )
+    if not sets:
+        return said
+    listed = f"{', '.join(sets[:-1])} and {sets[-1]}" if len(sets) > 1 else sets[0]
+    return f"{said}, or set the first item with {listed}, then [1] for the next"
 
 
 def _wrong_type(

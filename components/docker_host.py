@@ -11,9 +11,13 @@ cli/config/config.go `Dir`; cli/context/store `contextdirOf`, metadatastore.go):
 4. else `unix:///var/run/docker.sock`.
 
 So a Colima, Rancher Desktop, Docker Desktop or rootless daemon that `docker info` reaches is the
-one picluster deploys to. An explicit `docker.host` wins over all of this. A user whose daemon
-was already at the default socket resolves to the same value as before: the Docker provider's
-`host` does not change, so nothing is updated or replaced.
+one picluster deploys to. An explicit `docker.host` wins over all of this. Only the docker
+target resolves it (config.load): K3s stacks never use docker.host.
+
+The value follows the shell a command runs in: `bin/pulumi up` from a shell with another
+`DOCKER_HOST` or context updates the Docker provider's `host` in place and deploys to that other
+daemon (the containers on the first one are not moved). So every run logs which daemon it uses and
+where that came from (config.load).
 """
 
 from __future__ import annotations
@@ -91,8 +95,7 @@ def resolve(environ: Mapping[str, str] | None = None) -> ResolvedHost:
     except (OSError, ValueError, KeyError, TypeError):
         raise DockerHostError(
             f"the Docker context {name!r} ({named_by}) has no readable endpoint in {meta}; "
-            "check `docker context ls`, or set picluster:docker.host "
-            "(`bin/pulumi config set --path docker.host unix:///path/to/docker.sock`)"
+            "check `docker context ls`, or set picluster:docker.host"
         ) from None
     tls = contexts / "tls" / digest / "docker"
     has_tls = all((tls / f).is_file() for f in ("ca.pem", "cert.pem", "key.pem"))
@@ -100,27 +103,33 @@ def resolve(environ: Mapping[str, str] | None = None) -> ResolvedHost:
 
 
 def default_host(
-    check: Callable[[str], str], environ: Mapping[str, str] | None = None
-) -> tuple[str, str | None]:
-    """`docker.host` when the stack does not set it: the resolved host, and the config error
-    (None when there is none; the host is then the default socket). `check` is the config's
-    validation of a host (unix://, tcp:// or ssh://), which raises ValueError."""
+    check: Callable[[str], str], environ: Mapping[str, str] | None = None, *, stack: str
+) -> tuple[str, str, str | None]:
+    """`docker.host` when the stack does not set it: the resolved host, where it came from
+    (`DOCKER_HOST`, `Docker context NAME`, `the default socket`) and the config error (None when
+    there is none; the host is then the default socket). `check` is the config's validation of a
+    host (unix://, tcp:// or ssh://), which raises ValueError."""
+    set_it = f"`bin/pulumi config set --path docker.host unix:///path/to/docker.sock -s {stack}`"
     try:
         resolved = resolve(environ)
     except DockerHostError as error:
-        return DEFAULT_HOST, f"picluster:docker.host: {error}"
+        return DEFAULT_HOST, "the default socket", f"picluster:docker.host: {error} ({set_it})"
+    source = "the default socket" if resolved.source == "default" else resolved.source
     try:
         host = check(resolved.host)
     except ValueError:
-        return DEFAULT_HOST, (
-            f"picluster:docker.host: {resolved.host!r} (from {resolved.source}) is not a Docker "
-            "host picluster can use; set a unix://, tcp:// or ssh:// one with "
-            "`bin/pulumi config set --path docker.host ...`"
+        return (
+            DEFAULT_HOST,
+            "the default socket",
+            (
+                f"picluster:docker.host: {resolved.host!r} (from {source}) is not a Docker "
+                f"host picluster can use; set a unix://, tcp:// or ssh:// one with {set_it}"
+            ),
         )
     if resolved.tls_dir is not None:
         pulumi.warn(
-            f"picluster:docker.host: {resolved.source} ({host}) has TLS certificates, which "
+            f"picluster:docker.host: {source} ({host}) has TLS certificates, which "
             "picluster does not give the Docker provider; if it cannot connect, use an ssh:// "
             "or unix:// context, or set docker.host"
         )
-    return host, None
+    return host, source, None

@@ -285,6 +285,8 @@ class Run:
     registrations: list[Registration]
     outputs: dict[str, StackOutput] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    infos: list[str] = field(default_factory=list)
+    """What the program logged with `pulumi.log.info`."""
 
     def of_type(self, type_: str) -> list[Registration]:
         """Registrations of one type token."""
@@ -335,7 +337,7 @@ def run(
     if recorded is not None:
         monitor.registrations = recorded
     logger = program.EngineLog()
-    result = Run(registrations=monitor.registrations, warnings=logger.warnings)
+    result = Run(registrations=monitor.registrations, warnings=logger.warnings, infos=logger.infos)
 
     async def collect_outputs() -> None:
         root = pulumi_settings.get_root_resource()

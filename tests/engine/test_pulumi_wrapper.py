@@ -180,6 +180,131 @@ def test_every_way_of_creating_a_stack_names_its_passphrase_file(
     assert checkout.ok("stack", "--show-name").stdout.strip() == "dev"
 
 
+STACK_OF_ARGS = [
+    (["config", "get", "k3sToken", "-s", "prod"], "prod"),
+    (["config", "get", "k3sToken", "--stack=prod"], "prod"),
+    (["config", "get", "k3sToken", "-sprod"], "prod"),
+    (["config", "get", "k3sToken", "-s=prod"], "prod"),
+    # Single-letter flags in one word, as pflag reads them (flag.go parseSingleShortArg).
+    (["config", "get", "k3sToken", "-js", "prod"], "prod"),
+    (["config", "get", "k3sToken", "-jsprod"], "prod"),
+    (["config", "get", "k3sToken", "-js=prod"], "prod"),
+    (["config", "get", "k3sToken", "-eQjs", "prod"], "prod"),
+    (["-C", ".", "config", "get", "k3sToken", "-js", "prod"], "prod"),
+    (["config", "get", "k3sToken", "-v", "3", "-js", "prod"], "prod"),
+    # A value-taking letter takes the rest of its word: no stack there (the CLI then refuses
+    # "3s" as a number).
+    (["config", "get", "k3sToken", "-v3s"], "local"),
+    # After `--` everything is a word.
+    (["config", "get", "k3sToken", "--", "-s", "prod"], "local"),
+    # No stack named: the selected one.
+    (["config", "get", "dbPassword"], "local"),
+]
+"""Argument lists and the stack bin/pulumi picks for them (`local` is selected). The README walk's
+pulumi double reads this choice from PICLUSTER_PULUMI_STACK instead of parsing again."""
+
+
+@pytest.fixture
+def two_stacks(checkout: Checkout) -> Checkout:
+    """prod with a secret k3sToken, then local (selected) with a secret dbPassword, each under
+    its own passphrase: a command given the other stack's passphrase fails."""
+    checkout.ok("stack", "init", "prod")
+    checkout.ok("config", "set", "--secret", "k3sToken", "prod-token-0123456789", "-s", "prod")
+    checkout.ok("stack", "init", "local")
+    checkout.ok("config", "set", "--secret", "dbPassword", "local-db-0123456789", "-s", "local")
+    return checkout
+
+
+@pytest.mark.parametrize(
+    ("args", "stack"), STACK_OF_ARGS, ids=[" ".join(args) for args, _ in STACK_OF_ARGS]
+)
+def test_each_way_of_naming_the_stack_uses_that_stacks_passphrase(
+    two_stacks: Checkout, args: list[str], stack: str, tmp_path: Path
+) -> None:
+    """`-js prod` is `--json --stack prod`: prod's file, not the selected stack's (which Pulumi
+    would refuse with "incorrect passphrase"). A recording `pulumi` first on PATH (it runs the
+    real one) shows what bin/pulumi handed over."""
+    shim_dir = tmp_path / "shim"
+    shim_dir.mkdir()
+    record = tmp_path / "record"
+    real = shutil.which("pulumi", path=two_stacks.env["PATH"])
+    assert real is not None
+    shim = shim_dir / "pulumi"
+    shim.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "${{PICLUSTER_PULUMI_STACK-}} ${{PULUMI_CONFIG_PASSPHRASE_FILE-}}" >>{record}\n'
+        f'exec {real} "$@"\n'
+    )
+    shim.chmod(0o755)
+    path = f"{shim_dir}{os.pathsep}{two_stacks.env['PATH']}"
+    result = two_stacks.run(*args, env={"PATH": path})
+    last = record.read_text().splitlines()[-1].split(" ")
+    assert last == [stack, str(two_stacks.passphrase_file(stack))]
+    if not {"--", "-v3s"} & set(args):  # the two the CLI itself refuses
+        assert result.returncode == 0, result.stderr
+        # As text or as JSON (-j): the secret the stack's own passphrase decrypts.
+        assert ("prod-token" if stack == "prod" else "local-db") + "-0123456789" in result.stdout
+
+
+def test_the_walks_pulumi_double_takes_the_stack_bin_pulumi_chose(
+    checkout: Checkout, engine_bin: Path
+) -> None:
+    """tests/engine/walk_pulumi.py checks bin/pulumi's promise for the stack bin/pulumi chose:
+    a flag's value (`--secrets-provider passphrase`) is not a stack for it either."""
+    doubles = ROOT / "tests" / "engine" / "walk_doubles"
+    env = {
+        "PATH": f"{doubles}{os.pathsep}{checkout.env['PATH']}",
+        "PICLUSTER_WALK_REAL_PULUMI": str(engine_bin / "pulumi"),
+        "PICLUSTER_WALK_ROOT": str(ROOT),
+        "PICLUSTER_WALK_PYTHON": str(ROOT / ".venv" / "bin" / "python"),
+    }
+    made = checkout.run("stack", "init", "--secrets-provider", "passphrase", "prod", env=env)
+    assert made.returncode == 0, made.stderr
+    assert checkout.passphrase_file("prod").exists()
+    shown = checkout.run("config", "-js", "prod", env=env)
+    assert shown.returncode == 0, shown.stderr
+
+
+def test_a_stack_file_salted_by_another_passphrase_is_refused_in_one_line(
+    checkout: Checkout,
+) -> None:
+    """A committed Pulumi.prod.yaml keeps the `encryptionsalt:` of the checkout that made it; a
+    fresh clone's new passphrase would not match it ("incorrect passphrase")."""
+    checkout.ok("stack", "init", "prod")
+    checkout.ok("config", "set", "--secret", "k3sToken", "prod-token-0123456789", "-s", "prod")
+    stack_file = checkout.path / "Pulumi.prod.yaml"
+    assert "encryptionsalt:" in stack_file.read_text()
+    # A fresh clone: no state, no passphrase; the stack file as committed.
+    shutil.rmtree(checkout.path / ".pulumi-state")
+    saved = checkout.home / "teammate.passphrase"
+    checkout.passphrase_file("prod").rename(saved)
+    refused = checkout.run("stack", "init", "prod")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "bin/pulumi: Pulumi.prod.yaml was encrypted with another passphrase (its encryptionsalt: "
+        f"line): put that passphrase in {checkout.passphrase_file('prod')}, one line, chmod 600; "
+        "or, to start fresh, delete the encryptionsalt: line and every secure: value from "
+        f"{stack_file}"
+    ]
+    assert not checkout.passphrase_file("prod").exists()
+    # The first way: the passphrase that made it.
+    shutil.copy2(saved, checkout.passphrase_file("prod"))
+    checkout.ok("stack", "init", "prod")
+    assert checkout.ok("config", "get", "k3sToken").stdout.strip() == "prod-token-0123456789"
+    # The second way: start fresh.
+    checkout.ok("stack", "rm", "prod", "--yes", "--preserve-config")
+    checkout.passphrase_file("prod").unlink()
+    kept = [
+        line
+        for line in stack_file.read_text().splitlines()
+        if not line.startswith("encryptionsalt:") and "secure:" not in line
+    ]
+    stack_file.write_text("\n".join(kept) + "\n")
+    checkout.ok("stack", "init", "prod")
+    checkout.ok("config", "set", "--secret", "k3sToken", "new-token-0123456789", "-s", "prod")
+    assert checkout.ok("config", "get", "k3sToken").stdout.strip() == "new-token-0123456789"
+
+
 def test_an_existing_stack_without_its_file_is_refused_in_one_line(checkout: Checkout) -> None:
     checkout.ok("stack", "init", "prod")
     saved = checkout.home / "saved.passphrase"

@@ -22,6 +22,8 @@ on these machines (shared/ENGINE_NOTES.md).
   set, so the double sets those that are missing, as the prod lab does (tests/engine/prod_lab.py
   `default_config`): as secrets, through the real CLI and the stack's passphrase, values on
   stdin. Everything else of the prod stack is the real CLI's.
+- The stack of a command is the one bin/pulumi chose (PICLUSTER_PULUMI_STACK): the double does
+  not parse the arguments again.
 - Before any command it asserts what bin/pulumi promises: PULUMI_CONFIG_PASSPHRASE is not set,
   and for a stack command PULUMI_CONFIG_PASSPHRASE_FILE names that stack's file under
   ${XDG_CONFIG_HOME:-~/.config}/picluster, which exists and is 0600. A broken promise exits 97
@@ -62,17 +64,13 @@ def hand_over(args: list[str]) -> NoReturn:
     os.execv(REAL, [REAL, *args])  # noqa: S606 - the CLI itself, no shell
 
 
-def stack_of(args: list[str]) -> str | None:
-    for at, arg in enumerate(args):
-        if arg in ("-s", "--stack") and at + 1 < len(args):
-            return args[at + 1]
-        if arg.startswith("--stack="):
-            return arg.removeprefix("--stack=")
-    words = [a for a in args if not a.startswith("-")]
-    if words[:2] in (["stack", "init"], ["stack", "select"], ["stack", "rm"]) and len(words) > 2:
-        return words[2]
-    shown = real("stack", "--show-name", "--non-interactive", capture=True)
-    return shown.stdout.strip() or None if shown.returncode == 0 else None
+def stack_of() -> str | None:
+    """The stack bin/pulumi chose for this command (PICLUSTER_PULUMI_STACK): its argument parser
+    (pflag's rules, tested in tests/engine/test_pulumi_wrapper.py) is the only one, so the double
+    never reads a flag's value as the stack (`stack init --secrets-provider passphrase prod`).
+    Unset: bin/pulumi's own calls before it chose (`stack --show-name`, `stack ls`), or a command
+    with no stack."""
+    return os.environ.get("PICLUSTER_PULUMI_STACK") or None
 
 
 def check_passphrase(stack: str | None) -> None:
@@ -217,7 +215,7 @@ def main(args: list[str]) -> int:
             fail("no .venv: `pulumi install` would make it; the walk links the checkout's")
         print("install: .venv present (README walk double: nothing installed)")
         return 0
-    stack = stack_of(args)
+    stack = stack_of()
     check_passphrase(stack)
     if stack is None or stack.rsplit("/", 1)[-1] != "local":
         if stack is not None and command in ("up", "update", "preview", "pre"):

@@ -474,6 +474,31 @@ def test_a_comma_separated_list_is_shown_as_a_list() -> None:
     )
 
 
+def test_a_comma_separated_list_of_mappings_says_which_keys_each_item_sets(
+    tmp_path: Path,
+) -> None:
+    """Services and nodes are mappings: `--path 'app.services[0]' api` would only be the next
+    error, so the message names each item's keys and the commands that set them."""
+    [message] = _messages({"target": "docker", "app": {"services": "api, web"}})
+    assert message == (
+        "picluster:app.services: is the text 'api, web'; give a list of mappings, one per item, "
+        "with the keys name, image, build, migrate, port, replicas, path, env, healthPath, "
+        "metricsPath, runAsUser: write it in the stack file, or set the first item with "
+        "`bin/pulumi config set --path 'app.services[0].name' api -s <stack>`, "
+        "`bin/pulumi config set --path 'app.services[0].build' services/api -s <stack>` and "
+        "`bin/pulumi config set --path 'app.services[0].port' 3000 -s <stack>`, then [1] for "
+        "the next"
+    )
+    # What those commands store is a valid service (in a project with that folder).
+    (tmp_path / "services" / "api").mkdir(parents=True)
+    (tmp_path / "services" / "api" / "Dockerfile").write_text("FROM node:22-alpine\n")
+    service = {"name": "api", "build": "services/api", "port": 3000}
+    validate({"target": "docker", "app": {"services": [service]}}, project_dir=tmp_path)
+    [nodes] = [m for m in _messages({"target": "k3s", "nodes": "pi-1,pi-2"}) if "nodes" in m[:17]]
+    assert "'nodes[0]' " not in nodes
+    assert "`bin/pulumi config set --path 'nodes[0].host' 192.168.1.10 -s <stack>`" in nodes
+
+
 # --- an empty stack ------------------------------------------------------------------------------
 
 

@@ -140,3 +140,57 @@ def test_a_context_picluster_cannot_use_is_one_config_error(
     monkeypatch.setenv("DOCKER_CONTEXT", "missing")
     with pytest.raises(ConfigError, match=r"picluster:docker.host: the Docker context 'missing'"):
         local()
+
+
+def daemon_lines(result: Run) -> list[str]:
+    return [line for line in result.infos if line.startswith("picluster:docker.host:")]
+
+
+def test_every_run_says_which_daemon_and_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A different DOCKER_HOST or context re-points the stack at another daemon (an in-place
+    update of the provider): each run names the daemon, so the user sees it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    assert daemon_lines(local()) == [
+        "picluster:docker.host: the Docker daemon is unix:///var/run/docker.sock "
+        "(from the default socket)"
+    ]
+    monkeypatch.setenv("DOCKER_HOST", "ssh://pi@192.168.1.10")
+    assert daemon_lines(local()) == [
+        "picluster:docker.host: the Docker daemon is ssh://pi@192.168.1.10 (from DOCKER_HOST)"
+    ]
+    monkeypatch.delenv("DOCKER_HOST")
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_tree(tmp_path, contexts={"colima": COLIMA})))
+    monkeypatch.setenv("DOCKER_CONTEXT", "colima")
+    assert daemon_lines(local()) == [
+        f"picluster:docker.host: the Docker daemon is {COLIMA} (from Docker context 'colima')"
+    ]
+    explicit = "tcp://10.9.9.9:2375"
+    assert daemon_lines(local({"docker": {"host": explicit}})) == [
+        f"picluster:docker.host: the Docker daemon is {explicit} (from picluster:docker.host)"
+    ]
+
+
+PROD_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nunit\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def test_a_k3s_stack_never_reads_the_docker_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K3s never uses docker.host (only the docker target's provider does): a stale context,
+    or one picluster could not use, neither stops nor warns a prod stack."""
+    config = {
+        **stack_file_config("prod"),
+        "ssh": {"user": "pi", "port": 22},
+        "sshPrivateKey": PROD_KEY,
+    }
+    monkeypatch.setenv("DOCKER_CONTEXT", "missing")
+    result = run_main(config, stack="prod", secret_keys=("sshPrivateKey",))
+    assert result.of_type("command:remote:Command")
+    assert not [w for w in result.warnings if "docker.host" in w]
+    assert daemon_lines(result) == []
+    monkeypatch.delenv("DOCKER_CONTEXT")
+    monkeypatch.setenv("DOCKER_HOST", "npipe:////./pipe/docker_engine")
+    run_main(config, stack="prod", secret_keys=("sshPrivateKey",))
