@@ -78,10 +78,10 @@ def test_an_empty_stack_says_what_to_set_and_the_commands_work(
         r"^\s*(bin/pulumi config set .+)$|`(bin/pulumi config set [^`]+)`", message, re.M
     )
     lines = [a or b for a, b in commands]
-    assert len(lines) == 8, message  # nodes: 4, ssh: 2 and the secret, k3s: 1
+    assert len(lines) == 9, message  # nodes: 4, ssh: 2, the secret and the agent, k3s: 1
     for line in lines:
-        if "privateKeyPath" in line:
-            continue  # the file or the secret: this run takes the secret
+        if "privateKeyPath" in line or "ssh.agent" in line:
+            continue  # the file, the secret or the agent: this run takes the secret
         _run_as_printed(project, line.replace("'ssh-ed25519 AAAA...'", f"'{HOST_KEY}'"), home)
 
     settings = stack_settings("pis", cwd=project.path, env=project.env)
