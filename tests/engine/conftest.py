@@ -174,6 +174,24 @@ def make_project(engine_bin: Path, tmp_path: Path) -> Project:
     return Project(path, engine_env(engine_bin, tmp_path))
 
 
+def program_project(
+    engine_bin: Path, tmp: Path, name: str, program: str, env: Mapping[str, str] | None = None
+) -> Project:
+    """A project `name` in `tmp/project` running a test's own `program` (its `__main__.py`) with
+    the checkout's .venv, its file backend in `.state` beside it; no stack yet. `env` replaces
+    the engine's environment (`engine_env`) when a test needs to change it."""
+    path = tmp / "project"
+    path.mkdir()
+    (path / "Pulumi.yaml").write_text(
+        f"name: {name}\nruntime:\n  name: python\n  options:\n"
+        f"    toolchain: pip\n    virtualenv: {ROOT / '.venv'}\n"
+        "backend:\n  url: file://./.state\n"
+    )
+    (path / "__main__.py").write_text(program)
+    (path / ".state").mkdir()
+    return Project(path, engine_env(engine_bin, tmp) if env is None else env)
+
+
 @pytest.fixture
 def project(engine_bin: Path, tmp_path: Path) -> Iterator[Project]:
     """The project's program and committed stack files in a fresh directory, no state yet."""

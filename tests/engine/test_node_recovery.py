@@ -33,9 +33,10 @@ from typing import Any
 import pytest
 
 from tests.availability import ENGINE, sim_pis_unavailable_reason, unavailable
-from tests.engine.conftest import ROOT, Project, engine_env
+from tests.engine import sim_nodes
+from tests.engine.conftest import ROOT, Project, program_project
 from tests.integration import simpi
-from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI
+from tests.integration.test_k3s_scripts import DOUBLE_LOG, DOUBLE_ON_PI
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
 
@@ -107,11 +108,6 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def host_key(pi: simpi.SimPi) -> str:
-    """The Pi's ed25519 host key as `type key`, as `ssh-keyscan` prints it after the address."""
-    return " ".join(pi.read("/etc/ssh/ssh_host_ed25519_key.pub").split()[:2])
-
-
 def reflash(pi: simpi.SimPi) -> None:
     """What a fresh SD card does to the Pi K3s knows: no K3s, no node password, and new SSH host
     keys (Raspberry Pi OS generates them on a new card's first boot)."""
@@ -181,30 +177,14 @@ def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         unavailable(reason, ENGINE)
     build = simpi.ensure_image()
     tmp = tmp_path_factory.mktemp("recovery")
-    path = tmp / "project"
-    path.mkdir()
-    (path / "Pulumi.yaml").write_text(
-        "name: picluster-recovery\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / '.venv'}\n"
-        "backend:\n  url: file://./.state\n"
+    project = program_project(
+        engine_bin, tmp, "picluster-recovery", PROGRAM.format(root=str(ROOT), double=DOUBLE_ON_PI)
     )
-    (path / "__main__.py").write_text(PROGRAM.format(root=str(ROOT), double=DOUBLE_ON_PI))
-    (path / ".state").mkdir()
-    project = Project(path, engine_env(engine_bin, tmp))
     with simpi.SimPiLab(build.tag) as sim:
-        pis = {name: sim.start_pi(name) for name, _ in NODES}
-        for pi in pis.values():
-            pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
+        pis = sim_nodes.start(sim, NODES)
         described = [
-            {
-                "name": name,
-                "role": role,
-                "port": pis[name].port,
-                "address": pis[name].exec("hostname", "-I").stdout.split()[0],
-                "hostKey": host_key(pis[name]),
-                "labels": {"example.com/disk": "ssd"} if name == FLASHED else {},
-            }
-            for name, role in NODES
+            {**node, "labels": {"example.com/disk": "ssd"} if node["name"] == FLASHED else {}}
+            for node in sim_nodes.describe(pis, NODES, host_keys=True)
         ]
         assert project.pulumi("stack", "init", STACK).returncode == 0
         lab = Lab(project, pis, sim, described)
@@ -217,9 +197,9 @@ def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def test_a_reflashed_pi_runs_its_own_steps_again_once_its_host_key_is_updated(lab: Lab) -> None:
     pi = lab.pis[FLASHED]
-    old_key = host_key(pi)
+    old_key = sim_nodes.host_key(pi)
     reflash(pi)
-    new_key = host_key(pi)
+    new_key = sim_nodes.host_key(pi)
     assert new_key != old_key
     assert not pi.exists("/usr/local/bin/k3s")
 

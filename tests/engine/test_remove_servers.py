@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 
 from tests.availability import ENGINE, sim_pis_unavailable_reason, unavailable
-from tests.engine.conftest import ROOT, Project, engine_env, errors
-from tests.engine.test_node_recovery import PROGRAM, host_key
+from tests.engine import sim_nodes
+from tests.engine.conftest import ROOT, Project, errors, program_project
+from tests.engine.test_node_recovery import PROGRAM
 from tests.integration import simpi
-from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_LOG, DOUBLE_ON_PI
+from tests.integration.test_k3s_scripts import DOUBLE_LOG, DOUBLE_ON_PI
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
 
@@ -72,30 +73,12 @@ def lab(
         unavailable(reason, ENGINE)
     build = simpi.ensure_image()
     tmp = tmp_path_factory.mktemp("servers")
-    path = tmp / "project"
-    path.mkdir()
-    (path / "Pulumi.yaml").write_text(
-        "name: picluster-servers\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / '.venv'}\n"
-        "backend:\n  url: file://./.state\n"
+    project = program_project(
+        engine_bin, tmp, "picluster-servers", PROGRAM.format(root=str(ROOT), double=DOUBLE_ON_PI)
     )
-    (path / "__main__.py").write_text(PROGRAM.format(root=str(ROOT), double=DOUBLE_ON_PI))
-    (path / ".state").mkdir()
-    project = Project(path, engine_env(engine_bin, tmp))
     with simpi.SimPiLab(build.tag) as sim:
-        pis = {name: sim.start_pi(name) for name, _ in NODES}
-        for pi in pis.values():
-            pi.put(DOUBLE_ON_PI, DOUBLE.read_bytes())
-        described = [
-            {
-                "name": name,
-                "role": role,
-                "port": pis[name].port,
-                "address": pis[name].exec("hostname", "-I").stdout.split()[0],
-                "hostKey": host_key(pis[name]),
-            }
-            for name, role in NODES
-        ]
+        pis = sim_nodes.start(sim, NODES)
+        described = sim_nodes.describe(pis, NODES, host_keys=True)
         assert project.pulumi("stack", "init", STACK).returncode == 0
         assert (
             project.pulumi("config", "set", "pis", json.dumps(described), "-s", STACK).returncode

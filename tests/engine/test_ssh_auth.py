@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.availability import ENGINE, sim_pis_unavailable_reason, unavailable
-from tests.engine.conftest import ROOT, Project, engine_env, errors
+from tests.engine.conftest import ROOT, Project, engine_env, errors, program_project
 from tests.integration import simpi
 
 pytestmark = [pytest.mark.engine, pytest.mark.integration]
@@ -111,18 +111,9 @@ def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         unavailable(reason, ENGINE)
     build = simpi.ensure_image()
     tmp = tmp_path_factory.mktemp("ssh-auth")
-    path = tmp / "project"
-    path.mkdir()
-    (path / "Pulumi.yaml").write_text(
-        "name: picluster\nruntime:\n  name: python\n  options:\n"
-        f"    toolchain: pip\n    virtualenv: {ROOT / '.venv'}\n"
-        "backend:\n  url: file://./.state\n"
-    )
-    (path / "__main__.py").write_text(PROGRAM.format(root=str(ROOT)))
-    (path / ".state").mkdir()
     env = engine_env(engine_bin, tmp)
     env.pop("SSH_AUTH_SOCK", None)  # only the agents this test starts
-    project = Project(path, env)
+    project = program_project(engine_bin, tmp, "picluster", PROGRAM.format(root=str(ROOT)), env)
     key = simpi.generate_protected_key(tmp / "key", PASSPHRASE)
     with simpi.SimPiLab(build.tag) as sim:
         pi = sim.start_pi("ssh-auth")
