@@ -1,13 +1,24 @@
-"""Simulated Pis with the K3s installer double, as the engine tests that run the node components
-against them start them (test_k3s_update, test_node_recovery, test_remove_servers)."""
+"""Simulated Pis, as the engine tests that run the node components (with the K3s installer
+double) or their SSH connection against them start them: test_k3s_update, test_node_recovery,
+test_remove_servers, test_ssh_auth."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
+from tests.availability import ENGINE, sim_pis_unavailable_reason, unavailable
 from tests.integration import simpi
 from tests.integration.test_k3s_scripts import DOUBLE, DOUBLE_ON_PI
+
+
+def image() -> str:
+    """The sim-Pi image's tag, built once per recipe hash; the engine test skips (or fails, with
+    PICLUSTER_REQUIRE_ENGINE=1) when sim-Pis cannot run here."""
+    reason = sim_pis_unavailable_reason()
+    if reason:
+        unavailable(reason, ENGINE)
+    return simpi.ensure_image().tag
 
 
 def start(sim: simpi.SimPiLab, nodes: Iterable[tuple[str, str]]) -> dict[str, simpi.SimPi]:

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from tests.availability import ENGINE, sim_pis_unavailable_reason, unavailable
 from tests.engine import sim_nodes
 from tests.engine.conftest import ROOT, Project, program_project
 from tests.integration import simpi
@@ -90,15 +89,12 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    reason = sim_pis_unavailable_reason()
-    if reason:
-        unavailable(reason, ENGINE)
-    build = simpi.ensure_image()
+    image = sim_nodes.image()
     tmp = tmp_path_factory.mktemp("e2e")
     project = program_project(
         engine_bin, tmp, "picluster-e2e", PROGRAM.format(root=str(ROOT), double=DOUBLE_ON_PI)
     )
-    with simpi.SimPiLab(build.tag) as sim:
+    with simpi.SimPiLab(image) as sim:
         pis = sim_nodes.start(sim, NODES)
         described = sim_nodes.describe(pis, NODES)
         assert project.pulumi("stack", "init", "e2e").returncode == 0

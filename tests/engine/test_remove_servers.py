@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from tests.availability import ENGINE, sim_pis_unavailable_reason, unavailable
 from tests.engine import sim_nodes
 from tests.engine.conftest import ROOT, Project, errors, program_project
 from tests.engine.test_node_recovery import PROGRAM
@@ -68,15 +67,12 @@ def _run_readme_line(project: Project, line: str) -> None:
 def lab(
     engine_bin: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Project, dict[str, simpi.SimPi], list[dict[str, Any]]]]:
-    reason = sim_pis_unavailable_reason()
-    if reason:
-        unavailable(reason, ENGINE)
-    build = simpi.ensure_image()
+    image = sim_nodes.image()
     tmp = tmp_path_factory.mktemp("servers")
     project = program_project(
         engine_bin, tmp, "picluster-servers", PROGRAM.format(root=str(ROOT), double=DOUBLE_ON_PI)
     )
-    with simpi.SimPiLab(build.tag) as sim:
+    with simpi.SimPiLab(image) as sim:
         pis = sim_nodes.start(sim, NODES)
         described = sim_nodes.describe(pis, NODES, host_keys=True)
         assert project.pulumi("stack", "init", STACK).returncode == 0

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.availability import ENGINE, sim_pis_unavailable_reason, unavailable
+from tests.engine import sim_nodes
 from tests.engine.conftest import ROOT, Project, engine_env, errors, program_project
 from tests.integration import simpi
 
@@ -106,16 +106,13 @@ def up_outputs(project: Project, stack: str) -> tuple[dict[str, int], dict[str, 
 
 @pytest.fixture(scope="module")
 def lab(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    reason = sim_pis_unavailable_reason()
-    if reason:
-        unavailable(reason, ENGINE)
-    build = simpi.ensure_image()
+    image = sim_nodes.image()
     tmp = tmp_path_factory.mktemp("ssh-auth")
     env = engine_env(engine_bin, tmp)
     env.pop("SSH_AUTH_SOCK", None)  # only the agents this test starts
     project = program_project(engine_bin, tmp, "picluster", PROGRAM.format(root=str(ROOT)), env)
     key = simpi.generate_protected_key(tmp / "key", PASSPHRASE)
-    with simpi.SimPiLab(build.tag) as sim:
+    with simpi.SimPiLab(image) as sim:
         pi = sim.start_pi("ssh-auth")
         # Only the protected key signs in: the lab's own key is taken away.
         keys = f"/home/{pi.user}/.ssh/authorized_keys"
